@@ -1,0 +1,65 @@
+"""Process-group set-up and helpers. Under torchrun the environment (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT) describes the job; a plain `python` call is a world of one.
+NCCL is used on CUDA, Gloo on CPU."""
+
+import os
+import torch
+
+from torch_utils import training_stats
+
+#----------------------------------------------------------------------------
+
+def _env_int(name, default):
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+def get_device():
+    """The device this process works on: its local GPU when CUDA is present, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device('cuda', _env_int('LOCAL_RANK', 0))
+    return torch.device('cpu')
+
+def init():
+    """Initialize the process group when running under torchrun (idempotent)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    world_size = _env_int('WORLD_SIZE', 1)
+    if world_size > 1:
+        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+        if backend == 'nccl':
+            torch.cuda.set_device(get_device())
+        torch.distributed.init_process_group(backend=backend, init_method='env://')
+    sync_device = get_device() if world_size > 1 and torch.cuda.is_available() else None
+    training_stats.init_multiprocessing(rank=get_rank(), sync_device=sync_device)
+
+def is_initialized():
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+def get_rank():
+    return torch.distributed.get_rank() if is_initialized() else 0
+
+def get_world_size():
+    return torch.distributed.get_world_size() if is_initialized() else 1
+
+def barrier():
+    if is_initialized():
+        torch.distributed.barrier()
+
+def all_reduce_sum(tensor):
+    """In-place sum over ranks (a no-op in a world of one). Gloo and NCCL both accept float64."""
+    if is_initialized():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+def should_stop():
+    return False
+
+def update_progress(cur, total):
+    _ = cur, total
+
+def print0(*args, **kwargs):
+    """print() on rank 0 only."""
+    if get_rank() == 0:
+        print(*args, **kwargs)
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,256 @@
+"""Small general helpers (what EDM2 keeps in dnnlib/util.py): EasyDict, object construction by
+name, URL/file opening through an on-disk cache, the stdout/stderr tee Logger, parsing helpers
+and atomic output paths."""
+
+import contextlib
+import hashlib
+import importlib
+import io
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import uuid
+
+#----------------------------------------------------------------------------
+# Convenience dict with attribute access. Official EDM2 pickles store their option dicts as
+# `dnnlib.util.EasyDict`; torch_utils.persistence.load_pickle maps that name to this class.
+
+class EasyDict(dict):
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name)
+
+    def __setattr__(self, name, value):
+        self[name] = value
+
+    def __delattr__(self, name):
+        del self[name]
+
+#----------------------------------------------------------------------------
+# Construct objects and call functions given by their fully qualified name, e.g.
+# construct_class_by_name(class_name='training.networks_edm2.Precond', img_resolution=64).
+
+def get_obj_by_name(name):
+    """Import `module.sub.attr` and return the attribute; the longest importable module wins."""
+    parts = name.split('.')
+    for i in range(len(parts) - 1, 0, -1):
+        module_name = '.'.join(parts[:i])
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and not module_name.startswith(e.name):
+                raise # A genuine missing dependency inside the module.
+            continue
+        obj = module
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            raise ImportError(f'Cannot find "{".".join(parts[i:])}" in module "{module_name}"')
+        return obj
+    return importlib.import_module(name)
+
+def call_func_by_name(*args, func_name=None, **kwargs):
+    assert func_name is not None
+    func = get_obj_by_name(func_name)
+    if not callable(func):
+        raise TypeError(f'"{func_name}" is not callable')
+    return func(*args, **kwargs)
+
+def construct_class_by_name(*args, class_name=None, **kwargs):
+    return call_func_by_name(*args, func_name=class_name, **kwargs)
+
+#----------------------------------------------------------------------------
+# Parsing helpers shared by the command-line tools.
+
+def parse_int_list(s):
+    """'0-63,100' -> [0, 1, ..., 63, 100]. Accepts a list of ints as-is."""
+    if isinstance(s, list):
+        return s
+    if s is None or not str(s).strip():
+        return []
+    values = []
+    for part in str(s).split(','):
+        part = part.strip()
+        m = re.fullmatch(r'(-?\d+)-(-?\d+)', part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise ValueError(f'Invalid range "{part}": end is before start')
+            values.extend(range(lo, hi + 1))
+        elif re.fullmatch(r'-?\d+', part):
+            values.append(int(part))
+        else:
+            raise ValueError(f'Invalid integer list item "{part}"')
+    return values
+
+_NIMG_SUFFIXES = {'': 1, 'k': 10**3, 'M': 10**6, 'G': 10**9, 'Ki': 2**10, 'Mi': 2**20, 'Gi': 2**30}
+
+def parse_nimg(s):
+    """Image counts with optional suffix: '8Mi' -> 8388608, '2.5k' -> 2500, '1000' -> 1000."""
+    if isinstance(s, int):
+        return s
+    m = re.fullmatch(r'\s*(\d+(?:\.\d*)?)\s*(Ki|Mi|Gi|k|M|G|)\s*', str(s))
+    if not m:
+        raise ValueError(f'Invalid image count "{s}": expected a number with optional suffix k/M/G/Ki/Mi/Gi')
+    value = float(m.group(1)) * _NIMG_SUFFIXES[m.group(2)]
+    if value != int(value):
+        raise ValueError(f'Image count "{s}" is not a whole number of images')
+    return int(value)
+
+def format_time(seconds):
+    s = int(round(seconds))
+    if s < 60:
+        return f'{s}s'
+    if s < 60 * 60:
+        return f'{s // 60}m {s % 60:02d}s'
+    if s < 24 * 60 * 60:
+        return f'{s // 3600}h {(s // 60) % 60:02d}m'
+    return f'{s // 86400}d {(s // 3600) % 24:02d}h'
+
+#----------------------------------------------------------------------------
+# Atomic outputs: write to a temporary name in the destination folder, rename when complete,
+# delete on error. Nothing half-written is ever visible under the final name.
+
+@contextlib.contextmanager
+def atomic_path(path):
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}')
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+#----------------------------------------------------------------------------
+# Cache directory for downloaded files. Compatible with dnnlib's layout, so files that the
+# official EDM2 code already downloaded (~/.cache/dnnlib/downloads/<md5>_<name>) are found.
+
+def make_cache_dir_path(*paths):
+    for var in ('EDM2_CACHE_DIR', 'DNNLIB_CACHE_DIR'):
+        if os.environ.get(var):
+            return os.path.join(os.environ[var], *paths)
+    if os.environ.get('HOME'):
+        return os.path.join(os.environ['HOME'], '.cache', 'dnnlib', *paths)
+    return os.path.join(tempfile.gettempdir(), '.cache', 'dnnlib', *paths)
+
+def is_url(obj, allow_file_urls=False):
+    if not isinstance(obj, str) or '://' not in obj:
+        return False
+    if allow_file_urls and obj.startswith('file://'):
+        return True
+    res = urllib.parse.urlparse(obj)
+    return res.scheme in ('http', 'https') and bool(res.netloc)
+
+def url_cache_path(url, cache_dir=None):
+    """Where open_url keeps (or looks for) the cached copy of `url`."""
+    cache_dir = cache_dir or make_cache_dir_path('downloads')
+    url_md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
+    safe_name = re.sub(r'[^0-9a-zA-Z._-]', '_', os.path.basename(urllib.parse.urlparse(url).path)) or 'file'
+    return os.path.join(cache_dir, f'{url_md5}_{safe_name}')
+
+def open_url(url, cache_dir=None, num_attempts=3, verbose=True, return_filename=False, cache=True):
+    """Open a local path, a file:// URL or an http(s) URL. Remote files go through the on-disk
+    cache: a cached copy is used without touching the network; otherwise the file is downloaded
+    into the cache atomically. Returns a binary file object (or the local filename)."""
+    url = os.fspath(url)
+    if not is_url(url, allow_file_urls=True):
+        if not os.path.isfile(url):
+            raise FileNotFoundError(f'No such file: {url}')
+        return url if return_filename else open(url, 'rb')
+    if url.startswith('file://'):
+        filename = urllib.parse.urlparse(url).path
+        if re.match(r'^/[a-zA-Z]:', filename):
+            filename = filename[1:]
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(f'No such file: {filename} (from {url})')
+        return filename if return_filename else open(filename, 'rb')
+    assert num_attempts >= 1
+    assert not (return_filename and not cache)
+
+    cache_file = url_cache_path(url, cache_dir)
+    if cache and os.path.isfile(cache_file):
+        return cache_file if return_filename else open(cache_file, 'rb')
+
+    data = None
+    for attempt in range(num_attempts):
+        try:
+            if verbose:
+                print(f'Downloading {url} ...', end='', file=sys.stderr, flush=True)
+            with urllib.request.urlopen(url, timeout=60) as res:
+                data = res.read()
+            if verbose:
+                print(' done', file=sys.stderr)
+            break
+        except Exception as e:
+            if verbose:
+                print(' failed', file=sys.stderr)
+            if attempt == num_attempts - 1:
+                raise IOError(f'Cannot download {url} ({e}). If this machine is offline, place the '
+                    f'file at {cache_file} (or set EDM2_CACHE_DIR), or pass a local path instead of the URL.') from e
+            time.sleep(1)
+    if cache:
+        with atomic_path(cache_file) as tmp:
+            with open(tmp, 'wb') as f:
+                f.write(data)
+        if return_filename:
+            return cache_file
+    return io.BytesIO(data)
+
+#----------------------------------------------------------------------------
+# Tee stdout/stderr into a log file (the run directory's log.txt).
+
+class Logger:
+    def __init__(self, file_name=None, file_mode='a', should_flush=True):
+        self.file = open(file_name, file_mode) if file_name is not None else None
+        self.should_flush = should_flush
+        self.stdout = sys.stdout
+        self.stderr = sys.stderr
+        sys.stdout = self
+        sys.stderr = self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_exc):
+        self.close()
+
+    def write(self, text):
+        if isinstance(text, bytes):
+            text = text.decode()
+        if len(text) == 0:
+            return
+        if self.file is not None:
+            self.file.write(text)
+        self.stdout.write(text)
+        if self.should_flush:
+            self.flush()
+
+    def flush(self):
+        if self.file is not None:
+            self.file.flush()
+        self.stdout.flush()
+
+    def isatty(self):
+        return self.stdout.isatty()
+
+    def close(self):
+        self.flush()
+        if sys.stdout is self:
+            sys.stdout = self.stdout
+        if sys.stderr is self:
+            sys.stderr = self.stderr
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+#----------------------------------------------------------------------------
