@@ -1,0 +1,147 @@
+"""The single table of named configurations for every model family.
+
+A preset is a flat dict of options (`PRESETS[name]`); its `family` names a builder that turns
+the options into the family's part of the training-loop arguments (network, loss, encoder,
+optimizer, learning-rate schedule, EMA). train_edm2.py resolves a preset, applies the command
+line's overrides and builds the loop's arguments; generate_images.py reads GENERATION_PRESETS.
+
+Adding a family: register its builder with @family(name, **defaults) and add presets with
+preset(name, family=name, ...). The training loop is not touched.
+"""
+
+import copy
+from torch_utils.util import EasyDict
+
+PRESETS = dict()    # name -> EasyDict of options
+FAMILIES = dict()   # family name -> EasyDict(builder=fn(opts) -> EasyDict, defaults=EasyDict)
+
+# Options every family understands (train_edm2.py has a flag for each; `--set` reaches the rest).
+COMMON_DEFAULTS = EasyDict(
+    cond        = True,         # Train class-conditional (labels from dataset.json).
+    duration    = '64Mi',       # Training duration in images.
+    batch       = 2048,         # Total batch size.
+    batch_gpu   = 0,            # Limit batch size per GPU (0 = no limit; gradient accumulation above it).
+    status      = '128Ki',      # Interval of status prints (images).
+    snapshot    = '8Mi',        # Interval of network snapshots (images).
+    checkpoint  = '128Mi',      # Interval of training-state checkpoints (images).
+    seed        = 0,            # Random seed.
+    workers     = 2,            # DataLoader worker processes per GPU/process.
+    xflip       = False,        # Random horizontal flips of the dataset (doubles it).
+    lr          = 0.01,         # Reference learning rate.
+    grad_clip   = 0,            # Clip the gradient norm to this value (0 = off).
+)
+
+def family(name, **defaults):
+    """Register a family builder: fn(opts) -> EasyDict with the keys encoder_kwargs (None: chosen
+    from the dataset), network_kwargs, loss_kwargs, optimizer_kwargs, lr_kwargs, ema_kwargs."""
+    def register(builder):
+        FAMILIES[name] = EasyDict(builder=builder, defaults=EasyDict(defaults))
+        return builder
+    return register
+
+def preset(name, **opts):
+    assert name not in PRESETS, name
+    assert opts.get('family') in FAMILIES, f'{name}: unknown family {opts.get("family")}'
+    unknown = set(opts) - {'family'} - set(COMMON_DEFAULTS) - set(FAMILIES[opts['family']].defaults)
+    assert not unknown, f'{name}: unknown options {sorted(unknown)}'
+    PRESETS[name] = EasyDict(opts)
+
+def resolve(name, overrides=None):
+    """The full option dict of a preset with `overrides` applied. Raises KeyError for an unknown
+    preset and ValueError for an override that the preset's family does not have."""
+    if name not in PRESETS:
+        raise KeyError(name)
+    opts = EasyDict(copy.deepcopy(COMMON_DEFAULTS))
+    opts.update(copy.deepcopy(FAMILIES[PRESETS[name].family].defaults))
+    opts.update(copy.deepcopy(PRESETS[name]))
+    for key, value in (overrides or {}).items():
+        if key not in opts or key == 'family':
+            raise ValueError(f'option "{key}" does not apply to preset "{name}" (family {opts.family}); '
+                f'its options are: {", ".join(sorted(k for k in opts if k != "family"))}')
+        opts[key] = value
+    return opts
+
+def build(opts):
+    """The family part of the training-loop arguments for resolved options."""
+    return FAMILIES[opts.family].builder(opts)
+
+#----------------------------------------------------------------------------
+# Learning-rate schedules by name (functions in training/training_loop.py).
+
+LR_SCHEDULES = dict(
+    edm2        = 'training.training_loop.learning_rate_schedule',  # EDM2: inverse sqrt after `decay` batches.
+    multisource = 'training.training_loop.multisource_lr_schedule', # The multi-source study's variant.
+    constant    = 'training.training_loop.constant_lr',             # Warm-up, then constant.
+)
+
+def lr_schedule_kwargs(opts, **kwargs):
+    if opts.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f'unknown lr_schedule "{opts.lr_schedule}"; choose from {", ".join(LR_SCHEDULES)}')
+    return EasyDict(func_name=LR_SCHEDULES[opts.lr_schedule], **kwargs)
+
+#----------------------------------------------------------------------------
+# EDM2: magnitude-preserving U-Net with the EDM2 loss (training/networks_edm2.py).
+
+@family('edm2',
+    channels            = 192,          # Base channel count (model_channels).
+    channel_mult        = None,         # Per-resolution multipliers (None = network default [1,2,3,4]).
+    num_blocks          = None,         # Blocks per resolution (None = network default 3).
+    attn_resolutions    = None,         # Resolutions with self-attention (None = network default [16,8]).
+    dropout             = 0.0,          # Dropout probability.
+    P_mean              = -0.4,         # Log-normal noise level distribution: mean.
+    P_std               = 1.0,          # Log-normal noise level distribution: std.
+    sigma_data          = 0.5,          # Expected standard deviation of the training data.
+    p_uncond            = 0.0,          # Label dropout probability (classifier-free guidance).
+    decay               = 70000,        # Learning rate decay: batches before the inverse-sqrt decay.
+    rampup              = 10.0,         # Learning rate warm-up (millions of images).
+    lr_schedule         = 'edm2',       # Name in LR_SCHEDULES.
+    ema_stds            = [0.050, 0.100], # Power-function EMA profiles saved in the snapshots.
+    fp16                = True,         # Mixed precision (CUDA only; CPU always runs fp32).
+    vae                 = 'stabilityai/sd-vae-ft-mse', # VAE for latent datasets (hub name or local folder).
+)
+def _build_edm2(o):
+    network_kwargs = EasyDict(class_name='training.networks_edm2.Precond', model_channels=o.channels,
+        dropout=o.dropout, sigma_data=o.sigma_data, use_fp16=o.fp16)
+    for key in ['channel_mult', 'num_blocks', 'attn_resolutions']:
+        if o[key] is not None:
+            network_kwargs[key] = o[key]
+    return EasyDict(
+        encoder_kwargs      = None, # From the dataset: pixels, or 8-channel VAE latents decoded with `vae`.
+        network_kwargs      = network_kwargs,
+        loss_kwargs         = EasyDict(class_name='training.networks_edm2.EDM2Loss', P_mean=o.P_mean, P_std=o.P_std,
+                                sigma_data=o.sigma_data, p_uncond=o.p_uncond),
+        optimizer_kwargs    = EasyDict(class_name='torch.optim.Adam', betas=[0.9, 0.99], eps=1e-8),
+        lr_kwargs           = lr_schedule_kwargs(o, ref_lr=o.lr, ref_batches=o.decay, rampup_Mimg=o.rampup),
+        ema_kwargs          = EasyDict(class_name='training.phema.PowerFunctionEMA', stds=o.ema_stds),
+    )
+
+# The official EDM2 presets (ImageNet-512 via 64x64x4 latents; ImageNet-64 in pixels).
+for _size, _dur, _ch, _lr, _drop in [('xxs', '2048Mi', 64, 0.0170, 0.0), ('xs', '2048Mi', 128, 0.0120, 0.0),
+        ('s', '2048Mi', 192, 0.0100, 0.0), ('m', '2048Mi', 256, 0.0090, 0.1), ('l', '1792Mi', 320, 0.0080, 0.1),
+        ('xl', '1280Mi', 384, 0.0070, 0.1), ('xxl', '896Mi', 448, 0.0065, 0.1)]:
+    preset(f'edm2-img512-{_size}', family='edm2', duration=_dur, batch=2048, channels=_ch, lr=_lr, decay=70000,
+        dropout=_drop, P_mean=-0.4, P_std=1.0)
+for _size, _dur, _ch, _lr, _drop in [('xs', '1024Mi', 128, 0.0120, 0.0), ('s', '1024Mi', 192, 0.0100, 0.0),
+        ('m', '2048Mi', 256, 0.0090, 0.1), ('l', '1024Mi', 320, 0.0080, 0.1), ('xl', '640Mi', 384, 0.0070, 0.1)]:
+    preset(f'edm2-img64-{_size}', family='edm2', duration=_dur, batch=2048, channels=_ch, lr=_lr, decay=35000,
+        dropout=_drop, P_mean=-0.8, P_std=1.6)
+
+# The multi-source study: XS network on 256x256 images encoded to 32x32x4 latents, K sources
+# with N images each; (duration, lr, decay) per (K, N).
+MULTISOURCE_GRID = {
+    (1, 100): ('48Mi', 0.004, 4000),  (1, 500): ('128Mi', 0.004, 2000),  (1, 1000): ('176Mi', 0.005, 2500),
+    (3, 100): ('64Mi', 0.002, 2000),  (3, 500): ('64Mi', 0.002, 2500),   (3, 1000): ('64Mi', 0.002, 2500),
+    (5, 100): ('64Mi', 0.004, 4000),  (5, 500): ('128Mi', 0.006, 4000),  (5, 1000): ('96Mi', 0.006, 4000),
+    (10, 100): ('64Mi', 0.003, 3000), (10, 500): ('96Mi', 0.003, 3000),  (10, 1000): ('384Mi', 0.006, 3000),
+}
+for (_k, _n), (_dur, _lr, _decay) in MULTISOURCE_GRID.items():
+    preset(f'edm2-img256-xs-{_k}c-{_n}', family='edm2', duration=_dur, batch=2048, channels=128, lr=_lr,
+        decay=_decay, dropout=0.0, P_mean=-0.4, P_std=1.0, lr_schedule='multisource')
+
+# Small enough to train on the built-in 8x8 digits on a laptop CPU in minutes. Label dropout
+# lets the same network guide itself (classifier-free guidance).
+preset('edm2-digits', family='edm2', duration='256Ki', batch=128, status='8Ki', snapshot='64Ki',
+    checkpoint='64Ki', workers=0, channels=64, channel_mult=[1, 2], num_blocks=2, attn_resolutions=[4],
+    lr=0.01, decay=1000, rampup=0.01, P_mean=-0.8, P_std=1.6, p_uncond=0.1, ema_stds=[0.050, 0.100])
+
+#----------------------------------------------------------------------------
