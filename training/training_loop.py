@@ -78,7 +78,7 @@ def list_checkpoints(run_dir):
     return sorted(files, key=lambda f: int(_STATE_RE.search(f).group(1)))
 
 def save_checkpoint(run_dir, state, keep=2):
-    path = os.path.join(run_dir, f'training-state-{state["cur_nimg"] // 1000:07d}.pt')
+    path = os.path.join(run_dir, f'training-state-{state["state"]["cur_nimg"] // 1000:07d}.pt')
     with util.atomic_path(path) as tmp:
         torch.save(state, tmp)
     for old in list_checkpoints(run_dir)[:-keep]:
@@ -92,7 +92,8 @@ def load_latest_checkpoint(run_dir):
         try:
             return path, torch.load(path, map_location='cpu', weights_only=True)
         except Exception as e: # pylint: disable=broad-except
-            warnings.warn(f'Cannot load {path} ({type(e).__name__}: {e}); falling back to the previous training state')
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
+            warnings.warn(f'Cannot load {path} ({type(e).__name__}: {reason}); falling back to the previous training state')
             dist.print0(f'WARNING: cannot load {os.path.basename(path)}; trying the previous training state')
     return None, None
 
@@ -136,9 +137,9 @@ def plot_loss_curve(run_dir, stat='Loss/loss'):
     with open(os.path.join(run_dir, 'stats.jsonl'), 'rt') as f:
         for line in f:
             entry = json.loads(line)
-            if stat in entry and 'Progress/kimg' in entry and np.isfinite(entry[stat]['mean']):
-                kimg.append(entry['Progress/kimg']['mean'])
-                loss.append(entry[stat]['mean'])
+            if isinstance(entry.get(stat), float) and np.isfinite(entry[stat]) and 'Progress/kimg' in entry:
+                kimg.append(entry['Progress/kimg'])
+                loss.append(entry[stat])
     if not kimg:
         return
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
@@ -290,7 +291,9 @@ def training_loop(
                 fields = []
                 fields += [f'kimg {training_stats.report0("Progress/kimg", state.cur_nimg / 1e3):<9.1f}']
                 fields += [f'time {util.format_time(training_stats.report0("Timing/total_sec", state.total_elapsed_time)):<12s}']
-                fields += [f'sec/kimg {training_stats.report0("Timing/sec_per_kimg", sec_per_kimg):<8.3f}']
+                if np.isfinite(sec_per_kimg): # NaN would poison the cumulative statistic.
+                    training_stats.report0('Timing/sec_per_kimg', sec_per_kimg)
+                fields += [f'sec/kimg {sec_per_kimg:<8.3f}']
                 fields += [f'eta {util.format_time(eta) if np.isfinite(eta) else "-":<10s}']
                 fields += [f'loss {float(loss_acc[0] / loss_acc[1]) if loss_acc[1] > 0 else float("nan"):<9.4f}']
                 fields += [f'cpumem {training_stats.report0("Resources/cpu_mem_gb", cpu_mem):<5.2f}']
@@ -305,7 +308,7 @@ def training_loop(
                     if stats_jsonl is None:
                         stats_jsonl = open(os.path.join(run_dir, 'stats.jsonl'), 'at')
                     fmt = {'Progress/kimg': '%.3f', 'Timing/total_sec': '%.1f'}
-                    items = [(name, value.mean) for name, value in training_stats.default_collector.as_dict().items()]
+                    items = [(name, value['mean']) for name, value in training_stats.default_collector.as_dict().items()]
                     items = [f'"{name}": ' + (fmt.get(name, '%g') % value if np.isfinite(value) else 'NaN') for name, value in items]
                     stats_jsonl.write('{' + ', '.join(items) + f', "timestamp": {time.time():.3f}' + '}\n')
                     stats_jsonl.flush()
@@ -361,7 +364,7 @@ def training_loop(
                     loss.sum().mul(loss_scaling / batch_gpu_total).backward()
 
             # Run optimizer and update weights.
-            lr = util.call_func_by_name(cur_nimg=state.cur_nimg, batch_size=batch_size, **lr_kwargs)
+            lr = float(util.call_func_by_name(cur_nimg=state.cur_nimg, batch_size=batch_size, **lr_kwargs))
             training_stats.report('Loss/learning_rate', lr)
             for group in optimizer.param_groups:
                 group['lr'] = lr

@@ -1,0 +1,158 @@
+"""The training loop: learning-rate schedules against closed forms, exact resumption (sliced and
+after SIGTERM), damaged-checkpoint fallback, 1 vs 2 Gloo processes, and run-directory outputs.
+Uses the minimal family in tests/loop_family.py, so it exercises the loop alone."""
+
+import glob
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from torch_utils import persistence
+from training import training_loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, 'tests')
+
+def loop_kwargs(run_dir, total_nimg=8000, noise=True, ema=True, **kwargs):
+    c = dict(
+        dataset_kwargs=dict(class_name='loop_family.TinyDataset'),
+        encoder_kwargs=dict(class_name='loop_family.IdentityEncoder'),
+        data_loader_kwargs=dict(num_workers=0),
+        network_kwargs=dict(class_name='loop_family.TinyNet'),
+        loss_kwargs=dict(class_name='loop_family.TinyLoss', noise=noise),
+        optimizer_kwargs=dict(class_name='torch.optim.Adam', betas=(0.9, 0.99)),
+        lr_kwargs=dict(func_name='training.training_loop.learning_rate_schedule', ref_lr=0.01, ref_batches=100, rampup_Mimg=0.001),
+        ema_kwargs=dict(class_name='training.phema.PowerFunctionEMA', stds=[0.05, 0.1]) if ema else None,
+        run_dir=str(run_dir), seed=1, batch_size=8, total_nimg=total_nimg,
+        status_nimg=2000, snapshot_nimg=4000, checkpoint_nimg=2000, device='cpu',
+    )
+    c.update(kwargs)
+    return c
+
+def final_state(run_dir):
+    path, state = training_loop.load_latest_checkpoint(str(run_dir))
+    assert path is not None
+    return state
+
+def assert_states_equal(a, b):
+    assert a['state']['cur_nimg'] == b['state']['cur_nimg']
+    for key in a['net']:
+        assert torch.equal(a['net'][key], b['net'][key]), key
+    flat = lambda d: [t for t in torch.utils._pytree.tree_leaves(d) if isinstance(t, torch.Tensor)]
+    for ta, tb in zip(flat(a['ema']), flat(b['ema'])):
+        assert torch.equal(ta, tb)
+    for ta, tb in zip(flat(a['optimizer']), flat(b['optimizer'])):
+        assert torch.equal(ta, tb)
+
+#----------------------------------------------------------------------------
+
+def test_learning_rate_schedules():
+    lr = training_loop.learning_rate_schedule
+    # Warm-up: linear over rampup_Mimg; then constant until ref_batches; then 1/sqrt.
+    assert lr(cur_nimg=0.5e6, batch_size=100, ref_lr=0.01, ref_batches=70e3, rampup_Mimg=1) == pytest.approx(0.005)
+    assert lr(cur_nimg=2e6, batch_size=100, ref_lr=0.01, ref_batches=70e3, rampup_Mimg=1) == pytest.approx(0.01)
+    assert lr(cur_nimg=4 * 70e3 * 100, batch_size=100, ref_lr=0.01, ref_batches=70e3, rampup_Mimg=1) == pytest.approx(0.005)
+    ms = training_loop.multisource_lr_schedule
+    t_ref = 2000 * 2048
+    assert ms(cur_nimg=t_ref - 2048, batch_size=2048, ref_lr=0.004, ref_batches=2000, rampup_Mimg=0) == pytest.approx(0.004)
+    assert ms(cur_nimg=t_ref, batch_size=2048, ref_lr=0.004, ref_batches=2000, rampup_Mimg=0) == pytest.approx(0.002)
+    assert ms(cur_nimg=4 * t_ref, batch_size=2048, ref_lr=0.004, ref_batches=2000, rampup_Mimg=0) == pytest.approx(0.001)
+    c = training_loop.constant_lr
+    assert c(cur_nimg=10, batch_size=8, ref_lr=1e-4, rampup_Mimg=0) == 1e-4
+    assert c(cur_nimg=250, batch_size=8, ref_lr=1e-4, rampup_Mimg=0.001) == pytest.approx(0.25e-4)
+
+def test_param_groups_skip_vectors_and_listed_names():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    net.no_weight_decay = lambda: {'2.weight'}
+    decay, no_decay = training_loop.param_groups(net, 0.02)
+    assert [p.shape for p in decay['params']] == [torch.Size([4, 3])]
+    assert len(no_decay['params']) == 5 and no_decay['weight_decay'] == 0
+
+def test_outputs_and_snapshots(tmp_path):
+    training_loop.training_loop(**loop_kwargs(tmp_path))
+    names = sorted(os.listdir(tmp_path))
+    assert 'stats.jsonl' in names and 'loss.png' in names
+    for kimg in [0, 4, 8]:
+        assert f'network-snapshot-{kimg:07d}-0.050.pkl' in names and f'network-snapshot-{kimg:07d}-0.100.pkl' in names
+    # Checkpoints every 2 kimg; only the two newest are kept.
+    assert [n for n in names if n.startswith('training-state')] == ['training-state-0000006.pt', 'training-state-0000008.pt']
+    assert not [n for n in names if n.startswith('.')] # No temporary files left.
+    lines = [json.loads(l) for l in open(tmp_path / 'stats.jsonl')]
+    assert [l['Progress/kimg'] for l in lines] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert all(np.isfinite(l['Loss/loss']) for l in lines[1:])
+    with open(tmp_path / 'network-snapshot-0000008-0.100.pkl', 'rb') as f:
+        snap = persistence.load_pickle(f)
+    assert set(snap) == {'ema', 'encoder', 'loss_fn', 'dataset_kwargs'}
+    assert not snap['ema'].training and not any(p.requires_grad for p in snap['ema'].parameters())
+
+def test_resume_is_bit_identical(tmp_path):
+    straight = tmp_path / 'straight'
+    sliced = tmp_path / 'sliced'
+    training_loop.training_loop(**loop_kwargs(straight))
+    training_loop.training_loop(**loop_kwargs(sliced, slice_nimg=4000))
+    assert final_state(sliced)['state']['cur_nimg'] == 4000
+    training_loop.training_loop(**loop_kwargs(sliced))
+    assert_states_equal(final_state(straight), final_state(sliced))
+
+def test_damaged_newest_state_falls_back(tmp_path):
+    training_loop.training_loop(**loop_kwargs(tmp_path, total_nimg=4000))
+    newest = training_loop.list_checkpoints(str(tmp_path))[-1]
+    with open(newest, 'r+b') as f:
+        f.truncate(100)
+    with pytest.warns(UserWarning, match='falling back'):
+        path, state = training_loop.load_latest_checkpoint(str(tmp_path))
+    assert path != newest and state['state']['cur_nimg'] == 2000
+
+#----------------------------------------------------------------------------
+# Subprocess runs: SIGTERM and torchrun with 2 Gloo processes.
+
+RUNNER = os.path.join(TESTS, 'loop_runner.py')
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), OMP_NUM_THREADS='1')
+    return env
+
+def test_sigterm_saves_state_and_resume_matches(tmp_path):
+    straight = tmp_path / 'straight'
+    killed = tmp_path / 'killed'
+    training_loop.training_loop(**loop_kwargs(straight, total_nimg=40000, snapshot_nimg=None, checkpoint_nimg=40000))
+    kwargs = loop_kwargs(killed, total_nimg=40000, snapshot_nimg=None, checkpoint_nimg=40000)
+    proc = subprocess.Popen([sys.executable, RUNNER, json.dumps(kwargs)], cwd=ROOT, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Wait until it has trained for a while, then pre-empt it.
+    deadline = time.time() + 120
+    while time.time() < deadline and not os.path.exists(killed / 'stats.jsonl'):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert 'Stopping on signal SIGTERM' in out
+    stopped_at = final_state(killed)['state']['cur_nimg']
+    assert 0 < stopped_at < 40000, out
+    training_loop.training_loop(**kwargs)
+    assert_states_equal(final_state(straight), final_state(killed))
+
+def test_two_gloo_processes_match_one(tmp_path):
+    one = tmp_path / 'one'
+    two = tmp_path / 'two'
+    training_loop.training_loop(**loop_kwargs(one, noise=False, ema=False, snapshot_nimg=None))
+    kwargs = loop_kwargs(two, noise=False, ema=False, snapshot_nimg=None)
+    kwargs['device'] = None
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', RUNNER, json.dumps(kwargs)]
+    result = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    a, b = final_state(one), final_state(two)
+    assert a['state']['cur_nimg'] == b['state']['cur_nimg'] == 8000
+    for key in a['net']:
+        if a['net'][key].is_floating_point():
+            torch.testing.assert_close(a['net'][key], b['net'][key], rtol=1e-5, atol=1e-6)
+    assert len(b['rng']) == 2 # Each rank's RNG state is kept for exact resumption.
