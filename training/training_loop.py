@@ -191,6 +191,9 @@ def training_loop(
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 
+    if dist.get_rank() == 0:
+        os.makedirs(run_dir, exist_ok=True)
+
     # Validate batch size.
     world_size = dist.get_world_size()
     batch_gpu_total = batch_size // world_size
