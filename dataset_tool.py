@@ -1,0 +1,582 @@
+"""Build datasets in EDM2's format: convert images from several kinds of sources (with class
+selection and per-class sampling), encode them into VAE latents, and decode latents back into
+images for inspection. Run `python dataset_tool.py convert --help` for the details."""
+
+import contextlib
+import functools
+import gzip
+import io
+import json
+import multiprocessing
+import os
+import pickle
+import re
+import shutil
+import tarfile
+import zipfile
+import click
+import numpy as np
+import PIL.Image
+from tqdm import tqdm
+
+from torch_utils import util
+from training.dataset import FileTree, is_image_file, load_metadata
+
+TRANSFORMS = ['none', 'center-crop', 'center-crop-wide', 'center-crop-dhariwal']
+DIGITS_TEST_FRACTION = 0.2  # Share of each class that goes to builtin:digits-test.
+DIGITS_SPLIT_SEED = 0       # Fixed: the split must never change between runs or versions.
+
+class SourceError(Exception):
+    """A problem with the input, reported as a one-line error (also raised in worker processes)."""
+
+#----------------------------------------------------------------------------
+# Sources: a list of images, numbered 0..N-1, with optional class labels. `classes` maps each
+# class id to (name, original id); the original id differs from the class id only when the
+# source is itself a selection whose dataset.json records where its classes came from.
+# Sources are pickled into worker processes, so they hold file names or arrays, not handles.
+
+class Source:
+    def __init__(self, name, size, labels=None, class_names=None):
+        self.name = name
+        self.size = size
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.classes = {}
+        if self.labels is not None:
+            self.classes = {int(c): (str(c), int(c)) for c in np.unique(self.labels)}
+            self.classes.update(class_names or {})
+
+    def load(self, idx): # -> uint8 [H, W] (grayscale) or [H, W, 3]
+        raise NotImplementedError
+
+    def describe(self, idx): # How error messages name an image.
+        return f'{self.name} image {idx}'
+
+class ArraySource(Source):
+    def __init__(self, name, images, labels, class_names):
+        super().__init__(name, len(images), labels, {i: (n, i) for i, n in enumerate(class_names)})
+        self.images = images
+
+    def load(self, idx):
+        return self.images[idx]
+
+class FileSource(Source):
+    def __init__(self, files, fnames, labels, classes):
+        super().__init__(files.path, len(fnames), labels, classes)
+        self.files = files
+        self.fnames = fnames
+        self.is_latent = any(f.lower().endswith('.npy') for f in fnames)
+        # One channel only when the dataset starts grayscale (a converted MNIST or digits);
+        # photo collections with a few grayscale images (ImageNet) stay RGB.
+        self.mode = 'RGB'
+        if not self.is_latent and self._open(0).mode in ('1', 'L', 'LA'):
+            self.mode = 'L'
+
+    def _open(self, idx):
+        try:
+            with self.files.open(self.fnames[idx]) as f:
+                image = PIL.Image.open(f)
+                image.load() # Decode now: truncated files fail here, inside the try.
+                return image
+        except (OSError, ValueError, SyntaxError) as e:
+            raise SourceError(f'Cannot read image {self.describe(idx)}: {e}')
+
+    def load(self, idx):
+        if self.is_latent:
+            with self.files.open(self.fnames[idx]) as f:
+                return np.load(f)
+        return np.array(self._open(idx).convert(self.mode))
+
+    def describe(self, idx):
+        return self.files.describe(self.fnames[idx])
+
+#----------------------------------------------------------------------------
+# Opening each kind of source.
+
+def open_source(source):
+    if source.startswith('builtin:'):
+        return open_builtin(source)
+    if os.path.isdir(source):
+        mnist_images = os.path.join(source, 'train-images-idx3-ubyte.gz')
+        return open_mnist(mnist_images) if os.path.isfile(mnist_images) else open_file_tree(source)
+    if not os.path.isfile(source):
+        raise SourceError(f'--source {source}: no such file or folder')
+    name = os.path.basename(source).lower()
+    if name.endswith('.zip'):
+        return open_file_tree(source)
+    if name.endswith(('.tar.gz', '.tgz')):
+        return open_cifar10(source)
+    if 'idx3-ubyte' in name:
+        return open_mnist(source)
+    raise SourceError(f'--source {source}: unsupported file; expected a folder, a .zip, the CIFAR-10 '
+        'python tarball, an MNIST *-images-idx3-ubyte.gz file or builtin:digits[-train|-test]')
+
+def open_file_tree(path):
+    """A folder or ZIP of images. Classes come from its dataset.json, or else from the top-level
+    subfolders (class id = index in the sorted folder names, as in ImageNet's synset order)."""
+    try:
+        files = FileTree(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise SourceError(f'--source {path}: cannot read it ({e})')
+    fnames = [f for f in files.fnames if is_image_file(f)]
+    if len(fnames) == 0:
+        raise SourceError(f'--source {path}: no images found')
+    try:
+        metadata = load_metadata(files)
+    except ValueError as e:
+        raise SourceError(f'Cannot parse {files.describe("dataset.json")}: {e}')
+
+    labels, classes = None, {}
+    if metadata.get('labels') is not None:
+        label_of = dict(metadata['labels'])
+        missing = [f for f in fnames if not isinstance(label_of.get(f), int)]
+        if missing:
+            raise SourceError(f'{files.describe("dataset.json")}: no integer class id for {missing[0]}')
+        labels = [label_of[f] for f in fnames]
+        classes = {s['label']: (s['name'], s.get('original_id', s['label'])) for s in metadata.get('sources') or []}
+    else:
+        folders = [f.split('/')[0] if '/' in f else '' for f in fnames]
+        folder_names = sorted(set(folders))
+        if len(folder_names) >= 2:
+            index = {folder: i for i, folder in enumerate(folder_names)}
+            labels = [index[folder] for folder in folders]
+            classes = {i: (folder, i) for i, folder in enumerate(folder_names)}
+    return FileSource(files, fnames, labels, classes)
+
+def open_builtin(source):
+    """scikit-learn's 8x8 digits (1797 images, gray levels 0..16 stored as round(v * 255 / 16)).
+    The split is stratified: within each class, in class order, one RandomState(0) stream
+    permutes the class's images and the first round(20%) of them form the test split."""
+    splits = {'builtin:digits': None, 'builtin:digits-train': 'train', 'builtin:digits-test': 'test'}
+    if source not in splits:
+        raise SourceError(f'--source {source}: unknown built-in dataset; choose one of {", ".join(splits)}')
+    import sklearn.datasets
+    digits = sklearn.datasets.load_digits()
+    images = np.round(digits.images * 255 / 16).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    if splits[source] is not None:
+        is_test = np.zeros(len(labels), dtype=bool)
+        rnd = np.random.RandomState(DIGITS_SPLIT_SEED)
+        for c in range(10):
+            members = rnd.permutation(np.flatnonzero(labels == c))
+            is_test[members[:int(round(len(members) * DIGITS_TEST_FRACTION))]] = True
+        keep = is_test if splits[source] == 'test' else ~is_test
+        images, labels = images[keep], labels[keep]
+    return ArraySource(source, images, labels, [str(c) for c in range(10)])
+
+def open_cifar10(path):
+    """The CIFAR-10 python tarball (cifar-10-python.tar.gz): the 50,000 training images."""
+    try:
+        with tarfile.open(path, 'r:gz') as tar:
+            def load(member):
+                return pickle.load(tar.extractfile(f'cifar-10-batches-py/{member}'), encoding='bytes')
+            batches = [load(f'data_batch_{i}') for i in range(1, 6)]
+            class_names = [n.decode() for n in load('batches.meta')[b'label_names']]
+    except (OSError, KeyError, EOFError, tarfile.TarError, pickle.UnpicklingError) as e:
+        raise SourceError(f'--source {path}: not a readable CIFAR-10 python tarball ({e})')
+    images = np.concatenate([b[b'data'] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    labels = np.concatenate([b[b'labels'] for b in batches])
+    return ArraySource(path, images, labels, class_names)
+
+def read_idx(path):
+    """An MNIST idx file (optionally gzipped) -> uint8 array."""
+    try:
+        with (gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')) as f:
+            data = f.read()
+    except OSError as e:
+        raise SourceError(f'Cannot read {path}: {e}')
+    if len(data) < 4 or data[:3] != b'\0\0\x08':
+        raise SourceError(f'{path}: not an uint8 idx file')
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], 'big') for i in range(ndim))
+    if len(data) != 4 + 4 * ndim + int(np.prod(shape)):
+        raise SourceError(f'{path}: size does not match the idx header {shape}')
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+def open_mnist(images_path):
+    """MNIST (or Fashion-MNIST) idx files; the labels file lies beside the images file."""
+    labels_path = os.path.join(os.path.dirname(images_path), os.path.basename(images_path).replace('images-idx3', 'labels-idx1'))
+    if not os.path.isfile(labels_path):
+        raise SourceError(f'--source {images_path}: the labels file {labels_path} is missing')
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or labels.shape != images.shape[:1]:
+        raise SourceError(f'{images_path} and {labels_path} do not match: {images.shape} images, {labels.shape} labels')
+    return ArraySource(images_path, images, labels, [str(c) for c in range(int(labels.max()) + 1)])
+
+#----------------------------------------------------------------------------
+# Selecting images: --classes, --per-class, --max-images.
+
+def parse_classes(source, spec):
+    """'3,n01440764,5-7' -> class ids, in the order given. Names win over ids when a class is
+    named by a number (a folder called '3' is that folder, not class id 3)."""
+    by_name = {name: c for c, (name, _) in source.classes.items()}
+    chosen = []
+    for token in (t.strip() for t in spec.split(',')):
+        if token in by_name:
+            chosen.append(by_name[token])
+        elif re.fullmatch(r'\d+(-\d+)?', token) and all(c in source.classes for c in util.parse_int_list(token)):
+            chosen += util.parse_int_list(token)
+        else:
+            known = ', '.join(f'{c} ({name})' for c, (name, _) in sorted(source.classes.items())[:20])
+            raise SourceError(f'--classes: unknown class "{token}" in {source.name}; its classes are {known}'
+                + (', ...' if len(source.classes) > 20 else ''))
+    if len(set(chosen)) != len(chosen):
+        raise SourceError(f'--classes {spec}: a class is listed twice')
+    return chosen
+
+def select_images(source, classes=None, per_class=None, seed=0, max_images=None):
+    """Returns (image indices into the source, output label per image or None, [(class id, name,
+    original id)] per output label or None). Chosen classes become labels 0..K-1 in the order
+    given; each class's sample depends only on (seed, class), not on the other classes chosen."""
+    if source.labels is None:
+        if classes is not None or per_class is not None:
+            raise SourceError(f'--classes/--per-class: {source.name} has no class labels')
+        indices = np.arange(source.size)[:max_images]
+        return indices, None, None
+
+    chosen = parse_classes(source, classes) if classes is not None else sorted(source.classes)
+    new_label = {c: i for i, c in enumerate(chosen)} if classes is not None else {c: c for c in chosen}
+    indices = []
+    for c in chosen:
+        members = np.flatnonzero(source.labels == c)
+        if per_class is not None:
+            if len(members) < per_class:
+                raise SourceError(f'--per-class {per_class}: class {c} ({source.classes[c][0]}) has only {len(members)} images')
+            members = members[np.random.RandomState([seed, c]).choice(len(members), per_class, replace=False)]
+        indices.append(members)
+    indices = np.sort(np.concatenate(indices))[:max_images]
+    labels = [new_label[c] for c in source.labels[indices]]
+    sources = [(new_label[c], *source.classes[c]) for c in chosen]
+    return indices, labels, sorted(sources)
+
+#----------------------------------------------------------------------------
+# Transforms: resize and crop with PIL, for grayscale [H, W] and RGB [H, W, 3] arrays alike.
+
+def resize(image, width, height, resample=PIL.Image.Resampling.LANCZOS):
+    return np.array(PIL.Image.fromarray(image).resize((width, height), resample))
+
+def scale_to(width, height, image):
+    if width is None or image.shape[1::-1] == (width, height):
+        return image
+    return resize(image, width, height)
+
+def center_crop(width, height, image):
+    crop = min(image.shape[:2])
+    top, left = (image.shape[0] - crop) // 2, (image.shape[1] - crop) // 2
+    return resize(image[top : top + crop, left : left + crop], width, height)
+
+def center_crop_wide(width, height, image):
+    """Crop to the output's aspect ratio, resize, and letterbox into a width x width square.
+    Images too small to fill the box are skipped (returns None)."""
+    crop_height = int(np.round(width * image.shape[0] / image.shape[1]))
+    if image.shape[1] < width or crop_height < height:
+        return None
+    top = (image.shape[0] - crop_height) // 2
+    image = resize(image[top : top + crop_height], width, height)
+    canvas = np.zeros([width, width, *image.shape[2:]], dtype=np.uint8)
+    canvas[(width - height) // 2 : (width - height) // 2 + height] = image
+    return canvas
+
+def center_crop_dhariwal(size, image):
+    """ADM's ImageNet preprocessing: halve with BOX filtering while the short side is at least
+    twice the target, resize with BICUBIC so the short side matches, then center crop."""
+    pil = PIL.Image.fromarray(image)
+    while min(pil.size) >= 2 * size:
+        pil = pil.resize(tuple(x // 2 for x in pil.size), resample=PIL.Image.Resampling.BOX)
+    scale = size / min(pil.size)
+    pil = pil.resize(tuple(round(x * scale) for x in pil.size), resample=PIL.Image.Resampling.BICUBIC)
+    image = np.array(pil)
+    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+    return image[top : top + size, left : left + size]
+
+def make_transform(transform, width, height):
+    """Returns image -> image (or None = skip), after checking that the output is square and a
+    power of two, so a bad --resolution fails before any work."""
+    if transform != 'none' and width is None:
+        raise click.BadParameter(f'--transform {transform} needs --resolution WxH', param_hint='--resolution')
+    if width is not None:
+        out_height = width if transform == 'center-crop-wide' else height
+        check_output_size(width, out_height, '--resolution')
+    if transform == 'center-crop-dhariwal' and width != height:
+        raise click.BadParameter(f'--transform {transform} needs a square --resolution', param_hint='--resolution')
+    return {
+        'none':                 functools.partial(scale_to, width, height),
+        'center-crop':          functools.partial(center_crop, width, height),
+        'center-crop-wide':     functools.partial(center_crop_wide, width, height),
+        'center-crop-dhariwal': functools.partial(center_crop_dhariwal, width),
+    }[transform]
+
+def check_output_size(width, height, what):
+    if width != height:
+        raise SourceError(f'{what}: output images must be square, got {width}x{height}')
+    if width < 1 or width & (width - 1) != 0:
+        raise SourceError(f'{what}: output size must be a power of two, got {width}x{height}')
+
+#----------------------------------------------------------------------------
+# Parallel map that keeps the input order. Workers are forked where possible, so a source's
+# arrays are shared rather than pickled; the function is installed once per worker.
+
+_worker_func = None
+
+def _install_worker_func(func):
+    global _worker_func
+    _worker_func = func
+
+def _call_worker_func(item):
+    return _worker_func(item)
+
+def map_ordered(func, items, workers):
+    if workers <= 1 or len(items) <= 1:
+        yield from map(func, items)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context('fork' if 'fork' in methods else 'spawn')
+    chunksize = max(1, min(64, len(items) // (workers * 8)))
+    with context.Pool(workers, initializer=_install_worker_func, initargs=(func,)) as pool:
+        yield from pool.imap(_call_worker_func, items, chunksize=chunksize)
+
+def default_workers():
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+#----------------------------------------------------------------------------
+# Output: EDM2's layout in a ZIP or a folder, written under a temporary name and renamed when
+# complete. The ZIP is byte-for-byte reproducible: fixed timestamps and permissions, input order.
+
+def archive_name(idx, ext='png'):
+    idx_str = f'{idx:08d}'
+    return f'{idx_str[:5]}/img{idx_str}.png' if ext == 'png' else f'{idx_str[:5]}/img-mean-std-{idx_str}.npy'
+
+def check_dest(dest):
+    if dest == '':
+        raise SourceError('--dest must not be empty')
+    if dest.lower().endswith('.zip'):
+        if os.path.exists(dest):
+            raise SourceError(f'--dest {dest} already exists; delete it or choose another name')
+    elif os.path.exists(dest) and (not os.path.isdir(dest) or len(os.listdir(dest)) != 0):
+        raise SourceError(f'--dest {dest} exists and is not an empty folder')
+
+@contextlib.contextmanager
+def open_dest(dest):
+    """Yields write(fname, data); the output appears under `dest` only if the block succeeds."""
+    with util.atomic_path(dest) as tmp:
+        if dest.lower().endswith('.zip'):
+            with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as zf:
+                def write_zip(fname, data):
+                    info = zipfile.ZipInfo(fname, date_time=(1980, 1, 1, 0, 0, 0))
+                    info.external_attr = 0o644 << 16
+                    zf.writestr(info, data)
+                yield write_zip
+        else:
+            def write_file(fname, data):
+                os.makedirs(os.path.dirname(os.path.join(tmp, fname)), exist_ok=True)
+                with open(os.path.join(tmp, fname), 'wb') as f:
+                    f.write(data)
+            try:
+                yield write_file
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            if os.path.isdir(dest):
+                os.rmdir(dest) # Checked empty by check_dest(); the rename needs it gone on every OS.
+
+def write_dataset(dest, records, labels, sources, total, ext='png', desc='convert'):
+    """records: iterable of file contents (bytes), one per output image, or None to skip.
+    labels: the label of each record, or None. sources: [(label, name, original id)] or None."""
+    kept_labels = []
+    with open_dest(dest) as write:
+        num_written = 0
+        for idx, data in enumerate(tqdm(records, total=total, desc=desc, unit='img', dynamic_ncols=True)):
+            if data is None:
+                continue
+            fname = archive_name(num_written, ext)
+            write(fname, data)
+            if labels is not None:
+                kept_labels.append([fname, int(labels[idx])])
+            num_written += 1
+        metadata = {'labels': kept_labels if labels is not None else None}
+        if sources is not None:
+            metadata['sources'] = [dict(label=label, name=name, original_id=original_id) for label, name, original_id in sources]
+        write('dataset.json', json.dumps(metadata).encode('utf-8'))
+    return num_written
+
+def png_bytes(image):
+    f = io.BytesIO()
+    PIL.Image.fromarray(image).save(f, format='png', compress_level=0, optimize=False)
+    return f.getvalue()
+
+def npy_bytes(array):
+    f = io.BytesIO()
+    np.save(f, array)
+    return f.getvalue()
+
+#----------------------------------------------------------------------------
+# Command line.
+
+def parse_resolution(_ctx, _param, value):
+    if value is None:
+        return None
+    m = re.fullmatch(r'(\d+)[x,](\d+)', value)
+    if not m:
+        raise click.BadParameter(f'expected WxH, e.g. 64x64, got "{value}"')
+    return int(m.group(1)), int(m.group(2))
+
+@contextlib.contextmanager
+def one_line_errors():
+    try:
+        yield
+    except SourceError as e:
+        raise click.ClickException(str(e))
+
+@click.group()
+def cmdline():
+    """Dataset tool: convert images into EDM2's dataset format, encode them into VAE latents,
+    decode latents back into images.
+
+    \b
+    python dataset_tool.py convert --source=builtin:digits-train --dest=datasets/digits.zip
+    python dataset_tool.py convert --source=imagenet/train --dest=datasets/img64-10cls.zip \\
+        --resolution=64x64 --transform=center-crop-dhariwal --classes=n01440764,n01443537 --per-class=500
+    python dataset_tool.py encode --source=datasets/img512.zip --dest=datasets/img512-sd.zip
+    """
+
+def convert_image(source, transform, idx):
+    image = transform(source.load(idx))
+    return None if image is None else (png_bytes(image), image.shape)
+
+@cmdline.command()
+@click.option('--source',     help='Folder, ZIP, CIFAR-10 tarball, MNIST idx.gz, builtin:digits[-train|-test]', metavar='PATH', type=str, required=True)
+@click.option('--dest',       help='Output ZIP or empty folder', metavar='PATH', type=str, required=True)
+@click.option('--transform',  help='Crop/resize mode', type=click.Choice(TRANSFORMS), default='none', show_default=True)
+@click.option('--resolution', help='Output size, e.g. 64x64', metavar='WxH', type=str, callback=parse_resolution)
+@click.option('--max-images', help='Stop after this many images', metavar='INT', type=click.IntRange(min=1))
+@click.option('--classes',    help='Classes to keep, in label order: ids or names, e.g. 3,7 or n01440764,n01443537', metavar='LIST', type=str)
+@click.option('--per-class',  help='Pick this many images per class at random, without replacement', metavar='INT', type=click.IntRange(min=1))
+@click.option('--seed',       help='Random seed for --per-class', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--workers',    help='Decoding processes  [default: all cores]', metavar='INT', type=click.IntRange(min=1), default=default_workers())
+def convert(source, dest, transform, resolution, max_images, classes, per_class, seed, workers):
+    """Convert images into a dataset ZIP (or folder) of PNGs with a dataset.json.
+
+    Classes come from dataset.json, from the top-level subfolders (sorted: for an ImageNet
+    train/ folder, the standard class ids), or from the labels of CIFAR-10, MNIST and digits.
+    --classes keeps the listed classes and relabels them 0..K-1 in the order given;
+    dataset.json records each label's source name and original id under "sources".
+    The same options and seed give a byte-identical ZIP, whatever --workers is.
+    """
+    with one_line_errors():
+        check_dest(dest)
+        width, height = resolution if resolution is not None else (None, None)
+        transform_image = make_transform(transform, width, height)
+        src = open_source(source)
+        if getattr(src, 'is_latent', False):
+            raise SourceError(f'--source {source} holds latents (.npy); use `dataset_tool.py decode`')
+        indices, labels, sources = select_images(src, classes, per_class, seed, max_images)
+        results = map_ordered(functools.partial(convert_image, src, transform_image), indices, workers)
+
+        def records():
+            first = None
+            for idx, result in zip(indices, results):
+                if result is None:
+                    yield None
+                    continue
+                data, shape = result
+                if first is None:
+                    first = (idx, shape)
+                    check_output_size(shape[1], shape[0], f'images of {source} (use --resolution)')
+                elif shape != first[1]:
+                    raise SourceError(f'Mixed image sizes: {src.describe(idx)} is {shape[1]}x{shape[0]} but '
+                        f'{src.describe(first[0])} is {first[1][1]}x{first[1][0]}; pass --resolution')
+                yield data
+
+        num_written = write_dataset(dest, records(), labels, sources, total=len(indices))
+    if num_written < len(indices):
+        print(f'Skipped {len(indices) - num_written} images smaller than --resolution (center-crop-wide).')
+    print(f'Wrote {num_written} images to {dest}')
+
+def open_encoder(model_url, batch):
+    import torch
+    from training.encoders import StabilityVAEEncoder
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    encoder = StabilityVAEEncoder(vae_name=model_url, batch_size=batch)
+    encoder.init(device)
+    return encoder, device
+
+def batched(indices, batch):
+    return [indices[i : i + batch] for i in range(0, len(indices), batch)]
+
+def load_batch(source, indices, what):
+    arrays = [source.load(i) for i in indices]
+    for idx, a in zip(indices, arrays):
+        if a.shape != arrays[0].shape:
+            raise SourceError(f'Mixed sizes in {what}: {source.describe(idx)} is {a.shape}, '
+                f'{source.describe(indices[0])} is {arrays[0].shape}')
+    return np.stack(arrays)
+
+def open_dataset_source(source, max_images, want_latents):
+    src = open_source(source)
+    if getattr(src, 'is_latent', False) != want_latents:
+        raise SourceError(f'--source {source}: expected a dataset of ' + ('latents (.npy)' if want_latents else 'images'))
+    indices = np.arange(src.size)[:max_images]
+    sources = sorted((c, name, original_id) for c, (name, original_id) in src.classes.items()) if src.labels is not None else None
+    labels = src.labels[indices] if src.labels is not None else None
+    return src, indices, labels, sources
+
+@cmdline.command()
+@click.option('--source',     help='Image dataset (ZIP or folder)', metavar='PATH', type=str, required=True)
+@click.option('--dest',       help='Output ZIP or empty folder', metavar='PATH', type=str, required=True)
+@click.option('--model-url',  help='VAE: hub name or local folder from save_pretrained()', metavar='NAME|PATH', type=str, default='stabilityai/sd-vae-ft-mse', show_default=True)
+@click.option('--max-images', help='Stop after this many images', metavar='INT', type=click.IntRange(min=1))
+@click.option('--batch',      help='Images per VAE call', metavar='INT', type=click.IntRange(min=1), default=8, show_default=True)
+def encode(source, dest, model_url, max_images, batch):
+    """Encode images into VAE latents: float32 [8, H/8, W/8] .npy files holding the posterior
+    mean and std, with the source's labels and dataset.json "sources"."""
+    import torch
+    with one_line_errors():
+        check_dest(dest)
+        src, indices, labels, sources = open_dataset_source(source, max_images, want_latents=False)
+        encoder, device = open_encoder(model_url, batch)
+
+        def records():
+            for chunk in batched(indices, batch):
+                images = load_batch(src, chunk, source)
+                if images.shape[1] % 8 != 0 or images.shape[2] % 8 != 0:
+                    raise SourceError(f'--source {source}: image size {images.shape[2]}x{images.shape[1]} is not a multiple of 8')
+                x = torch.from_numpy(images.reshape(*images.shape[:3], -1)).permute(0, 3, 1, 2).to(device)
+                with torch.no_grad():
+                    latents = encoder.encode_pixels(x).cpu().numpy()
+                yield from (npy_bytes(lat.astype(np.float32)) for lat in latents)
+
+        num_written = write_dataset(dest, records(), labels, sources, total=len(indices), ext='npy', desc='encode')
+    print(f'Wrote {num_written} latents to {dest}')
+
+@cmdline.command()
+@click.option('--source',     help='Latent dataset (ZIP or folder) written by encode', metavar='PATH', type=str, required=True)
+@click.option('--dest',       help='Output ZIP or empty folder', metavar='PATH', type=str, required=True)
+@click.option('--model-url',  help='VAE: hub name or local folder from save_pretrained()', metavar='NAME|PATH', type=str, default='stabilityai/sd-vae-ft-mse', show_default=True)
+@click.option('--max-images', help='Stop after this many images', metavar='INT', type=click.IntRange(min=1))
+@click.option('--batch',      help='Latents per VAE call', metavar='INT', type=click.IntRange(min=1), default=8, show_default=True)
+def decode(source, dest, model_url, max_images, batch):
+    """Decode latents back into PNGs for inspection (the posterior mean, no sampling noise)."""
+    import torch
+    with one_line_errors():
+        check_dest(dest)
+        src, indices, labels, sources = open_dataset_source(source, max_images, want_latents=True)
+        encoder, device = open_encoder(model_url, batch)
+
+        def records():
+            for chunk in batched(indices, batch):
+                latents = load_batch(src, chunk, source)
+                if latents.ndim != 4 or latents.shape[1] != 8:
+                    raise SourceError(f'--source {source}: expected [8, H, W] latents, got {list(latents.shape[1:])}')
+                mean = torch.from_numpy(latents[:, :4]).to(device)
+                with torch.no_grad():
+                    images = encoder.decode(encoder.scale_latents(mean)).permute(0, 2, 3, 1).cpu().numpy()
+                yield from (png_bytes(image) for image in images)
+
+        num_written = write_dataset(dest, records(), labels, sources, total=len(indices), desc='decode')
+    print(f'Wrote {num_written} images to {dest}')
+
+#----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    cmdline()
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,177 @@
+"""Converting between the pixels stored in a dataset and the representation a model works in.
+
+Raw pixels (uint8 NCHW, as the dataset returns them) are first encoded into "raw latents", the
+form stored in a dataset, and then into "final latents", what the network sees. Decoding goes
+from final latents straight back to uint8 pixels. Keeping the second step separate lets a model
+change its data scaling (or sample a VAE posterior afresh every time) without re-encoding the
+dataset. The classes are persistent so that a snapshot carries the encoder it was trained with;
+StandardRGBEncoder and StabilityVAEEncoder keep the attribute names of the official EDM2 classes,
+so either can stand in for the other.
+"""
+
+import os
+import click
+import numpy as np
+import torch
+from torch_utils import misc
+from torch_utils import persistence
+from torch_utils import util
+
+#----------------------------------------------------------------------------
+# Base class: encode = encode_latents(encode_pixels(x)).
+
+@persistence.persistent_class
+class Encoder:
+    def __init__(self):
+        pass
+
+    def init(self, device): # Load whatever is loaded lazily, now, onto the given device.
+        pass
+
+    def __getstate__(self):
+        return self.__dict__
+
+    def encode(self, x): # raw pixels => final latents
+        return self.encode_latents(self.encode_pixels(x))
+
+    def encode_pixels(self, x): # raw pixels => raw latents
+        raise NotImplementedError
+
+    def encode_latents(self, x): # raw latents => final latents
+        raise NotImplementedError
+
+    def decode(self, x): # final latents => raw pixels
+        raise NotImplementedError
+
+#----------------------------------------------------------------------------
+# EDM2 pixel-space models: uint8 [0, 255] <-> float [-1, 1].
+
+@persistence.persistent_class
+class StandardRGBEncoder(Encoder):
+    def encode_pixels(self, x):
+        return x
+
+    def encode_latents(self, x):
+        return x.to(torch.float32) / 127.5 - 1
+
+    def decode(self, x):
+        return (x.to(torch.float32) * 127.5 + 128).clip(0, 255).to(torch.uint8)
+
+#----------------------------------------------------------------------------
+# Latent-space models: Stable Diffusion's VAE. The dataset stores the posterior mean and std
+# (8 channels); encode_latents draws a fresh sample from the posterior each time and whitens it
+# with the assumed per-channel statistics of the raw latents.
+
+@persistence.persistent_class
+class StabilityVAEEncoder(Encoder):
+    def __init__(self,
+        vae_name    = 'stabilityai/sd-vae-ft-mse',  # Hub name, or a local folder written by save_pretrained().
+        raw_mean    = [5.81, 3.25, 0.12, -2.15],    # Assumed mean of the raw latents.
+        raw_std     = [4.17, 4.62, 3.71, 3.28],     # Assumed standard deviation of the raw latents.
+        final_mean  = 0,                            # Desired mean of the final latents.
+        final_std   = 0.5,                          # Desired standard deviation of the final latents.
+        batch_size  = 8,                            # Images per VAE call.
+    ):
+        super().__init__()
+        self.vae_name = vae_name
+        self.scale = np.float32(final_std) / np.float32(raw_std)
+        self.bias = np.float32(final_mean) - np.float32(raw_mean) * self.scale
+        self.batch_size = int(batch_size)
+        self._vae = None
+
+    def init(self, device):
+        if self._vae is None:
+            self._vae = load_stability_vae(self.vae_name, device=device)
+        else:
+            self._vae.to(device)
+
+    def __getstate__(self):
+        return dict(super().__getstate__(), _vae=None) # The VAE weights never go into a snapshot.
+
+    def encode_pixels(self, x):
+        self.init(x.device)
+        x = x.to(torch.float32) / 255
+        if x.shape[1] == 1: # Grayscale datasets: the VAE expects RGB.
+            x = x.expand(-1, 3, -1, -1)
+        results = []
+        for batch in x.split(self.batch_size):
+            posterior = self._vae.encode(batch)['latent_dist']
+            results.append(torch.cat([posterior.mean, posterior.std], dim=1))
+        return torch.cat(results)
+
+    def encode_latents(self, x):
+        mean, std = x.to(torch.float32).chunk(2, dim=1)
+        x = mean + torch.randn_like(mean) * std
+        return self.scale_latents(x)
+
+    def scale_latents(self, x): # raw VAE latents (4 channels) => final latents
+        x = x * misc.const_like(x, self.scale).reshape(1, -1, 1, 1)
+        return x + misc.const_like(x, self.bias).reshape(1, -1, 1, 1)
+
+    def decode(self, x):
+        self.init(x.device)
+        x = x.to(torch.float32)
+        x = x - misc.const_like(x, self.bias).reshape(1, -1, 1, 1)
+        x = x / misc.const_like(x, self.scale).reshape(1, -1, 1, 1)
+        x = torch.cat([self._vae.decode(batch)['sample'] for batch in x.split(self.batch_size)])
+        return x.clamp(0, 1).mul(255).to(torch.uint8)
+
+#----------------------------------------------------------------------------
+# ARDM: discrete intensity levels. uint8 v -> floor(v * K / 256), decoded to the level's
+# centre on the 0..255 scale, round(k * 255 / (K - 1)). K = 256 is the identity and K = 2
+# thresholds at 128; data stored as round(u * 255 / (K - 1)) for u in 0..K-1 (e.g. the 17
+# gray levels of the built-in digits with K = 17) maps back to exactly u.
+
+@persistence.persistent_class
+class QuantizeEncoder(Encoder):
+    def __init__(self,
+        levels = 256,   # Number of discrete levels K per channel, 2..256.
+    ):
+        super().__init__()
+        if not 2 <= int(levels) <= 256:
+            raise ValueError(f'QuantizeEncoder: levels must be in 2..256, got {levels}')
+        self.levels = int(levels)
+
+    def encode_pixels(self, x):
+        return x
+
+    def encode_latents(self, x): # uint8 (or integer-valued float) pixels => float levels 0..K-1
+        return torch.floor(x.to(torch.float32) * self.levels / 256)
+
+    def decode(self, x):
+        x = x.to(torch.float32).round().clamp(0, self.levels - 1)
+        return (x * 255 / (self.levels - 1)).round().to(torch.uint8)
+
+#----------------------------------------------------------------------------
+# Load a diffusers AutoencoderKL from a local folder, from this project's cache, or from the hub,
+# in that order, and say exactly what to do when none of them works (e.g. offline).
+
+def load_stability_vae(vae_name='stabilityai/sd-vae-ft-mse', device=torch.device('cpu')):
+    import diffusers
+    if os.path.isdir(vae_name):
+        try:
+            vae = diffusers.AutoencoderKL.from_pretrained(vae_name)
+        except (OSError, ValueError) as e:
+            raise click.ClickException(f'Cannot load a diffusers AutoencoderKL from the folder {vae_name} '
+                f'(it must hold config.json and the weights written by save_pretrained()): {e}')
+        return vae.eval().requires_grad_(False).to(device)
+
+    cache_dir = util.make_cache_dir_path('diffusers')
+    os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
+    try:
+        # The cache first, so that a cached model never touches the network.
+        vae = diffusers.AutoencoderKL.from_pretrained(vae_name, cache_dir=cache_dir, local_files_only=True)
+    except (OSError, ValueError):
+        try:
+            vae = diffusers.AutoencoderKL.from_pretrained(vae_name, cache_dir=cache_dir)
+        except (OSError, ValueError) as e:
+            raise click.ClickException(f'Cannot load the VAE "{vae_name}": it is not a local folder, '
+                f'not in the cache {cache_dir}, and the Hugging Face hub cannot be reached ({type(e).__name__}). '
+                f'To work offline, run on a machine with internet: python -c "import diffusers; '
+                f"diffusers.AutoencoderKL.from_pretrained('{vae_name}').save_pretrained('sd-vae')\" "
+                f'and copy the folder sd-vae here, then pass its path instead of "{vae_name}" '
+                f'(e.g. --model-url sd-vae); or copy a Hugging Face cache holding it into {cache_dir} '
+                f'(EDM2_CACHE_DIR moves that cache).') from e
+    return vae.eval().requires_grad_(False).to(device)
+
+#----------------------------------------------------------------------------
