@@ -1,0 +1,84 @@
+"""train_edm2.py: preset resolution and overrides, validation errors, dry run, and a short real
+run of the digits preset through the command line (snapshots, state, log, options, loss curve)."""
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+import dataset_tool
+import train_edm2
+from training import presets
+
+@pytest.fixture(scope='module')
+def digits_zip(tmp_path_factory):
+    dest = str(tmp_path_factory.mktemp('data') / 'digits-train.zip')
+    result = CliRunner().invoke(dataset_tool.cmdline,
+        ['convert', '--source', 'builtin:digits-train', '--dest', dest])
+    assert result.exit_code == 0, result.output
+    return dest
+
+def invoke(args):
+    return CliRunner().invoke(train_edm2.main, args)
+
+def test_every_preset_resolves_and_builds():
+    for name in presets.PRESETS:
+        opts = presets.resolve(name)
+        family = presets.build(opts)
+        assert family.network_kwargs.class_name.startswith('training.networks_')
+        assert family.loss_kwargs.class_name.startswith('training.')
+
+def test_multisource_presets_table():
+    opts = presets.resolve('edm2-img256-xs-5c-500')
+    assert (opts.duration, opts.lr, opts.decay, opts.channels, opts.batch) == ('128Mi', 0.006, 4000, 128, 2048)
+    assert (opts.P_mean, opts.P_std, opts.dropout, opts.lr_schedule) == (-0.4, 1.0, 0.0, 'multisource')
+    assert len([n for n in presets.PRESETS if n.startswith('edm2-img256-xs-')]) == 12
+    official = presets.resolve('edm2-img512-xxl')
+    assert (official.duration, official.channels, official.lr, official.dropout) == ('896Mi', 448, 0.0065, 0.1)
+
+def test_dry_run_applies_overrides(digits_zip, tmp_path):
+    result = invoke(['--preset', 'edm2-digits', '--data', digits_zip, '--outdir', str(tmp_path / 'run'), '--dry-run',
+        '--duration', '2Ki', '--batch', '64', '--lr', '0.02', '--set', 'num_blocks=1', '--set', 'channel_mult=[1,1]'])
+    assert result.exit_code == 0, result.output
+    assert '"total_nimg": 2048' in result.output and '"batch_size": 64' in result.output
+    assert '"ref_lr": 0.02' in result.output and '"num_blocks": 1' in result.output
+    assert not os.path.exists(tmp_path / 'run') # A dry run writes nothing.
+
+@pytest.mark.parametrize('args, message', [
+    (['--preset', 'no-such-preset'], 'unknown preset'),
+    (['--preset', 'edm2-digits', '--batch', '100', '--batch-gpu', '30'], 'not divisible'),
+    (['--preset', 'edm2-digits', '--duration', '1000'], 'not a multiple of the batch size'),
+    (['--preset', 'edm2-digits', '--snapshot', '3Ki', '--batch', '1000'], 'not a multiple'),
+    (['--preset', 'edm2-digits', '--duration', '5X'], 'Invalid image count'),
+    (['--preset', 'edm2-digits', '--set', 'no_such_option=3'], 'does not apply'),
+    (['--preset', 'edm2-digits', '--set', 'oops'], 'KEY=VALUE'),
+])
+def test_bad_options_are_clear_errors(digits_zip, tmp_path, args, message):
+    result = invoke(['--data', digits_zip, '--outdir', str(tmp_path / 'run')] + args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert 'Traceback' not in result.output
+    assert not os.path.exists(tmp_path / 'run')
+
+def test_missing_dataset_is_clear_error(tmp_path):
+    result = invoke(['--preset', 'edm2-digits', '--data', str(tmp_path / 'missing.zip'), '--outdir', str(tmp_path / 'run')])
+    assert result.exit_code != 0 and '--data' in result.output and 'missing.zip' in result.output
+
+def test_short_run_and_resume(digits_zip, tmp_path):
+    run_dir = tmp_path / 'run'
+    args = ['--preset', 'edm2-digits', '--data', digits_zip, '--outdir', str(run_dir), '--duration', '2Ki',
+        '--batch', '64', '--status', '1Ki', '--snapshot', '2Ki', '--checkpoint', '1Ki', '--set', 'channels=16']
+    result = invoke(args + ['--slice', '1Ki'])
+    assert result.exit_code == 0, result.output
+    assert sorted(f for f in os.listdir(run_dir) if f.startswith('training-state')) == ['training-state-0000001.pt']
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert 'Resuming from training-state-0000001.pt' in result.output
+    files = sorted(os.listdir(run_dir))
+    for name in ['log.txt', 'stats.jsonl', 'training_options.json', 'loss.png',
+            'network-snapshot-0000002-0.050.pkl', 'network-snapshot-0000002-0.100.pkl', 'training-state-0000002.pt']:
+        assert name in files, files
+    options = json.load(open(run_dir / 'training_options.json'))
+    assert options['preset'] == 'edm2-digits' and options['options']['channels'] == 16
+    assert 'Resuming' in open(run_dir / 'log.txt').read()
