@@ -148,9 +148,10 @@ class QuantizeEncoder(Encoder):
 
 def load_stability_vae(vae_name='stabilityai/sd-vae-ft-mse', device=torch.device('cpu')):
     import diffusers
+    load_kwargs = dict(low_cpu_mem_usage=False) # Without `accelerate`, True only adds a warning.
     if os.path.isdir(vae_name):
         try:
-            vae = diffusers.AutoencoderKL.from_pretrained(vae_name)
+            vae = diffusers.AutoencoderKL.from_pretrained(vae_name, **load_kwargs)
         except (OSError, ValueError) as e:
             raise click.ClickException(f'Cannot load a diffusers AutoencoderKL from the folder {vae_name} '
                 f'(it must hold config.json and the weights written by save_pretrained()): {e}')
@@ -160,10 +161,12 @@ def load_stability_vae(vae_name='stabilityai/sd-vae-ft-mse', device=torch.device
     os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
     try:
         # The cache first, so that a cached model never touches the network.
-        vae = diffusers.AutoencoderKL.from_pretrained(vae_name, cache_dir=cache_dir, local_files_only=True)
-    except (OSError, ValueError):
+        vae = diffusers.AutoencoderKL.from_pretrained(vae_name, cache_dir=cache_dir, local_files_only=True, **load_kwargs)
+    except (OSError, ValueError) as cache_error:
         try:
-            vae = diffusers.AutoencoderKL.from_pretrained(vae_name, cache_dir=cache_dir)
+            if os.environ.get('HF_HUB_OFFLINE', '0') not in ('', '0'):
+                raise cache_error # The user said there is no network: do not wait for retries.
+            vae = diffusers.AutoencoderKL.from_pretrained(vae_name, cache_dir=cache_dir, **load_kwargs)
         except (OSError, ValueError) as e:
             raise click.ClickException(f'Cannot load the VAE "{vae_name}": it is not a local folder, '
                 f'not in the cache {cache_dir}, and the Hugging Face hub cannot be reached ({type(e).__name__}). '
@@ -171,7 +174,7 @@ def load_stability_vae(vae_name='stabilityai/sd-vae-ft-mse', device=torch.device
                 f"diffusers.AutoencoderKL.from_pretrained('{vae_name}').save_pretrained('sd-vae')\" "
                 f'and copy the folder sd-vae here, then pass its path instead of "{vae_name}" '
                 f'(e.g. --model-url sd-vae); or copy a Hugging Face cache holding it into {cache_dir} '
-                f'(EDM2_CACHE_DIR moves that cache).') from e
+                f'(EDM2_CACHE_DIR moves that cache). Set HF_HUB_OFFLINE=1 to skip the hub.') from e
     return vae.eval().requires_grad_(False).to(device)
 
 #----------------------------------------------------------------------------
