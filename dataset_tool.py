@@ -42,8 +42,8 @@ class Source:
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.classes = {}
         if self.labels is not None:
-            self.classes = {int(c): (str(c), int(c)) for c in np.unique(self.labels)}
-            self.classes.update(class_names or {})
+            class_names = class_names or {}
+            self.classes = {int(c): class_names.get(int(c), (str(c), int(c))) for c in np.unique(self.labels)}
 
     def load(self, idx): # -> uint8 [H, W] (grayscale) or [H, W, 3]
         raise NotImplementedError
