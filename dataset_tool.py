@@ -33,17 +33,18 @@ class SourceError(Exception):
 # Sources: a list of images, numbered 0..N-1, with optional class labels. `classes` maps each
 # class id to (name, original id); the original id differs from the class id only when the
 # source is itself a selection whose dataset.json records where its classes came from.
-# Sources are pickled into worker processes, so they hold file names or arrays, not handles.
+# Sources go to the worker processes (forked, or pickled where fork is unavailable), so they hold
+# file names and arrays; open file handles are per process (see training.dataset.FileTree).
 
 class Source:
-    def __init__(self, name, size, labels=None, class_names=None):
+    def __init__(self, name, size, labels=None, classes=None):
         self.name = name
         self.size = size
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
-        self.classes = {}
+        self.classes = {} # Only the classes that have images; unnamed ones are named by their id.
         if self.labels is not None:
-            class_names = class_names or {}
-            self.classes = {int(c): class_names.get(int(c), (str(c), int(c))) for c in np.unique(self.labels)}
+            known = classes or {}
+            self.classes = {int(c): known.get(int(c), (str(c), int(c))) for c in np.unique(self.labels)}
 
     def load(self, idx): # -> uint8 [H, W] (grayscale) or [H, W, 3]
         raise NotImplementedError
@@ -460,6 +461,12 @@ def convert(source, dest, transform, resolution, max_images, classes, per_class,
     --classes keeps the listed classes and relabels them 0..K-1 in the order given;
     dataset.json records each label's source name and original id under "sources".
     The same options and seed give a byte-identical ZIP, whatever --workers is.
+
+    builtin:digits is scikit-learn's 8x8 digits as 1-channel PNGs (gray level v in 0..16 stored
+    as round(v * 255 / 16)); builtin:digits-train and builtin:digits-test are a fixed, stratified
+    80/20 split of it (1438 and 359 images). CIFAR-10 gives its 50,000 training images; MNIST
+    reads train-images-idx3-ubyte.gz (or the given *-images-idx3-ubyte.gz) and its labels file.
+    Folders and ZIPs give RGB images, or 1-channel ones when the first image is grayscale.
     """
     with one_line_errors():
         check_dest(dest)
