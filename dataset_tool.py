@@ -72,20 +72,20 @@ class FileSource(Source):
         if not self.is_latent and self._open(0).mode in ('1', 'L', 'LA'):
             self.mode = 'L'
 
-    def _open(self, idx):
+    def _open(self, idx): # -> PIL image, or an array for .npy
         try:
             with self.files.open(self.fnames[idx]) as f:
+                if self.is_latent:
+                    return np.load(f)
                 image = PIL.Image.open(f)
                 image.load() # Decode now: truncated files fail here, inside the try.
                 return image
         except (OSError, ValueError, SyntaxError) as e:
-            raise SourceError(f'Cannot read image {self.describe(idx)}: {e}')
+            raise SourceError(f'Cannot read {self.describe(idx)}: {e}')
 
     def load(self, idx):
-        if self.is_latent:
-            with self.files.open(self.fnames[idx]) as f:
-                return np.load(f)
-        return np.array(self._open(idx).convert(self.mode))
+        data = self._open(idx)
+        return data if self.is_latent else np.array(data.convert(self.mode))
 
     def describe(self, idx):
         return self.files.describe(self.fnames[idx])
@@ -128,12 +128,16 @@ def open_file_tree(path):
 
     labels, classes = None, {}
     if metadata.get('labels') is not None:
-        label_of = dict(metadata['labels'])
+        try:
+            label_of = dict(metadata['labels'])
+            classes = {s['label']: (s['name'], s.get('original_id', s['label'])) for s in metadata.get('sources') or []}
+        except (TypeError, ValueError, KeyError) as e:
+            raise SourceError(f'{files.describe("dataset.json")}: expected {{"labels": [[name, id], ...], '
+                f'"sources": [{{"label", "name", "original_id"}}, ...]}} ({type(e).__name__}: {e})')
         missing = [f for f in fnames if not isinstance(label_of.get(f), int)]
         if missing:
             raise SourceError(f'{files.describe("dataset.json")}: no integer class id for {missing[0]}')
         labels = [label_of[f] for f in fnames]
-        classes = {s['label']: (s['name'], s.get('original_id', s['label'])) for s in metadata.get('sources') or []}
     else:
         folders = [f.split('/')[0] if '/' in f else '' for f in fnames]
         folder_names = sorted(set(folders))
@@ -383,20 +387,23 @@ def write_dataset(dest, records, labels, sources, total, ext='png', desc='conver
     """records: iterable of file contents (bytes), one per output image, or None to skip.
     labels: the label of each record, or None. sources: [(label, name, original id)] or None."""
     kept_labels = []
-    with open_dest(dest) as write:
-        num_written = 0
-        for idx, data in enumerate(tqdm(records, total=total, desc=desc, unit='img', dynamic_ncols=True)):
-            if data is None:
-                continue
-            fname = archive_name(num_written, ext)
-            write(fname, data)
-            if labels is not None:
-                kept_labels.append([fname, int(labels[idx])])
-            num_written += 1
-        metadata = {'labels': kept_labels if labels is not None else None}
-        if sources is not None:
-            metadata['sources'] = [dict(label=label, name=name, original_id=original_id) for label, name, original_id in sources]
-        write('dataset.json', json.dumps(metadata).encode('utf-8'))
+    num_written = 0
+    try:
+        with open_dest(dest) as write:
+            for idx, data in enumerate(tqdm(records, total=total, desc=desc, unit='img', dynamic_ncols=True)):
+                if data is None:
+                    continue
+                fname = archive_name(num_written, ext)
+                write(fname, data)
+                if labels is not None:
+                    kept_labels.append([fname, int(labels[idx])])
+                num_written += 1
+            metadata = {'labels': kept_labels if labels is not None else None}
+            if sources is not None:
+                metadata['sources'] = [dict(label=label, name=name, original_id=original_id) for label, name, original_id in sources]
+            write('dataset.json', json.dumps(metadata).encode('utf-8'))
+    except OSError as e: # Reading errors are SourceErrors by now: this is about the output.
+        raise SourceError(f'Cannot write --dest {dest}: {e.strerror or e}')
     return num_written
 
 def png_bytes(image):
@@ -449,7 +456,7 @@ def convert_image(source, transform, idx):
 @click.option('--transform',  help='Crop/resize mode', type=click.Choice(TRANSFORMS), default='none', show_default=True)
 @click.option('--resolution', help='Output size, e.g. 64x64', metavar='WxH', type=str, callback=parse_resolution)
 @click.option('--max-images', help='Stop after this many images', metavar='INT', type=click.IntRange(min=1))
-@click.option('--classes',    help='Classes to keep, in label order: ids or names, e.g. 3,7 or n01440764,n01443537', metavar='LIST', type=str)
+@click.option('--classes',    help='Classes to keep, in label order: ids, id ranges or names, e.g. 3,7 or 0-9 or n01440764,n01443537', metavar='LIST', type=str)
 @click.option('--per-class',  help='Pick this many images per class at random, without replacement', metavar='INT', type=click.IntRange(min=1))
 @click.option('--seed',       help='Random seed for --per-class', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--workers',    help='Decoding processes  [default: all cores]', metavar='INT', type=click.IntRange(min=1), default=default_workers())

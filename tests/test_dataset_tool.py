@@ -272,9 +272,8 @@ def bad_inputs(tmp_path):
     save_png(str(tmp_path / 'mixed' / 'b.png'), np.zeros([16, 16, 3], dtype=np.uint8))
     save_png(str(tmp_path / 'odd' / 'a.png'), np.zeros([12, 12, 3], dtype=np.uint8))
     save_png(str(tmp_path / 'flat' / 'a.png'), np.zeros([8, 8, 3], dtype=np.uint8))
-    (tmp_path / 'full').mkdir()
-    (tmp_path / 'full' / 'keep.txt').write_text('user data')
-    (tmp_path / 'exists.zip').write_bytes(b'user data')
+    save_png(str(tmp_path / 'badjson' / 'a.png'), np.zeros([8, 8, 3], dtype=np.uint8))
+    (tmp_path / 'badjson' / 'dataset.json').write_text('{"labels": [1, 2]}')
     return {
         'missing source':       ([f'--source={tmp_path / "nope"}'], 'nope'),
         'no images':            ([f'--source={tmp_path / "texts"}'], 'no images found'),
@@ -289,6 +288,7 @@ def bad_inputs(tmp_path):
         'unlabeled selection':  ([f'--source={tmp_path / "flat"}', '--classes=0'], 'no class labels'),
         'bad resolution':       ([f'--source={classes}', '--resolution=big'], 'WxH'),
         'unknown builtin':      (['--source=builtin:faces'], 'builtin:faces'),
+        'malformed json':       ([f'--source={tmp_path / "badjson"}'], 'dataset.json'),
     }
 
 def test_bad_inputs_fail_cleanly(tmp_path):
@@ -312,6 +312,8 @@ def test_existing_destination_is_kept(tmp_path):
         result = run('convert', f'--source={src}', f'--dest={tmp_path / dest}')
         assert result.exit_code != 0 and expected in result.output
     assert listing(tmp_path / 'full') == ['keep.txt'] and (tmp_path / 'exists.zip').read_bytes() == b'user data'
+    result = run('convert', f'--source={src}', f'--dest={tmp_path / "exists.zip" / "out.zip"}')
+    assert result.exit_code != 0 and 'Cannot write --dest' in result.output
 
 #----------------------------------------------------------------------------
 # encode / decode with a tiny VAE saved by the test.
