@@ -1,0 +1,223 @@
+"""Tests for training/networks_ardm.py: the generation policies against closed forms and brute
+force, the network's masking, the exact likelihood against the chain rule and normalisation,
+sampling against the exact distribution, and the running per-step loss."""
+
+import itertools
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from training.networks_ardm import ARDMLoss, ARDMNet, dp_policy, gaussian_blur, naive_policy, policy_cost
+
+class SeedRandom:
+    """Per-seed generators with the interface of training.samplers.StackedRandomGenerator."""
+    def __init__(self, seeds, device='cpu'):
+        self.generators = [torch.Generator(device).manual_seed(int(seed)) for seed in seeds]
+
+    def rand(self, size, **kwargs):
+        assert size[0] == len(self.generators)
+        return torch.stack([torch.rand(size[1:], generator=gen, **kwargs) for gen in self.generators])
+
+def make_net(seed=0, **kwargs):
+    """A small network with random (non-zero) output weights, so that its predictions vary."""
+    torch.manual_seed(seed)
+    kwargs = dict(img_resolution=2, img_channels=1, label_dim=0, levels=3, model_channels=8, num_blocks=1) | kwargs
+    net = ARDMNet(**kwargs).eval()
+    with torch.no_grad():
+        for param in net.parameters():
+            param.add_(torch.randn_like(param) * 0.5)
+    return net
+
+def seeds_per_order(num_dims):
+    """One seed for each order of num_dims dimensions (the order SeedRandom's first draw gives)."""
+    seeds = {}
+    for seed in range(10000):
+        seeds.setdefault(tuple(SeedRandom([seed]).rand([1, num_dims]).argsort(dim=1)[0].tolist()), seed)
+    assert len(seeds) == np.prod(range(1, num_dims + 1))
+    return list(seeds.values())
+
+def all_images(net):
+    levels = range(net.levels)
+    grid = list(itertools.product(levels, repeat=net.num_dims))
+    return torch.tensor(grid, dtype=torch.float32).reshape(-1, net.img_channels, net.img_resolution, net.img_resolution)
+
+#----------------------------------------------------------------------------
+# Policies.
+
+def test_dp_policy_closed_form():
+    L = [5, 4, 3, 2.85, 2.80]
+    costs = [dp_policy(L, budget)[1] for budget in range(1, 6)]
+    np.testing.assert_allclose(costs, [25, 19, 18, 17.7, 17.65])
+    assert dp_policy(L, 2)[0] == [0, 2, 5]
+    assert dp_policy(L, 5)[0] == [0, 1, 2, 3, 4, 5]
+
+def brute_force(L, budget, stage_len):
+    T = len(L)
+    best = np.inf
+    for calls in range(1, budget + 1):
+        for inner in itertools.combinations(range(1, T), calls - 1):
+            bounds = [0, *inner, T]
+            if all(s // stage_len == (e - 1) // stage_len for s, e in zip(bounds[:-1], bounds[1:])):
+                best = min(best, policy_cost(L, bounds))
+    return best
+
+@pytest.mark.parametrize('stage_len', [8, 4])
+def test_dp_policy_matches_brute_force(stage_len):
+    rng = np.random.RandomState(stage_len)
+    L = rng.uniform(1, 3, size=8) # Not monotone: fewer calls can win.
+    for budget in range(8 // stage_len, 9):
+        bounds, cost = dp_policy(L, budget, stage_len)
+        assert len(bounds) - 1 <= budget and bounds[0] == 0 and bounds[-1] == 8
+        assert cost == pytest.approx(policy_cost(L, bounds))
+        assert cost == pytest.approx(brute_force(L, budget, stage_len))
+        assert cost <= policy_cost(L, naive_policy(8, budget, stage_len)) + 1e-12
+
+def test_naive_policy_and_budget_errors():
+    assert naive_policy(8, 4) == [0, 2, 4, 6, 8]
+    assert naive_policy(8, 3, 4) == [0, 2, 4, 8]
+    with pytest.raises(ValueError, match='budget must be in 2..8'):
+        naive_policy(8, 1, 4)
+    with pytest.raises(ValueError, match='budget'):
+        dp_policy([1.0] * 4, 5)
+
+#----------------------------------------------------------------------------
+# Network.
+
+@pytest.mark.parametrize('branch', [None, 2])
+def test_network_sees_only_revealed_digits(branch):
+    net = make_net(img_resolution=3, levels=4, branch=branch)
+    torch.manual_seed(1)
+    x = torch.randint(0, 4, [6, 1, 3, 3]).float()
+    mask = torch.rand([6, 1, 3, 3]) < 0.5
+    step = torch.randint(0, net.num_steps, [6])
+    other = torch.randint(0, 4, x.shape).float()
+    # Keep what the step may see (earlier digits everywhere, this stage's digit where revealed).
+    stage = step // net.num_dims
+    other = torch.where(net.visible(x, mask, stage) == net.visible(other, mask, stage), other, x)
+    changed = (other != x).any()
+    visible_other = net.visible(other, mask, stage)
+    assert torch.equal(visible_other, net.visible(x, mask, stage))
+    assert changed or branch is None
+    assert torch.equal(net(x, mask, step), net(other, mask, step))
+    # Digits recompose the levels.
+    units = [net.digit_unit(torch.tensor(s)) for s in range(net.num_stages)]
+    recomposed = sum(net.target_digit(x, torch.full([6], s)) * u for s, u in enumerate(units))
+    assert torch.equal(recomposed.float(), x)
+
+def test_initial_loss_is_uniform():
+    x = torch.randint(0, 256, [5, 1, 4, 4]).float()
+    for branch, expected in [(None, 8.0), (4, 8.0), (16, 8.0)]:
+        net = ARDMNet(img_resolution=4, img_channels=1, levels=256, branch=branch, model_channels=8, num_blocks=1)
+        loss = ARDMLoss()(net=net, images=x)
+        np.testing.assert_allclose(loss.detach().numpy(), expected, rtol=1e-5) # log2(256) bits: a uniform guess.
+
+def test_blur():
+    x = torch.rand([2, 3, 8, 8])
+    assert torch.allclose(gaussian_blur(torch.full([1, 1, 8, 8], 0.3), 1.5), torch.full([1, 1, 8, 8], 0.3))
+    y = gaussian_blur(x, 1.0)
+    assert y.shape == x.shape and y.std() < x.std()
+
+def test_conditional_network_needs_cond():
+    net = make_net(cond_blur=1.0)
+    x = torch.randint(0, 3, [2, 1, 2, 2]).float()
+    with pytest.raises(ValueError, match='cond'):
+        net.sample(torch.zeros(2, 1, 2, 2), None, SeedRandom([0, 1]))
+    assert net.sample(torch.zeros(2, 1, 2, 2), None, SeedRandom([0, 1]), cond=x).shape == x.shape
+    assert torch.isfinite(net.bpd(x, None, SeedRandom([0, 1]), mode='exact')).all() # z comes from the images.
+    with pytest.raises(ValueError, match='unknown options'):
+        net.sample(torch.zeros(2, 1, 2, 2), None, SeedRandom([0, 1]), cond=x, temperature=1.0)
+
+#----------------------------------------------------------------------------
+# Likelihood.
+
+@pytest.mark.parametrize('branch', [None, 2])
+def test_exact_likelihood_normalises(branch):
+    net = make_net(levels=3 if branch is None else 4, branch=branch, img_resolution=1, img_channels=2)
+    images = all_images(net)
+    seeds = [7] * len(images) # One seed: the same order for every image.
+    bits = net.bpd(images, None, SeedRandom(seeds), mode='exact') * net.num_dims
+    assert float((2 ** -bits).sum()) == pytest.approx(1.0, abs=1e-6)
+    # Batched over timesteps or one timestep per forward: the same numbers.
+    one_by_one = net.bpd(images, None, SeedRandom(seeds), mode='exact', max_batch=len(images))
+    torch.testing.assert_close(bits / net.num_dims, one_by_one)
+
+def test_exact_likelihood_chain_rule():
+    net = make_net(img_resolution=2, levels=3)
+    x = torch.tensor([[[[2.0, 0.0], [1.0, 1.0]]]])
+    u = SeedRandom([3]).rand([1, 4])
+    order = u.argsort(dim=1)[0] # order[t] = dimension revealed at step t.
+    nats = 0.0
+    revealed = torch.zeros(1, 4, dtype=torch.bool)
+    for t in range(4):
+        logits = net(x, revealed.reshape(x.shape), torch.tensor([t]))
+        nats -= logits.log_softmax(dim=2).flatten(3)[0, 0, int(x.flatten()[order[t]]), order[t]].item()
+        revealed[0, order[t]] = True
+    assert net.bpd(x, None, SeedRandom([3]), mode='exact').item() == pytest.approx(nats / 4 / np.log(2), rel=1e-5)
+
+def test_elbo_is_mean_exact_likelihood_over_orders():
+    # The ELBO's expectation (over steps and orders) is the mean over the orders of the exact
+    # fixed-order NLL: the D/(D-t) weighting and the stratified steps must be right for this.
+    net = make_net(img_resolution=1, img_channels=3, levels=2)
+    images = all_images(net)
+    n = len(images)
+    elbo = torch.stack([net.bpd(images, None, SeedRandom(range(s * n, (s + 1) * n)), draws=3) for s in range(400)]).mean(0)
+    exact = torch.stack([net.bpd(images, None, SeedRandom([seed] * n), mode='exact') for seed in seeds_per_order(3)])
+    torch.testing.assert_close(elbo, exact.mean(0), atol=0.04, rtol=0)
+
+#----------------------------------------------------------------------------
+# Sampling.
+
+def test_sampling_matches_exact_distribution():
+    net = make_net(img_resolution=1, img_channels=2, levels=3)
+    images = all_images(net)
+    n = 3000
+    samples = net.sample(torch.zeros(n, 2, 1, 1), None, SeedRandom(range(n)))
+    index = (samples[:, 0, 0, 0] * 3 + samples[:, 1, 0, 0]).long()
+    freq = torch.bincount(index, minlength=9).double() / n
+    # The sampled distribution is the mixture over the two orders of the fixed-order models.
+    probs = [2 ** -(net.bpd(images, None, SeedRandom([s] * 9), mode='exact') * 2) for s in seeds_per_order(2)]
+    mixture = torch.stack(probs).mean(0)
+    assert float((freq - mixture).abs().max()) < 0.03 # Binomial std at most 0.009.
+    assert float((probs[0] - probs[1]).abs().max()) > 0.05 # The orders differ: the test can tell.
+
+def test_sampling_is_per_seed():
+    net = make_net(img_resolution=3, levels=5, label_dim=2)
+    labels = torch.eye(2)[[0, 1, 1]]
+    batch = net.sample(torch.zeros(3, 1, 3, 3), labels, SeedRandom([4, 5, 6]), steps=4)
+    alone = net.sample(torch.zeros(1, 1, 3, 3), labels[2:], SeedRandom([6]), steps=4)
+    assert torch.equal(batch[2:], alone)
+    assert batch.min() >= 0 and batch.max() <= 4 and torch.equal(batch, batch.round())
+
+def test_upscale_sampling_reveals_every_digit():
+    net = make_net(img_resolution=2, levels=16, branch=2)
+    samples = net.sample(torch.zeros(50, 1, 2, 2), None, SeedRandom(range(50)), steps=net.num_stages, policy='naive')
+    assert samples.max() <= 15 and len(samples.unique()) > 8
+
+#----------------------------------------------------------------------------
+# The running per-step loss and the snapshot.
+
+def test_running_step_loss():
+    net = ARDMNet(img_resolution=1, img_channels=2, levels=4, model_channels=8, num_blocks=1, loss_decay=0.5)
+    assert np.allclose(net.running_step_loss(), 2.0) # Untrained: a uniform guess.
+    net.update_step_loss(torch.tensor([0, 0, 1]), torch.tensor([1.0, 3.0, 5.0]))
+    np.testing.assert_allclose(net.running_step_loss(), [2.0, 5.0])
+    net.update_step_loss(torch.tensor([0, 0]), torch.tensor([6.0, 6.0]))
+    np.testing.assert_allclose(net.running_step_loss(), [0.25 * 2 + 0.75 * 6, 5.0])
+    # Unseen steps are interpolated.
+    net = ARDMNet(img_resolution=2, img_channels=1, levels=4, model_channels=8, num_blocks=1)
+    net.update_step_loss(torch.tensor([0, 3]), torch.tensor([4.0, 1.0]))
+    np.testing.assert_allclose(net.running_step_loss(), [4, 3, 2, 1])
+    assert net.policy(steps=1) == ([0, 4], 4.0)
+
+def test_training_fills_step_loss_and_pickles():
+    net = ARDMNet(img_resolution=2, img_channels=1, label_dim=3, levels=4, model_channels=8, num_blocks=1)
+    x = torch.randint(0, 4, [64, 1, 2, 2]).float()
+    labels = torch.eye(3)[torch.randint(0, 3, [64])]
+    loss = ARDMLoss()(net=net, images=x, labels=labels)
+    loss.sum().backward()
+    assert loss.shape == (64,) and (net.step_count > 0).all()
+    clone = pickle.load(io.BytesIO(pickle.dumps(net)))
+    torch.testing.assert_close(clone.step_loss, net.step_loss)
