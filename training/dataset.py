@@ -153,7 +153,6 @@ class ImageFolderDataset(Dataset):
     ):
         self._path = path
         self._files = FileTree(path)
-        self._all_fnames = set(self._files.fnames)
         self._image_fnames = [f for f in self._files.fnames if is_image_file(f)]
         if len(self._image_fnames) == 0:
             raise IOError(f'No image files found in {path}')
@@ -240,9 +239,10 @@ def is_image_file(fname): # An image PIL can read, or a .npy latent.
     return os.path.splitext(fname)[1].lower() in PIL.Image.EXTENSION.keys() | {'.npy'}
 
 def load_metadata(files): # The parsed dataset.json of a FileTree, {} when there is none.
-    if 'dataset.json' not in files.fnames:
+    try:
+        with files.open('dataset.json') as f:
+            return json.load(f) or {}
+    except (KeyError, FileNotFoundError): # KeyError: not in the ZIP.
         return {}
-    with files.open('dataset.json') as f:
-        return json.load(f) or {}
 
 #----------------------------------------------------------------------------
