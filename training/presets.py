@@ -145,3 +145,55 @@ preset('edm2-digits', family='edm2', duration='256Ki', batch=128, status='8Ki', 
     lr=0.01, decay=1000, rampup=0.01, P_mean=-0.8, P_std=1.6, p_uncond=0.1, ema_stds=[0.050, 0.100])
 
 #----------------------------------------------------------------------------
+# ARDM: order-agnostic and upscale autoregressive diffusion over K discrete levels
+# (training/networks_ardm.py; Hoogeboom et al., ICLR 2022). The paper's optimiser: Adam 1e-4,
+# gradient clipping at 100, an EMA of the weights (evaluated and sampled with the EMA).
+
+@family('ardm',
+    levels              = 256,          # K: discrete levels per channel (the dataset is quantized on the fly).
+    branch              = 0,            # Upscale ARDM: branch factor b, most significant digits first (0 = OA-ARDM).
+    channels            = 256,          # Channels of the residual blocks.
+    num_blocks          = 32,           # Residual blocks (full resolution, as in the paper).
+    dropout             = 0.0,          # Dropout probability.
+    cond_blur           = 0.0,          # P(x|z): std (pixels) of the Gaussian blur giving z (0 = no z).
+    loss_decay          = 0.99,         # Running per-step loss L_t: weight of the old value per observation.
+    lr                  = 1e-4,         # Adam learning rate.
+    betas               = [0.9, 0.999], # Adam betas.
+    rampup              = 0.0,          # Learning rate warm-up (millions of images).
+    lr_schedule         = 'constant',   # Name in LR_SCHEDULES.
+    grad_clip           = 100,          # Gradient norm clipping.
+    ema_beta            = 0.9999,       # EMA decay per step.
+    ema_halflife        = 0,            # EMA half-life in kimg instead of ema_beta (0 = use ema_beta).
+    batch               = 128,          # Total batch size.
+)
+def _build_ardm(o):
+    ema_kwargs = EasyDict(class_name='training.phema.TraditionalEMA')
+    if o.ema_halflife:
+        ema_kwargs.halflife_kimg = o.ema_halflife
+    else:
+        ema_kwargs.beta = o.ema_beta
+    return EasyDict(
+        encoder_kwargs      = EasyDict(class_name='training.encoders.QuantizeEncoder', levels=o.levels),
+        network_kwargs      = EasyDict(class_name='training.networks_ardm.ARDMNet', levels=o.levels, branch=o.branch or None,
+                                model_channels=o.channels, num_blocks=o.num_blocks, dropout=o.dropout,
+                                cond_blur=o.cond_blur, loss_decay=o.loss_decay),
+        loss_kwargs         = EasyDict(class_name='training.networks_ardm.ARDMLoss'),
+        optimizer_kwargs    = EasyDict(class_name='torch.optim.Adam', betas=o.betas, eps=1e-8),
+        lr_kwargs           = lr_schedule_kwargs(o, ref_lr=o.lr, rampup_Mimg=o.rampup),
+        ema_kwargs          = ema_kwargs,
+    )
+
+# Built-in 8x8 digits (17 gray levels), class-conditional: 15 minutes on a laptop CPU. A short
+# EMA half-life and a larger learning rate than the paper's, for a run this short.
+_ARDM_DIGITS = dict(family='ardm', levels=17, channels=64, num_blocks=4, batch=64, duration='512Ki',
+    status='16Ki', snapshot='128Ki', checkpoint='128Ki', workers=0, lr=1e-3, ema_halflife=2)
+preset('ardm-digits', **_ARDM_DIGITS)
+preset('ardm-digits-bin', **(_ARDM_DIGITS | dict(levels=2)))
+preset('ardm-digits-blur', **(_ARDM_DIGITS | dict(cond_blur=1.0)))
+# 28x28 binarized MNIST (dataset_tool.py convert --source train-images-idx3-ubyte.gz).
+preset('ardm-mnist-bin', family='ardm', levels=2, channels=128, num_blocks=16, batch=128, duration='64Mi')
+# CIFAR-10, 8-bit: the paper's OA-ARDM and upscale ARDM with branch factor 4 (4 stages).
+preset('ardm-cifar10', family='ardm', levels=256, channels=256, num_blocks=32, batch=128, duration='128Mi')
+preset('ardm-upscale4-cifar10', family='ardm', levels=256, branch=4, channels=256, num_blocks=32, batch=128, duration='128Mi')
+
+#----------------------------------------------------------------------------
