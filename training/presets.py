@@ -197,3 +197,78 @@ preset('ardm-cifar10', family='ardm', levels=256, channels=256, num_blocks=32, b
 preset('ardm-upscale4-cifar10', family='ardm', levels=256, branch=4, channels=256, num_blocks=32, batch=128, duration='128Mi')
 
 #----------------------------------------------------------------------------
+# MAR: masked autoregressive transformer with a per-token diffusion (or flow) head
+# (training/networks_mar.py; Li et al., 2024, arXiv 2406.11838). The paper's recipe: AdamW
+# (0.9, 0.95), weight decay 0.02 (not on biases, norms and the head), lr 1e-4 per 256 images
+# (8e-4 at batch 2048), 100 epochs of warm-up then constant, gradient clip 3.0, EMA 0.9999.
+
+@family('mar',
+    patch_size          = 2,            # Tokens are patch_size x patch_size patches of the net-space image.
+    width               = 768,          # Transformer width (encoder and decoder).
+    encoder_depth       = 12,           # Encoder blocks.
+    decoder_depth       = 12,           # Decoder blocks.
+    num_heads           = 12,           # Attention heads.
+    buffer_tokens       = 64,           # Buffer tokens carrying the class embedding.
+    dropout             = 0.1,          # Attention and projection dropout.
+    head                = 'diffusion',  # Per-token head: 'diffusion' (DiffLoss) or 'flow'.
+    head_width          = 1024,         # Head MLP width.
+    head_depth          = 6,            # Head residual blocks.
+    head_sample_steps   = 0,            # Head sampling steps (0 = the head's default: 100 diffusion, 50 flow).
+    flow_prediction     = 'v',          # Flow head: predict the velocity 'v' or the clean token 'x'.
+    flow_solver         = 'heun',       # Flow head: 'heun' or 'euler'.
+    data_bound          = None,         # Clip predicted clean tokens to [-bound, bound]: 1.0 for pixels, None for latents.
+    sample_steps        = 64,           # Default generation steps K.
+    label_dropout       = 0.1,          # Label dropout to the null class (guidance).
+    mask_ratio_min      = 0.7,          # Mask ratio ~ normal(1, 0.25) truncated to [mask_ratio_min, 1].
+    batch_mul           = 4,            # Head noise draws per masked token (diffusion_batch_mul).
+    mixed_precision     = True,         # bfloat16 transformer on CUDA.
+    lr                  = 8e-4,         # AdamW learning rate after warm-up.
+    betas               = [0.9, 0.95],  # AdamW betas.
+    weight_decay        = 0.02,         # AdamW weight decay.
+    rampup              = 128.1,        # Learning rate warm-up (millions of images; 100 ImageNet epochs).
+    lr_schedule         = 'constant',   # Name in LR_SCHEDULES.
+    grad_clip           = 3.0,          # Gradient norm clipping.
+    ema_beta            = 0.9999,       # EMA decay per step.
+    ema_halflife        = 0,            # EMA half-life in kimg instead of ema_beta (0 = use ema_beta).
+    vae                 = 'stabilityai/sd-vae-ft-mse', # VAE for latent datasets (hub name or local folder).
+)
+def _build_mar(o):
+    head_kwargs = dict(prediction=o.flow_prediction, solver=o.flow_solver) if o.head == 'flow' else dict()
+    if o.head_sample_steps:
+        head_kwargs['sample_steps'] = o.head_sample_steps
+    ema_kwargs = EasyDict(class_name='training.phema.TraditionalEMA')
+    if o.ema_halflife:
+        ema_kwargs.halflife_kimg = o.ema_halflife
+    else:
+        ema_kwargs.beta = o.ema_beta
+    return EasyDict(
+        encoder_kwargs      = None, # From the dataset: pixels (bounded), or VAE latents (unbounded).
+        network_kwargs      = EasyDict(class_name='training.networks_mar.MAR', patch_size=o.patch_size, width=o.width,
+                                encoder_depth=o.encoder_depth, decoder_depth=o.decoder_depth, num_heads=o.num_heads,
+                                buffer_tokens=o.buffer_tokens, dropout=o.dropout, head=o.head, head_width=o.head_width,
+                                head_depth=o.head_depth, head_kwargs=head_kwargs, data_bound=o.data_bound,
+                                sample_steps=o.sample_steps, mixed_precision=o.mixed_precision),
+        loss_kwargs         = EasyDict(class_name='training.networks_mar.MARLoss', label_dropout=o.label_dropout,
+                                mask_ratio_min=o.mask_ratio_min, batch_mul=o.batch_mul),
+        optimizer_kwargs    = EasyDict(class_name='torch.optim.AdamW', betas=o.betas, weight_decay=o.weight_decay),
+        lr_kwargs           = lr_schedule_kwargs(o, ref_lr=o.lr, rampup_Mimg=o.rampup),
+        ema_kwargs          = ema_kwargs,
+    )
+
+# ImageNet 256x256 through our 8x-downsampling VAE: 32x32x4 latents in 2x2 patches give the
+# paper's 16x16 = 256 tokens of 16 numbers (the paper: a 16x-downsampling VAE with 16 channels,
+# patch 1). Sizes as in the paper (208M, 479M, 943M parameters); 400 epochs at batch 2048.
+for _size, _width, _depth, _heads, _head_width, _head_depth in [('b', 768, 12, 12, 1024, 6),
+        ('l', 1024, 16, 16, 1280, 8), ('h', 1280, 20, 16, 1536, 12)]:
+    preset(f'mar-{_size}', family='mar', duration='488Mi', batch=2048, width=_width, encoder_depth=_depth,
+        decoder_depth=_depth, num_heads=_heads, head_width=_head_width, head_depth=_head_depth)
+
+# Built-in 8x8 digits in pixels (bounded: clipped to [-1, 1]), 2x2 patches = 16 tokens: trains
+# in 15 minutes on a laptop CPU. A short EMA half-life and a short warm-up for a run this short.
+_MAR_DIGITS = dict(family='mar', duration='64Ki', batch=64, status='4Ki', snapshot='16Ki', checkpoint='16Ki',
+    workers=0, patch_size=2, width=128, encoder_depth=4, decoder_depth=4, num_heads=4, buffer_tokens=4,
+    head_width=256, head_depth=3, data_bound=1.0, sample_steps=8, lr=1e-3, rampup=0.01, ema_halflife=2)
+preset('mar-digits', **_MAR_DIGITS)
+preset('mar-digits-flow', **(_MAR_DIGITS | dict(head='flow')))
+
+#----------------------------------------------------------------------------

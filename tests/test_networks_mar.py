@@ -1,0 +1,350 @@
+"""MAR (training/networks_mar.py): the unmasking schedule, the masking and its invisibility to the
+encoder, the loss on masked tokens only, the diffusion head's sampler and hybrid loss against
+oracles, the flow head's integrator on fields with known solutions, guidance, per-seed
+reproducibility, and the presets' shapes and parameter counts."""
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from torch_utils import persistence
+from training import networks_mar
+from training.networks_mar import MAR, MARLoss, DiffusionHead, FlowHead, unmasking_schedule
+
+try:
+    from training.samplers import StackedRandomGenerator
+except ImportError: # Stand-in with the same methods until training/samplers.py lands.
+    class StackedRandomGenerator:
+        def __init__(self, device, seeds):
+            self.generators = [torch.Generator(device).manual_seed(int(seed) % (1 << 32)) for seed in seeds]
+
+        def randn(self, size, **kwargs):
+            return torch.stack([torch.randn(size[1:], generator=gen, **kwargs) for gen in self.generators])
+
+        def rand(self, size, **kwargs):
+            return torch.stack([torch.rand(size[1:], generator=gen, **kwargs) for gen in self.generators])
+
+def tiny_net(head='diffusion', label_dim=10, **kwargs):
+    torch.manual_seed(0)
+    kwargs = dict(dict(patch_size=2, width=32, encoder_depth=1, decoder_depth=1, num_heads=2, buffer_tokens=2,
+        head=head, head_width=32, head_depth=2, data_bound=1.0, sample_steps=4), **kwargs)
+    net = MAR(img_resolution=8, img_channels=1, label_dim=label_dim, **kwargs)
+    # Random (not zero-initialised) head output layers, so that every input matters.
+    for param in net.parameters():
+        param.data.add_(torch.randn_like(param) * 0.05)
+    return net.eval()
+
+def one_hot(classes, label_dim=10):
+    return torch.eye(label_dim)[torch.as_tensor(classes)]
+
+#----------------------------------------------------------------------------
+# Generation schedule.
+
+@pytest.mark.parametrize('num_tokens', [1, 4, 16, 64, 256])
+def test_unmasking_schedule_reveals_all_at_least_one_per_step(num_tokens):
+    for num_steps in sorted({min(k, num_tokens) for k in [1, 2, 3, num_tokens // 4 or 1, num_tokens // 2 or 1, num_tokens]}):
+        counts = unmasking_schedule(num_tokens, num_steps)
+        assert len(counts) == num_steps
+        assert sum(counts) == num_tokens
+        assert min(counts) >= 1
+
+def test_unmasking_schedule_follows_cosine():
+    # Where the constraints do not bind, the tokens still masked after step k are floor(N cos(pi/2 (k+1)/K)).
+    counts = unmasking_schedule(256, 64)
+    masked = 256 - np.cumsum(counts)
+    expected = np.floor(256 * np.cos(np.pi / 2 * np.arange(1, 65) / 64))
+    previous = np.append(256, masked[:-1])
+    free = (expected <= previous - 1) & (expected >= 64 - np.arange(1, 65)) # Neither constraint binds.
+    assert free.sum() > 40 and np.array_equal(masked[free], expected[free])
+    assert masked[-1] == 0
+    with pytest.raises(ValueError, match='steps'):
+        unmasking_schedule(16, 17)
+
+#----------------------------------------------------------------------------
+# Training: masking, no leakage, masked tokens only.
+
+def test_draw_mask_ratio_is_truncated_normal():
+    torch.manual_seed(1)
+    loss_fn = MARLoss()
+    ratios = []
+    for _ in range(400):
+        mask = loss_fn.draw_mask(3, 256, 'cpu')
+        assert (mask.sum(1) == mask[0].sum()).all() # Same count per row.
+        ratios.append(mask[0].float().mean().item())
+    ratios = np.array(ratios)
+    assert ratios.min() >= 0.7 and ratios.max() <= 1.0
+    dist = scipy.stats.truncnorm((0.7 - 1) / 0.25, 0, loc=1, scale=0.25)
+    assert abs(ratios.mean() - dist.mean()) < 0.01 # ceil() adds at most 1/256.
+
+def test_masked_tokens_do_not_reach_the_encoder():
+    net = tiny_net()
+    tokens = torch.randn([2, net.seq_len, net.token_dim])
+    labels = one_hot([3, 7])
+    mask = MARLoss().draw_mask(2, net.seq_len, 'cpu')
+    mask[:, 0] = True # At least one masked and one known position to change.
+    mask[:, 1] = False
+    z = net.transformer(tokens, labels, mask)
+    changed = tokens.clone()
+    changed[mask] += 5
+    assert torch.equal(net.transformer(changed, labels, mask), z)
+    changed = tokens.clone()
+    changed[:, 1] += 5
+    assert not torch.allclose(net.transformer(changed, labels, mask), z)
+
+def test_unmasked_tokens_do_not_change_the_loss():
+    net = tiny_net()
+    images = torch.rand([3, 1, 8, 8]) * 2 - 1
+    labels = one_hot([1, 2, 3])
+    mask = MARLoss().draw_mask(3, net.seq_len, 'cpu')
+    mask[:, :2] = torch.tensor([True, False])
+    z = net.transformer(net.patchify(images), labels, mask)
+    net.transformer = lambda *args: z # Fixed conditioning: only the loss's own reduction is under test.
+
+    def loss_of(x):
+        torch.manual_seed(5)
+        return net(x, labels, mask=mask, batch_mul=2)
+    reference = loss_of(images)
+    assert reference.shape == (3,)
+    known = net.unpatchify(net.patchify(torch.ones_like(images)) * (~mask).unsqueeze(-1))
+    assert torch.equal(loss_of(images + 0.5 * known), reference)
+    unknown = net.unpatchify(net.patchify(torch.ones_like(images)) * mask.unsqueeze(-1))
+    assert not torch.allclose(loss_of(images + 0.5 * unknown), reference)
+
+def test_loss_applies_label_dropout_and_returns_per_sample_losses():
+    net = tiny_net().train()
+    seen = []
+    original = net.class_embedding
+    net.class_embedding = lambda labels, n: (seen.append(labels.clone()), original(labels, n))[1]
+    torch.manual_seed(0)
+    loss = MARLoss(label_dropout=0.5)(net=net, images=torch.rand([64, 1, 8, 8]) * 2 - 1, labels=one_hot(np.arange(64) % 10))
+    assert loss.shape == (64,) and torch.isfinite(loss).all()
+    dropped = (seen[0].sum(1) == 0).float().mean().item()
+    assert 0.3 < dropped < 0.7
+    loss.sum().backward()
+    assert net.class_emb.grad is not None and net.null_emb.grad is not None
+
+def test_null_class_and_unconditional():
+    net = tiny_net()
+    emb = net.class_embedding(torch.cat([one_hot([4]), torch.zeros([1, 10])]), 2)
+    assert torch.allclose(emb[0], net.class_emb[4]) and torch.equal(emb[1], net.null_emb)
+    uncond = tiny_net(label_dim=0)
+    loss = MARLoss()(net=uncond, images=torch.rand([2, 1, 8, 8]), labels=None)
+    assert loss.shape == (2,)
+    out = uncond.sample(torch.zeros([2, 1, 8, 8]), None, StackedRandomGenerator('cpu', [0, 1]))
+    assert out.shape == (2, 1, 8, 8)
+
+def test_patchify_layout():
+    net = tiny_net(patch_size=2)
+    x = torch.arange(64, dtype=torch.float32).reshape(1, 1, 8, 8)
+    tokens = net.patchify(x)
+    assert tokens.shape == (1, 16, 4)
+    assert tokens[0, 0].tolist() == [0, 1, 8, 9] and tokens[0, 1].tolist() == [2, 3, 10, 11]
+    assert torch.equal(net.unpatchify(tokens), x)
+
+def test_no_weight_decay_is_the_head():
+    net = tiny_net()
+    names = net.no_weight_decay()
+    assert names == {name for name, _ in net.named_parameters() if name.startswith('head.')}
+
+#----------------------------------------------------------------------------
+# Diffusion head against oracles.
+
+class OracleEps(torch.nn.Module):
+    """The exact noise of a point mass at the conditioning vector c (token space), and a fixed
+    variance interpolation v."""
+    def __init__(self, sqrt_acp, v=0.0):
+        super().__init__()
+        self.sqrt_acp = sqrt_acp
+        self.v = v
+
+    def forward(self, x, t, c):
+        a = self.sqrt_acp[t, None]
+        eps = (x - a * c) / (1 - a * a).sqrt()
+        return torch.cat([eps, torch.full_like(eps, self.v)], dim=-1)
+
+def oracle_head(token_dim, v):
+    """A float64 diffusion head whose network is OracleEps."""
+    head = DiffusionHead(token_dim=token_dim, cond_dim=token_dim, width=8, depth=1)
+    for name, value in networks_mar.diffusion_coefficients(head.alphas_cumprod).items():
+        setattr(head, name, torch.as_tensor(value))
+    head.net = OracleEps(head.sqrt_acp, v=v)
+    return head
+
+def float64_rnd(seeds):
+    rnd = StackedRandomGenerator('cpu', seeds)
+    randn = rnd.randn
+    rnd.randn = lambda size, **kw: randn(size, dtype=torch.float64)
+    return rnd
+
+@pytest.mark.parametrize('bound', [None, 1.0])
+@pytest.mark.parametrize('temperature', [0.5, 1.0])
+def test_diffusion_head_samples_point_mass_with_true_noise(bound, temperature):
+    head = oracle_head(token_dim=3, v=0.3)
+    x0 = torch.rand([4, 5, 3], dtype=torch.float64) * 2 - 1
+    for steps in [100, 7]:
+        out = head.sample(x0, float64_rnd(range(4)), temperature=temperature, bound=bound, steps=steps)
+        assert torch.allclose(out, x0, atol=1e-9, rtol=0)
+
+def test_diffusion_respacing_and_hybrid_loss():
+    head = DiffusionHead(token_dim=2, cond_dim=2, width=8, depth=1)
+    # Respacing to all 1000 steps is the training schedule; any respacing keeps alpha_bar.
+    timesteps, coef = head.coefficients(1000)
+    assert torch.equal(timesteps, torch.arange(1000))
+    assert torch.allclose(coef['sqrt_acp'], head.sqrt_acp) and torch.allclose(coef['post_log_var'], head.post_log_var)
+    timesteps, coef = head.coefficients(100)
+    assert timesteps[0] == 0 and timesteps[-1] == 999 and len(timesteps) == 100
+    assert torch.allclose(coef['sqrt_acp'], head.sqrt_acp[timesteps])
+    # Exact noise and the true posterior variance (v = -1): both terms vanish for t > 0; at t = 0
+    # what is left is -log2 of the Gaussian's mass in the data bin (closed form).
+    head = oracle_head(token_dim=2, v=-1.0)
+    x0 = torch.rand([4000, 2], dtype=torch.float64) * 1.8 - 0.9
+    torch.manual_seed(0)
+    loss = head.loss(x0, x0)
+    torch.manual_seed(0)
+    t = torch.randint(0, 1000, [4000])
+    assert (t == 0).any()
+    assert loss[t > 0].abs().max() < 1e-6
+    half_bin = (1 / 255) / np.exp(0.5 * head.post_log_var[0].item())
+    expected = -np.log2(scipy.stats.norm.cdf(half_bin) - scipy.stats.norm.cdf(-half_bin))
+    assert np.allclose(loss[t == 0].numpy(), expected, rtol=1e-6)
+
+def test_diffusion_loss_trains_the_variance_only_through_the_bound():
+    head = DiffusionHead(token_dim=2, cond_dim=4, width=16, depth=1)
+    for param in head.parameters():
+        param.data.add_(torch.randn_like(param) * 0.1)
+    x0, z = torch.rand([64, 2]), torch.randn([64, 4])
+    out = head.net.out
+    torch.manual_seed(1)
+    head.loss(x0, z).sum().backward()
+    vb_grad = out.weight.grad[2:].clone()
+    out.weight.grad = None
+    # Without the bound (MSE only) the variance half gets no gradient.
+    torch.manual_seed(1)
+    t = torch.randint(0, 1000, [64])
+    noise = torch.randn_like(x0)
+    x = head.sqrt_acp[t, None] * x0 + head.sqrt_one_minus_acp[t, None] * noise
+    (head.net(x, t, z)[:, :2] - noise).square().mean(-1).sum().backward()
+    assert out.weight.grad[2:].abs().max() == 0 and vb_grad.abs().max() > 0
+
+#----------------------------------------------------------------------------
+# Flow head against known fields.
+
+class KnownField(torch.nn.Module):
+    """Velocity prediction v(x, t) = (x - c) / t (the point mass at c), or a constant field c."""
+    def __init__(self, constant=False):
+        super().__init__()
+        self.constant = constant
+
+    def forward(self, x, t, c):
+        if self.constant:
+            return c
+        return (x - c) / (t[:, None] / 1000)
+
+@pytest.mark.parametrize('solver', ['euler', 'heun'])
+def test_flow_head_integrates_linear_fields_exactly(solver):
+    head = FlowHead(token_dim=3, cond_dim=3, width=8, depth=1, solver=solver)
+    c = torch.rand([2, 4, 3], dtype=torch.float64) * 2 - 1
+    for steps in [1, 5, 50]:
+        head.net = KnownField(constant=True)
+        rnd = StackedRandomGenerator('cpu', [0, 1])
+        noise = StackedRandomGenerator('cpu', [0, 1]).randn([2, 4, 3], dtype=torch.float64)
+        rnd_randn = rnd.randn
+        rnd.randn = lambda size, **kw: rnd_randn(size, dtype=torch.float64)
+        out = head.sample(c, rnd, temperature=0.7)
+        assert torch.allclose(out, 0.7 * noise - c, atol=1e-12, rtol=0) # x(0) = x(1) - c.
+        head.net = KnownField()
+        out = head.sample(c, rnd, temperature=1.3, steps=steps)
+        assert torch.allclose(out, c, atol=1e-12, rtol=0)
+
+def test_flow_head_loss_closed_form():
+    # The exact velocity gives zero loss; an x-predicting head returning x0 too.
+    head = FlowHead(token_dim=2, cond_dim=2, width=8, depth=1)
+    head.net = KnownField()
+    x0 = torch.rand([100, 2], dtype=torch.float64)
+    assert head.loss(x0, x0).abs().max() < 1e-10
+    head = FlowHead(token_dim=2, cond_dim=2, width=8, depth=1, prediction='x')
+    head.net = KnownField(constant=True) # Returns c = x0.
+    assert head.loss(x0, x0).abs().max() == 0
+
+#----------------------------------------------------------------------------
+# Sampling: guidance, seeds, options.
+
+@pytest.mark.parametrize('head', ['diffusion', 'flow'])
+def test_guidance_one_is_the_unguided_path(head):
+    net = tiny_net(head)
+    other = tiny_net(head, width=48)
+    labels = one_hot([0, 5])
+    sample = lambda **kw: net.sample(torch.zeros([2, 1, 8, 8]), labels, StackedRandomGenerator('cpu', [3, 4]), head_steps=10, **kw)
+    plain = sample()
+    assert torch.equal(sample(guidance=1.0, gnet=other), plain)
+    assert torch.equal(sample(guidance=1.0, guidance_schedule='linear'), plain)
+    # A guiding network identical to the net leaves any guidance strength without effect.
+    assert torch.allclose(sample(guidance=3.0, gnet=copy.deepcopy(net)), plain, atol=1e-5)
+    # The null class does not.
+    assert not torch.allclose(sample(guidance=3.0), plain, atol=1e-3)
+    out, guide = torch.randn([5, 6]), torch.randn([5, 6])
+    assert torch.allclose(networks_mar.combine_guidance(out, guide, 1.0, 6), out, atol=1e-6)
+    assert torch.allclose(networks_mar.combine_guidance(out, guide, 2.0, 3)[:, :3], 2 * out[:, :3] - guide[:, :3])
+
+@pytest.mark.parametrize('head', ['diffusion', 'flow'])
+def test_seed_gives_same_image_whatever_the_batch(head):
+    net = tiny_net(head)
+    seeds, classes = [11, 12, 13], [1, 2, 3]
+    kw = dict(guidance=2.0, guidance_schedule='linear', head_steps=10)
+    batch = net.sample(torch.zeros([3, 1, 8, 8]), one_hot(classes), StackedRandomGenerator('cpu', seeds), **kw)
+    for i in [0, 2]:
+        single = net.sample(torch.zeros([1, 1, 8, 8]), one_hot(classes[i:i+1]), StackedRandomGenerator('cpu', seeds[i:i+1]), **kw)
+        assert torch.allclose(single[0], batch[i], atol=1e-5)
+    assert batch.abs().max() <= 1 # Pixels: clipped to the data range.
+    assert not torch.allclose(batch[0], batch[1])
+
+def test_sample_rejects_unknown_options():
+    net = tiny_net()
+    with pytest.raises(ValueError, match='num_steps'):
+        net.sample(torch.zeros([1, 1, 8, 8]), one_hot([0]), StackedRandomGenerator('cpu', [0]), num_steps=3)
+    with pytest.raises(ValueError, match='guidance_schedule'):
+        net.sample(torch.zeros([1, 1, 8, 8]), one_hot([0]), StackedRandomGenerator('cpu', [0]), guidance_schedule='cosine')
+
+def test_persistent_pickle_roundtrip():
+    net = tiny_net('flow')
+    loaded = pickle.loads(pickle.dumps(net))
+    assert persistence.is_persistent(loaded)
+    run = lambda n: n.sample(torch.zeros([1, 1, 8, 8]), one_hot([2]), StackedRandomGenerator('cpu', [9]), head_steps=5)
+    assert torch.equal(run(loaded), run(net))
+
+#----------------------------------------------------------------------------
+# Presets.
+
+def test_paper_sizes_parameter_counts():
+    # Paper (Table 2 / 4): MAR-B 208M, MAR-L 479M, MAR-H 943M parameters, with the head.
+    from training import presets
+    for name, paper in [('mar-b', 208e6), ('mar-l', 479e6), ('mar-h', 943e6)]:
+        kwargs = presets.build(presets.resolve(name)).network_kwargs
+        with torch.device('meta'):
+            net = MAR(img_resolution=32, img_channels=4, label_dim=1000,
+                **{k: v for k, v in kwargs.items() if k != 'class_name'})
+        assert net.seq_len == 256 and net.token_dim == 16 and net.buffer_tokens == 64
+        count = sum(p.numel() for p in net.parameters())
+        assert abs(count - paper) / paper < 0.02, (name, count)
+
+def test_paper_size_forward_shapes_on_cpu():
+    from training import presets
+    kwargs = dict(presets.build(presets.resolve('mar-b')).network_kwargs)
+    kwargs.update(encoder_depth=1, decoder_depth=1, head_depth=1) # Full width, few blocks: fast.
+    net = MAR(img_resolution=32, img_channels=4, label_dim=1000, **{k: v for k, v in kwargs.items() if k != 'class_name'})
+    loss = MARLoss()(net=net, images=torch.randn([2, 4, 32, 32]), labels=one_hot([1, 999], 1000))
+    assert loss.shape == (2,) and torch.isfinite(loss).all()
+    assert net.data_bound is None # Latents: never clipped.
+
+def test_digits_presets_build():
+    from training import presets
+    for name, head in [('mar-digits', 'diffusion'), ('mar-digits-flow', 'flow')]:
+        c = presets.build(presets.resolve(name))
+        net = MAR(img_resolution=8, img_channels=1, label_dim=10, **{k: v for k, v in c.network_kwargs.items() if k != 'class_name'})
+        assert type(net.head).__name__ == {'diffusion': 'DiffusionHead', 'flow': 'FlowHead'}[head]
+        assert net.data_bound == 1.0 and net.seq_len == 16
+        assert c.optimizer_kwargs.class_name == 'torch.optim.AdamW' and c.optimizer_kwargs.weight_decay == 0.02
