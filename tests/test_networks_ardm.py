@@ -202,15 +202,20 @@ def test_upscale_sampling_reveals_every_digit():
 def test_running_step_loss():
     net = ARDMNet(img_resolution=1, img_channels=2, levels=4, model_channels=8, num_blocks=1, loss_decay=0.5)
     assert np.allclose(net.running_step_loss(), 2.0) # Untrained: a uniform guess.
-    net.update_step_loss(torch.tensor([0, 0, 1]), torch.tensor([1.0, 3.0, 5.0]))
-    np.testing.assert_allclose(net.running_step_loss(), [2.0, 5.0])
-    net.update_step_loss(torch.tensor([0, 0]), torch.tensor([6.0, 6.0]))
-    np.testing.assert_allclose(net.running_step_loss(), [0.25 * 2 + 0.75 * 6, 5.0])
-    # Unseen steps are interpolated.
+    net.update_step_loss(torch.tensor([0, 0, 1]), torch.tensor([5.0, 7.0, 1.0]))
+    np.testing.assert_allclose(net.step_loss, [6.0, 1.0]) # First observations replace the initial value.
+    net.update_step_loss(torch.tensor([0, 0]), torch.tensor([2.0, 2.0]))
+    np.testing.assert_allclose(net.step_loss, [0.25 * 6 + 0.75 * 2, 1.0])
+    # Unseen steps are interpolated; each stage is sorted in decreasing order.
     net = ARDMNet(img_resolution=2, img_channels=1, levels=4, model_channels=8, num_blocks=1)
     net.update_step_loss(torch.tensor([0, 3]), torch.tensor([4.0, 1.0]))
     np.testing.assert_allclose(net.running_step_loss(), [4, 3, 2, 1])
     assert net.policy(steps=1) == ([0, 4], 4.0)
+    net.update_step_loss(torch.tensor([1]), torch.tensor([5.0]))
+    np.testing.assert_allclose(net.running_step_loss(), [5, 4, 3, 1]) # Raw [4, 5, (3), 1].
+    net = ARDMNet(img_resolution=1, img_channels=2, levels=4, branch=2, model_channels=8, num_blocks=1)
+    net.update_step_loss(torch.arange(4), torch.tensor([1.0, 2.0, 0.5, 0.7]))
+    np.testing.assert_allclose(net.running_step_loss(), [2.0, 1.0, 0.7, 0.5])
 
 def test_training_fills_step_loss_and_pickles():
     net = ARDMNet(img_resolution=2, img_channels=1, label_dim=3, levels=4, model_channels=8, num_blocks=1)

@@ -152,7 +152,7 @@ class ARDMNet(torch.nn.Module):
         emb_channels    = None,         # Step/class embedding width. None = 4 * model_channels.
         dropout         = 0.0,          # Dropout inside the residual blocks.
         cond_blur       = 0.0,          # P(x|z): std (pixels) of the Gaussian blur giving z. 0 = unconditional in x.
-        loss_decay      = 0.99,         # Running per-step loss: weight of the old value per new observation.
+        loss_decay      = 0.999,        # Running per-step loss: weight of the old value per new observation.
     ):
         super().__init__()
         self.img_resolution = img_resolution
@@ -244,14 +244,18 @@ class ARDMNet(torch.nn.Module):
         self.step_count += counts
 
     def running_step_loss(self):
-        """L as a numpy array; steps never observed are interpolated from their neighbours
-        (log2(branch) everywhere for an untrained network, the loss of a uniform guess)."""
+        """L as a numpy array for the policies: steps never observed are interpolated from their
+        neighbours (log2(branch) everywhere for an untrained network, the loss of a uniform guess),
+        and each stage is sorted in decreasing order. The true L_t cannot grow with t (more
+        context), so sorting removes only noise, which the DP would otherwise exploit (a group
+        started at a step whose estimate is low by chance), and keeps the sum, the full-step bpd."""
         L = self.step_loss.cpu().numpy()
         seen = self.step_count.cpu().numpy() > 0
         if not seen.any():
             return np.full(self.num_steps, np.log2(self.branch))
         steps = np.arange(self.num_steps)
-        return np.interp(steps, steps[seen], L[seen])
+        L = np.interp(steps, steps[seen], L[seen])
+        return -np.sort(-L.reshape(self.num_stages, self.num_dims), axis=1).flatten()
 
     def policy(self, steps=None, policy='dp'):
         """(boundaries, predicted bits/dim) of a generation policy of `steps` network calls
