@@ -217,6 +217,13 @@ def test_running_step_loss():
     net.update_step_loss(torch.arange(4), torch.tensor([1.0, 2.0, 0.5, 0.7]))
     np.testing.assert_allclose(net.running_step_loss(), [2.0, 1.0, 0.7, 0.5])
 
+def test_policy_of_one_call_per_step_needs_no_dp():
+    net = ARDMNet(img_resolution=32, img_channels=3, levels=256, branch=4, model_channels=8, num_blocks=1)
+    boundaries, predicted = net.policy() # 12288 steps: an O(T^3) DP would take hours.
+    assert boundaries == list(range(4 * 3072 + 1)) and predicted == pytest.approx(8.0)
+    with pytest.raises(ValueError, match='unknown policy'):
+        net.policy(16, 'greedy')
+
 def test_training_fills_step_loss_and_pickles():
     net = ARDMNet(img_resolution=2, img_channels=1, label_dim=3, levels=4, model_channels=8, num_blocks=1)
     x = torch.randint(0, 4, [64, 1, 2, 2]).float()

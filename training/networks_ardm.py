@@ -262,13 +262,15 @@ class ARDMNet(torch.nn.Module):
         (None = one call per step, exact)."""
         steps = self.num_steps if steps is None else int(steps)
         L = self.running_step_loss()
+        if policy not in ['dp', 'naive']:
+            raise ValueError(f'ARDM: unknown policy "{policy}"; choose dp or naive')
+        if steps == self.num_steps: # One step per call: both policies agree, no need for the DP.
+            return list(range(self.num_steps + 1)), float(L.sum()) / self.num_dims
         if policy == 'dp':
             boundaries, cost = dp_policy(L, steps, self.num_dims)
-        elif policy == 'naive':
+        else:
             boundaries = naive_policy(self.num_steps, steps, self.num_dims)
             cost = policy_cost(L, boundaries)
-        else:
-            raise ValueError(f'ARDM: unknown policy "{policy}"; choose dp or naive')
         return boundaries, cost / self.num_dims
 
     #------------------------------------------------------------------------
