@@ -233,3 +233,23 @@ def test_training_fills_step_loss_and_pickles():
     assert loss.shape == (64,) and (net.step_count > 0).all()
     clone = pickle.load(io.BytesIO(pickle.dumps(net)))
     torch.testing.assert_close(clone.step_loss, net.step_loss)
+
+def test_preset_trains_through_the_loop(tmp_path):
+    # The family plugs into the shared loop through its preset alone; the snapshot carries L.
+    from torch_utils import persistence
+    from training import presets, training_loop
+    opts = presets.resolve('ardm-digits', dict(levels=4, channels=8, num_blocks=1))
+    family = presets.build(opts)
+    training_loop.training_loop(dataset_kwargs=dict(class_name='loop_family.TinyDataset'),
+        encoder_kwargs=family.encoder_kwargs, data_loader_kwargs=dict(num_workers=0),
+        network_kwargs=family.network_kwargs, loss_kwargs=family.loss_kwargs, optimizer_kwargs=family.optimizer_kwargs,
+        lr_kwargs=family.lr_kwargs, ema_kwargs=None, grad_clip=opts.grad_clip, run_dir=str(tmp_path), batch_size=8,
+        total_nimg=160, status_nimg=80, snapshot_nimg=160, checkpoint_nimg=None, device='cpu')
+    with open(tmp_path / 'network-snapshot-0000000.pkl', 'rb') as f:
+        data = persistence.load_pickle(f)
+    net, encoder = data['ema'], data['encoder']
+    assert isinstance(net, ARDMNet) and net.levels == 4 and net.label_dim == 3
+    assert net.step_count.sum() == 160
+    samples = net.sample(torch.zeros(2, 1, 4, 4), torch.eye(3)[:2], SeedRandom([0, 1]), steps=4)
+    pixels = encoder.decode(samples)
+    assert pixels.dtype == torch.uint8 and set(pixels.unique().tolist()) <= {0, 85, 170, 255}
