@@ -326,12 +326,12 @@ class ARDMNet(torch.nn.Module):
             # Item (image i, draw j): step g in the j-th of `draws` equal slices of 0..T-1.
             u = rnd.rand([n, draws], device=device, dtype=torch.float64)
             step = ((torch.arange(draws, device=device) + u) / draws * self.num_steps).floor().to(torch.int64).clamp(max=self.num_steps - 1)
-            orders = torch.stack([random_orders(rnd.rand([n, self.num_dims], device=device)) for _ in range(draws)], dim=1)
+            orders = torch.stack([random_orders(rnd.rand([n, self.num_dims], device=device)) for _ in range(draws)], dim=1).flatten(0, 1)
             t = step % self.num_dims
-            items = dict(image=image[:, None].expand(n, draws), order=orders, step=step, end=torch.full_like(step, self.num_dims),
+            items = dict(image=image[:, None].expand(n, draws), step=step, end=torch.full_like(step, self.num_dims),
                 weight=self.num_stages / (self.num_dims - t).to(torch.float64) / draws)
             items = {key: value.flatten(0, 1) for key, value in items.items()}
-            total = self._masked_nll(images, labels, cond=images, **items, max_batch=max_batch)
+            total = self._masked_nll(images, labels, orders=orders, order=torch.arange(n * draws, device=device), **items, max_batch=max_batch)
             return total / np.log(2)
         if mode != 'exact':
             raise ValueError(f'ARDM bpd: unknown mode "{mode}"; choose elbo or exact')
@@ -342,23 +342,25 @@ class ARDMNet(torch.nn.Module):
         start = torch.tensor([g[0] for g in groups], dtype=torch.int64, device=device).repeat_interleave(n)
         end = torch.tensor([g[1] - g[0] // self.num_dims * self.num_dims for g in groups], dtype=torch.int64, device=device).repeat_interleave(n)
         item_image = image.repeat(len(groups))
-        total = self._masked_nll(images, labels, cond=images, image=item_image, order=orders[item_image], step=start, end=end,
+        total = self._masked_nll(images, labels, orders=orders, image=item_image, order=item_image, step=start, end=end,
             weight=torch.ones_like(start, dtype=torch.float64), max_batch=max_batch)
         if dist.get_world_size() > 1:
             dist.all_reduce_sum(total)
         return total / (self.num_dims * np.log(2))
 
-    def _masked_nll(self, images, labels, cond, image, order, step, end, weight, max_batch):
-        """sum over items of weight * nats of the dimensions of `image` revealed at local steps
-        t..end-1 of `order` (t = step mod D) given those before t, per image [N] (float64)."""
+    def _masked_nll(self, images, labels, orders, image, order, step, end, weight, max_batch):
+        """Sum over items of weight * nats of the dimensions of `image` revealed at local steps
+        t..end-1 of the order `orders[order]` (t = step mod D), given those before t, per image
+        [N] (float64). Items are (image, order, step, end, weight) tensors of one length; the
+        conditioning z, when the network has one, is made from the images themselves."""
         total = torch.zeros(images.shape[0], dtype=torch.float64, device=images.device)
         for chunk in torch.arange(len(image), device=images.device).split(max_batch):
             idx = image[chunk]
             x = images[idx]
             stage = torch.div(step[chunk], self.num_dims, rounding_mode='floor')
             t = (step[chunk] % self.num_dims).reshape(-1, 1, 1, 1)
-            sigma = order[chunk].reshape(x.shape)
-            logits = self(x, sigma < t, step[chunk], None if labels is None else labels[idx], None if cond is None else cond[idx])
+            sigma = orders[order[chunk]].reshape(x.shape)
+            logits = self(x, sigma < t, step[chunk], None if labels is None else labels[idx], x if self.cond_blur else None)
             reveal = (sigma >= t) & (sigma < end[chunk].reshape(-1, 1, 1, 1))
             nll = (self.digit_nll(logits, x, stage) * reveal).flatten(1).sum(1).to(torch.float64)
             total.index_add_(0, idx, nll * weight[chunk])
