@@ -348,3 +348,20 @@ def test_digits_presets_build():
         assert type(net.head).__name__ == {'diffusion': 'DiffusionHead', 'flow': 'FlowHead'}[head]
         assert net.data_bound == 1.0 and net.seq_len == 16
         assert c.optimizer_kwargs.class_name == 'torch.optim.AdamW' and c.optimizer_kwargs.weight_decay == 0.02
+
+def test_digits_preset_trains_through_the_shared_loop(tmp_path):
+    # The family plugs into the loop through its preset alone; the snapshot samples pixels.
+    from training import presets, training_loop
+    opts = presets.resolve('mar-digits', dict(width=16, encoder_depth=1, decoder_depth=1, num_heads=2, head_width=16, head_depth=1))
+    family = presets.build(opts)
+    training_loop.training_loop(dataset_kwargs=dict(class_name='loop_family.TinyDataset'),
+        encoder_kwargs=dict(class_name='training.encoders.StandardRGBEncoder'), data_loader_kwargs=dict(num_workers=0),
+        network_kwargs=family.network_kwargs, loss_kwargs=family.loss_kwargs, optimizer_kwargs=family.optimizer_kwargs,
+        lr_kwargs=family.lr_kwargs, ema_kwargs=None, grad_clip=opts.grad_clip, run_dir=str(tmp_path), batch_size=8,
+        total_nimg=64, status_nimg=32, snapshot_nimg=64, checkpoint_nimg=None, device='cpu')
+    with open(tmp_path / 'network-snapshot-0000000.pkl', 'rb') as f:
+        data = persistence.load_pickle(f)
+    net, encoder = data['ema'], data['encoder']
+    assert isinstance(net, MAR) and net.label_dim == 3 and net.seq_len == 4
+    samples = net.sample(torch.zeros([2, 1, 4, 4]), torch.eye(3)[:2], StackedRandomGenerator('cpu', [0, 1]), steps=4, head_steps=5)
+    assert encoder.decode(samples).dtype == torch.uint8 and samples.abs().max() <= 1

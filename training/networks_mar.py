@@ -229,7 +229,9 @@ class DiffusionHead(torch.nn.Module):
     def sample(self, z, rnd, temperature=1.0, guidance=1.0, guide_z=None, guide_head=None, bound=None, steps=None):
         timesteps, coef = self.coefficients(steps or self.sample_steps)
         batch_shape = z.shape[:-1]
-        x = rnd.randn([*batch_shape, self.token_dim], device=z.device)
+        # All of an image's noise in one draw per generator (the per-image loop is the slow part).
+        noise = rnd.randn([batch_shape[0], len(timesteps), *batch_shape[1:], self.token_dim], device=z.device)
+        x = noise[:, -1]
         flat = lambda a: a.reshape(-1, a.shape[-1])
         for i in reversed(range(len(timesteps))):
             t = timesteps[i].expand(x[..., 0].numel())
@@ -239,7 +241,7 @@ class DiffusionHead(torch.nn.Module):
             eps, v = out.reshape(*batch_shape, -1).chunk(2, dim=-1)
             x, logvar = self.p_mean_logvar(coef, i, x, eps, v, bound=bound)
             if i > 0:
-                x = x + torch.exp(0.5 * logvar) * temperature * rnd.randn(list(x.shape), device=z.device)
+                x = x + torch.exp(0.5 * logvar) * temperature * noise[:, i - 1]
         return x
 
 @persistence.persistent_class
