@@ -365,3 +365,65 @@ def test_digits_preset_trains_through_the_shared_loop(tmp_path):
     assert isinstance(net, MAR) and net.label_dim == 3 and net.seq_len == 4
     samples = net.sample(torch.zeros([2, 1, 4, 4]), torch.eye(3)[:2], StackedRandomGenerator('cpu', [0, 1]), steps=4, head_steps=5)
     assert encoder.decode(samples).dtype == torch.uint8 and samples.abs().max() <= 1
+
+#----------------------------------------------------------------------------
+# Acceptance (slow): mar-digits trained through train_edm2.py, judged by a classifier trained on
+# the real training digits and by the Frechet distance to the held-out digits in a fixed feature
+# space: the first 20 principal components (fitted on the training split) of the pixel values in
+# [0, 1]. The reference point is "class mean plus noise": per class, the mean training image plus
+# independent Gaussian noise with the class's per-pixel standard deviation, clipped to [0, 1].
+
+def digits_split(split):
+    import dataset_tool
+    source = dataset_tool.open_builtin(f'builtin:digits-{split}')
+    return source.images.reshape(len(source.images), -1).astype(np.float64) / 255, np.asarray(source.labels)
+
+def frechet_distance(a, b):
+    import scipy.linalg
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    sigma_a, sigma_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    return float(np.square(mu_a - mu_b).sum() + np.trace(sigma_a + sigma_b - 2 * scipy.linalg.sqrtm(sigma_a @ sigma_b).real))
+
+@pytest.mark.slow
+@pytest.mark.parametrize('preset', ['mar-digits', 'mar-digits-flow'])
+def test_digits_acceptance(preset, tmp_path):
+    import time
+    from click.testing import CliRunner
+    from sklearn.decomposition import PCA
+    from sklearn.svm import SVC
+    import dataset_tool
+    import train_edm2
+    data = str(tmp_path / 'digits-train.zip')
+    assert CliRunner().invoke(dataset_tool.cmdline, ['convert', '--source', 'builtin:digits-train', '--dest', data]).exit_code == 0
+    start = time.time()
+    result = CliRunner().invoke(train_edm2.main, ['--preset', preset, '--data', data, '--outdir', str(tmp_path / 'run')])
+    train_minutes = (time.time() - start) / 60
+    assert result.exit_code == 0, result.output
+    snapshot = sorted((tmp_path / 'run').glob('network-snapshot-*.pkl'))[-1]
+    with open(snapshot, 'rb') as f:
+        data = persistence.load_pickle(f)
+    net, encoder = data['ema'], data['encoder']
+
+    x_train, y_train = digits_split('train')
+    x_test, _ = digits_split('test')
+    classifier = SVC(gamma='scale').fit(x_train, y_train)
+    pca = PCA(20, random_state=0).fit(x_train)
+    fd = lambda x: frechet_distance(pca.transform(x), pca.transform(x_test))
+    per_class = 100
+    classes = np.repeat(np.arange(10), per_class)
+    rng = np.random.RandomState(0)
+    baseline = np.concatenate([np.clip(x_train[y_train == c].mean(0) + rng.randn(per_class, 64) * x_train[y_train == c].std(0), 0, 1)
+        for c in range(10)])
+    results = dict(train_minutes=train_minutes, snapshot=snapshot.name, baseline_fd=fd(baseline))
+    for guidance in [1.0, 2.0]:
+        images = []
+        for start in range(0, len(classes), 100):
+            rnd = StackedRandomGenerator('cpu', range(start, start + 100))
+            x = net.sample(torch.zeros([100, 1, 8, 8]), one_hot(classes[start : start + 100]), rnd, guidance=guidance)
+            images.append(encoder.decode(x).reshape(100, -1).numpy() / 255)
+        images = np.concatenate(images)
+        results[f'accuracy_g{guidance}'] = classifier.score(images, classes)
+        results[f'fd_g{guidance}'] = fd(images)
+    print(preset, results)
+    assert results['accuracy_g1.0'] >= 0.9 and results['fd_g1.0'] < results['baseline_fd']
+    assert results['accuracy_g2.0'] > results['accuracy_g1.0']

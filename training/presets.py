@@ -265,9 +265,9 @@ for _size, _width, _depth, _heads, _head_width, _head_depth in [('b', 768, 12, 1
 
 # Built-in 8x8 digits in pixels (bounded: clipped to [-1, 1]), 2x2 patches = 16 tokens: trains
 # in 15 minutes on a laptop CPU. A short EMA half-life and a short warm-up for a run this short.
-_MAR_DIGITS = dict(family='mar', duration='64Ki', batch=64, status='4Ki', snapshot='16Ki', checkpoint='16Ki',
+_MAR_DIGITS = dict(family='mar', duration='96Ki', batch=128, status='8Ki', snapshot='32Ki', checkpoint='32Ki',
     workers=0, patch_size=2, width=128, encoder_depth=4, decoder_depth=4, num_heads=4, buffer_tokens=4,
-    head_width=256, head_depth=3, data_bound=1.0, sample_steps=8, lr=1e-3, rampup=0.01, ema_halflife=2)
+    head_width=128, head_depth=3, data_bound=1.0, sample_steps=8, lr=1e-3, rampup=0.01, ema_halflife=6)
 preset('mar-digits', **_MAR_DIGITS)
 preset('mar-digits-flow', **(_MAR_DIGITS | dict(head='flow')))
 
