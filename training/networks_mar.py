@@ -165,7 +165,7 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
 
 def discretized_gaussian_log_likelihood(x, mean, log_scale, bin_width=2/255):
     """log P(x) of a Gaussian integrated over the bin of width 2/255 around x (data in [-1, 1],
-    the edge bins open), as the decoder term L_0 of improved DDPM."""
+    the edge bins open), as the decoder term L_0 of improved DDPM (which MAR keeps for latents)."""
     inv_std = torch.exp(-log_scale)
     cdf_plus = torch.special.ndtr(inv_std * (x - mean + bin_width / 2))
     cdf_minus = torch.special.ndtr(inv_std * (x - mean - bin_width / 2))
@@ -218,8 +218,7 @@ class DiffusionHead(torch.nn.Module):
         mse = (eps - noise).square().mean(-1)
 
         # Variational bound in bits per dimension; it trains the variance only (frozen mean).
-        coef = {name: getattr(self, name) for name in ['log_betas', 'post_log_var', 'sqrt_recip_acp',
-            'sqrt_recipm1_acp', 'post_coef_x0', 'post_coef_xt']}
+        coef = dict(self.named_buffers(recurse=False)) # The training schedule's coefficients.
         mean, logvar = self.p_mean_logvar(coef, t, x, eps.detach(), v)
         true_mean = coef['post_coef_x0'][t, None] * x0 + coef['post_coef_xt'][t, None] * x
         kl = normal_kl(true_mean, coef['post_log_var'][t, None], mean, logvar).mean(-1)
