@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Build the whole dataset grid of the multi-source study: similarity levels sim1..sim3,
+# K in 1, 3, 5, 10 sources and N in 100, 500, 1000 images per source (36 datasets).
+#
+# Usage: bash_files/convert/build_all.sh --imagenet DIR --out DIR [--vae DIR_OR_NAME] [--dry-run]
+set -euo pipefail
+source "$(dirname "$0")/../common.sh"
+
+imagenet="" out="" vae="stabilityai/sd-vae-ft-mse"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --imagenet) need_value "$1" "${2:-}"; imagenet="$2"; shift 2 ;;
+        --out)      need_value "$1" "${2:-}"; out="$2"; shift 2 ;;
+        --vae)      need_value "$1" "${2:-}"; vae="$2"; shift 2 ;;
+        --dry-run)  DRY_RUN=1; shift ;;
+        -h|--help)  usage; exit 0 ;;
+        *) die "unknown argument '$1'" ;;
+    esac
+done
+[ -n "$imagenet" ] || die "--imagenet is required"
+[ -n "$out" ] || die "--out is required"
+
+extra=()
+[ "$DRY_RUN" = 1 ] && extra+=(--dry-run)
+for level in sim1 sim2 sim3; do
+    for sources in 1 3 5 10; do
+        for per_class in 100 500 1000; do
+            bash "$(dirname "$0")/build_multisource.sh" --imagenet "$imagenet" --out "$out" --level "$level" \
+                --sources "$sources" --per-class "$per_class" --vae "$vae" "${extra[@]}"
+        done
+    done
+done

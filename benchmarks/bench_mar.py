@@ -1,0 +1,106 @@
+"""MAR generation speed: images per second for K = 16 and K = 64 generation steps, and the share
+of the time spent in the per-token head (the diffusion sampler's 100 MLP steps per revealed token)
+against the transformer (one encoder-decoder pass per step), in one process on the same network
+(a preset's architecture with random weights; speed does not depend on the weights). Prints one
+JSON line per figure: medians over the repeats, and K = 64 against K = 16.
+
+The default is the mar-digits architecture on 16x16 one-channel images: 2x2 patches give 64
+tokens, so that K = 64 (one token per step) is possible.
+
+    python benchmarks/bench_mar.py [--preset mar-digits] [--resolution 16] [--images 16] [--guidance 2]
+"""
+
+import json
+import os
+import sys
+import time
+
+import click
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from torch_utils import util # pylint: disable=wrong-import-position
+from training import presets # pylint: disable=wrong-import-position
+from training.samplers import StackedRandomGenerator # pylint: disable=wrong-import-position
+
+class PartTimer:
+    """Wraps net.transformer and net.head.sample to add up the seconds spent in each."""
+    def __init__(self, net, device):
+        self.device = device
+        self.seconds = dict(transformer=0.0, head=0.0)
+        net.transformer = self.wrap(net.transformer, 'transformer')
+        net.head.sample = self.wrap(net.head.sample, 'head')
+
+    def sync(self):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+
+    def wrap(self, func, part):
+        def timed(*args, **kwargs):
+            self.sync()
+            start = time.perf_counter()
+            result = func(*args, **kwargs)
+            self.sync()
+            self.seconds[part] += time.perf_counter() - start
+            return result
+        return timed
+
+def time_generation(net, timer, images, steps, guidance, repeats):
+    """Median seconds per batch, and the median shares of the head and the transformer."""
+    labels = torch.eye(net.label_dim, device=timer.device)[torch.arange(images, device=timer.device) % net.label_dim]
+    noise = torch.zeros([images, net.img_channels, net.img_resolution, net.img_resolution], device=timer.device)
+    seconds, head_share, transformer_share = [], [], []
+    for repeat in range(repeats):
+        timer.seconds = dict(transformer=0.0, head=0.0)
+        rnd = StackedRandomGenerator(timer.device, range(repeat * images, (repeat + 1) * images))
+        timer.sync()
+        start = time.perf_counter()
+        net.sample(noise, labels, rnd, guidance=guidance, steps=steps)
+        timer.sync()
+        seconds.append(time.perf_counter() - start)
+        head_share.append(timer.seconds['head'] / seconds[-1])
+        transformer_share.append(timer.seconds['transformer'] / seconds[-1])
+    return float(np.median(seconds)), float(np.median(head_share)), float(np.median(transformer_share))
+
+@click.command()
+@click.option('--preset',     help='Architecture (training/presets.py)', metavar='NAME', type=str, default='mar-digits', show_default=True)
+@click.option('--resolution', help='Net-space resolution', metavar='INT', type=click.IntRange(min=1), default=16, show_default=True)
+@click.option('--channels',   help='Net-space channels', metavar='INT', type=click.IntRange(min=1), default=1, show_default=True)
+@click.option('--images',     help='Images generated together', metavar='INT', type=click.IntRange(min=1), default=16, show_default=True)
+@click.option('--guidance',   help='Guidance scale (1 = one network pass per step)', metavar='FLOAT', type=float, default=2.0, show_default=True)
+@click.option('--steps',      help='Generation steps K to compare, the first one the baseline', metavar='LIST', type=str, default='16,64', show_default=True)
+@click.option('--repeats',    help='Timed repeats per setting', metavar='INT', type=click.IntRange(min=1), default=3, show_default=True)
+@click.option('--threads',    help='CPU threads (the machine may be shared)', metavar='INT', type=click.IntRange(min=1), default=1, show_default=True)
+def main(preset, resolution, channels, images, guidance, steps, repeats, threads):
+    """Benchmark MAR generation for several numbers of steps K."""
+    torch.set_num_threads(threads)
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        network_kwargs = presets.build(presets.resolve(preset)).network_kwargs
+    except KeyError:
+        raise click.BadParameter(f'unknown preset "{preset}"', param_hint='--preset')
+    step_list = util.parse_int_list(steps)
+    torch.manual_seed(0)
+    net = util.construct_class_by_name(**network_kwargs, img_resolution=resolution, img_channels=channels, label_dim=10)
+    net = net.eval().requires_grad_(False).to(device)
+    if max(step_list) > net.seq_len:
+        raise click.BadParameter(f'{net.seq_len} tokens allow at most {net.seq_len} steps', param_hint='--steps')
+    timer = PartTimer(net, device)
+    common = dict(device=device.type, threads=threads, preset=preset, resolution=resolution, channels=channels,
+        tokens=net.seq_len, images=images, guidance=guidance, head_steps=net.head.sample_steps, repeats=repeats)
+
+    time_generation(net, timer, images, step_list[0], guidance, 1) # Warm-up.
+    rates = dict()
+    for num_steps in step_list:
+        sec, head_share, transformer_share = time_generation(net, timer, images, num_steps, guidance, repeats)
+        rates[num_steps] = images / sec
+        print(json.dumps(dict(figure='mar_images_per_sec', K=num_steps, value=rates[num_steps], **common)))
+        print(json.dumps(dict(figure='mar_time_share_head', K=num_steps, value=head_share, **common)))
+        print(json.dumps(dict(figure='mar_time_share_transformer', K=num_steps, value=transformer_share, **common)))
+    for num_steps in step_list[1:]:
+        print(json.dumps(dict(figure='mar_images_per_sec_ratio_vs_baseline', K=num_steps, baseline_K=step_list[0],
+            value=rates[num_steps] / rates[step_list[0]], **common)))
+
+if __name__ == '__main__':
+    main() # pylint: disable=no-value-for-parameter
