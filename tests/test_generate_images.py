@@ -1,0 +1,223 @@
+"""generate_images.py: loading snapshots, per-seed determinism and EDM2 seed compatibility, the
+command line (files, grid, --class all, errors), family dispatch, and (slow) the digits acceptance
+test: a classifier trained on the real digits recognises the requested class, more so with guidance."""
+
+import os
+import pickle
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+import generate_images
+from torch_utils import persistence
+from training import encoders
+from training.samplers import StackedRandomGenerator
+
+#----------------------------------------------------------------------------
+# Tiny persistent stand-ins for the networks (pickled with their source, as snapshots are).
+
+@persistence.persistent_class
+class TinyDenoiser(torch.nn.Module):
+    """EDM2 interface: net(x, sigma, labels) -> denoised; no `sample` method."""
+    def __init__(self, img_resolution=4, img_channels=3, label_dim=5):
+        super().__init__()
+        self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
+        self.conv = torch.nn.Conv2d(img_channels, img_channels, 3, padding=1)
+        self.emb = torch.nn.Linear(max(label_dim, 1), img_channels)
+
+    def forward(self, x, sigma, labels=None):
+        sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1, 1, 1, 1)
+        if labels is None:
+            labels = torch.zeros([x.shape[0], max(self.label_dim, 1)])
+        h = torch.tanh(self.conv(x / (0.25 + sigma ** 2).sqrt()) + self.emb(labels)[:, :, None, None])
+        return x * 0.25 / (0.25 + sigma ** 2) + h * sigma * 0.5 / (0.25 + sigma ** 2).sqrt()
+
+@persistence.persistent_class
+class TinyFamily(torch.nn.Module):
+    """A family with its own sampler: the image is the class index (as a level) plus the options."""
+    def __init__(self, img_resolution=4, img_channels=1, label_dim=3):
+        super().__init__()
+        self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
+
+    def sample(self, noise, labels, rnd, gnet=None, guidance=1.0, steps=1, **unknown):
+        if unknown:
+            raise ValueError(f'TinyFamily: unknown options {", ".join(sorted(unknown))}')
+        value = labels.argmax(dim=1).to(torch.float32) * 0.25 + steps * 0.01 + rnd.rand([noise.shape[0]]) * 0
+        return value.reshape(-1, 1, 1, 1).expand(noise.shape)
+
+@persistence.persistent_class
+class Dropout:
+    def __init__(self, p_uncond=0.0):
+        self.p_uncond = p_uncond
+
+def write_snapshot(path, net, p_uncond=None, encoder=None):
+    torch.manual_seed(0)
+    data = dict(ema=net.eval().requires_grad_(False), encoder=encoder or encoders.StandardRGBEncoder(),
+        loss_fn=Dropout(p_uncond) if p_uncond is not None else None, dataset_kwargs={})
+    with open(path, 'wb') as f:
+        pickle.dump(data, f)
+    return str(path)
+
+@pytest.fixture(scope='module')
+def snapshot(tmp_path_factory):
+    torch.manual_seed(0)
+    return write_snapshot(tmp_path_factory.mktemp('snap') / 'network-snapshot.pkl', TinyDenoiser(), p_uncond=0.1)
+
+def invoke(*args):
+    return CliRunner().invoke(generate_images.main, [str(a) for a in args])
+
+#----------------------------------------------------------------------------
+
+def test_load_snapshot(snapshot):
+    snap = generate_images.load_snapshot(snapshot, verbose=False)
+    assert snap.label_dim == 5 and snap.loss_fn.p_uncond == 0.1 and snap.dataset_kwargs == {}
+    assert not snap.net.training and type(snap.encoder).__name__ == 'StandardRGBEncoder'
+
+def test_official_vae_encoder_is_replaced(tmp_path):
+    # An encoder object of another source that only shares the class name and the attributes.
+    src = ('import numpy as np\nfrom torch_utils import persistence\n@persistence.persistent_class\n'
+        'class StabilityVAEEncoder:\n    def __init__(self, vae_name="v", raw_mean=[1,2,3,4], raw_std=[2,2,2,2], final_mean=0, final_std=0.5):\n'
+        '        self.vae_name = vae_name\n        self.scale = np.float32(final_std) / np.float32(raw_std)\n'
+        '        self.bias = np.float32(final_mean) - np.float32(raw_mean) * self.scale\n        self.batch_size = 8\n        self._vae = None\n')
+    module = persistence._src_to_module(src)
+    official = persistence.persistent_class(module.StabilityVAEEncoder)(vae_name='my-vae', raw_mean=[1, 2, 3, 4])
+    local = generate_images._local_encoder(official)
+    assert isinstance(local, encoders.StabilityVAEEncoder) and local.vae_name == 'my-vae'
+    assert np.allclose(local.scale, official.scale) and np.allclose(local.bias, official.bias)
+
+def test_batch_size_does_not_change_images(snapshot):
+    snap = generate_images.load_snapshot(snapshot, verbose=False)
+    run = lambda batch, **kw: {seed: (image, label) for r in generate_images.generate_images(snap.net, snap.encoder,
+        seeds=range(10, 18), batch_size=batch, verbose=False, num_steps=4, **kw)
+        for seed, image, label in zip(r.seeds, r.images, r.labels)}
+    for kw in [dict(), dict(solver='heun_sde'), dict(guidance=2.0)]:
+        one, eight = run(1, **kw), run(8, **kw)
+        assert sorted(one) == list(range(10, 18))
+        for seed in one:
+            assert torch.equal(one[seed][0], eight[seed][0]) and one[seed][1] == eight[seed][1]
+            assert one[seed][0].dtype == torch.uint8 and one[seed][0].shape == (3, 4, 4)
+
+def test_edm2_seed_compatibility(snapshot, monkeypatch):
+    snap = generate_images.load_snapshot(snapshot, verbose=False)
+    seen = {}
+    def fake_sample(net, noise, labels, rnd, **kwargs):
+        seen.update(noise=noise, labels=labels, next=rnd.randn([len(noise)]))
+        return noise
+    monkeypatch.setattr(generate_images.samplers, 'sample', fake_sample)
+    seeds = [3, 77, (1 << 32) + 5]
+    r = next(generate_images.generate_images(snap.net, snap.encoder, seeds=seeds, verbose=False))
+    for i, seed in enumerate(seeds):
+        gen = torch.Generator().manual_seed(seed % (1 << 32))
+        assert torch.equal(seen['noise'][i], torch.randn([3, 4, 4], generator=gen))
+        label = torch.randint(5, size=[1], generator=gen).item()
+        assert r.labels[i].item() == label and seen['labels'][i].argmax().item() == label
+        assert torch.equal(seen['next'][i], torch.randn([], generator=gen)) # The sampler continues the stream.
+    assert r.indices == [0, 1, 2] and r.seeds == seeds
+
+def test_cli_writes_images_and_grid(snapshot, tmp_path):
+    result = invoke('--net', snapshot, '--outdir', tmp_path / 'out', '--seeds', '0-2,1500', '--subdirs',
+        '--class', 2, '--steps', 4, '--grid', tmp_path / 'grid.png')
+    assert result.exit_code == 0, result.output
+    for seed in [0, 1, 2]:
+        assert (tmp_path / 'out' / '000000' / f'{seed:06d}.png').is_file()
+    image = PIL.Image.open(tmp_path / 'out' / '001000' / '001500.png')
+    assert image.mode == 'RGB' and image.size == (4, 4)
+    assert PIL.Image.open(tmp_path / 'grid.png').size == (8, 8) # 4 images: 2 x 2.
+    assert not [f for f in os.listdir(tmp_path / 'out' / '000000') if not f.endswith('.png')]
+
+def test_cli_class_all_grid_has_rows_per_class(snapshot, tmp_path):
+    result = invoke('--net', snapshot, '--seeds', '0-11', '--class', 'all', '--steps', 2, '--grid', tmp_path / 'grid.png')
+    assert result.exit_code == 0, result.output
+    assert PIL.Image.open(tmp_path / 'grid.png').size == (3 * 4, 5 * 4) # 12 seeds over 5 classes.
+    assert not (tmp_path / 'out').exists()
+
+def test_guidance_with_the_unconditional_branch_and_gnet(snapshot, tmp_path):
+    assert invoke('--net', snapshot, '--outdir', tmp_path / 'a', '--seeds', '0-1', '--guidance', 2, '--steps', 2).exit_code == 0
+    result = invoke('--net', snapshot, '--gnet', snapshot, '--outdir', tmp_path / 'b', '--seeds', '0-1', '--guidance', 2, '--steps', 2)
+    assert result.exit_code == 0, result.output
+    # The network guided by itself with the same labels: D_g + w (D - D_g) = D, i.e. no guidance.
+    assert invoke('--net', snapshot, '--outdir', tmp_path / 'c', '--seeds', '0-1', '--steps', 2).exit_code == 0
+    for seed in [0, 1]:
+        b, c = [np.asarray(PIL.Image.open(tmp_path / d / f'{seed:06d}.png')) for d in 'bc']
+        assert np.abs(b.astype(int) - c.astype(int)).max() <= 1
+
+@pytest.mark.parametrize('make, args, message', [
+    ('garbage', [], 'not a readable snapshot'),
+    ('dict', [], 'not a network snapshot'),
+    ('missing', [], 'Cannot read'),
+    ('ok', ['--class', '5'], 'out of range'),
+    ('ok', ['--class', 'x'], 'class index'),
+    ('ok', ['--seeds', ''], 'empty'),
+    ('nodrop', ['--guidance', '2'], 'needs a guiding network'),
+    ('uncond', ['--guidance', '2'], 'is unconditional'),
+    ('uncond', ['--class', '0'], 'unconditional'),
+    ('family', ['--sigma_min', '0.1'], 'unknown options'),
+])
+def test_cli_errors(tmp_path, make, args, message):
+    path = tmp_path / 'snap.pkl'
+    if make == 'garbage':
+        path.write_bytes(b'this is not a pickle')
+    elif make == 'dict':
+        path.write_bytes(pickle.dumps(dict(net=1)))
+    elif make in ['ok', 'nodrop', 'uncond', 'family']:
+        net = TinyFamily() if make == 'family' else TinyDenoiser(label_dim=0 if make == 'uncond' else 5)
+        write_snapshot(path, net, p_uncond=0.1 if make == 'ok' else None)
+    result = invoke('--net', path, '--outdir', tmp_path / 'out', '--steps', 2, *args)
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert str(path) in result.output or make not in ['garbage', 'dict', 'missing']
+    assert 'Traceback' not in result.output
+    assert not (tmp_path / 'out').exists() or not os.listdir(tmp_path / 'out')
+
+def test_nothing_to_write_is_an_error(snapshot):
+    result = invoke('--net', snapshot)
+    assert result.exit_code != 0 and '--outdir' in result.output
+
+def test_family_net_samples_itself(tmp_path):
+    path = write_snapshot(tmp_path / 'family.pkl', TinyFamily())
+    result = invoke('--net', path, '--outdir', tmp_path / 'out', '--seeds', '0-5', '--class', 'all', '--steps', 20)
+    assert result.exit_code == 0, result.output
+    for seed in range(6):
+        image = np.asarray(PIL.Image.open(tmp_path / 'out' / f'{seed:06d}.png'))
+        assert image.shape == (4, 4) # Grayscale, 'L'.
+        expected = (((seed % 3) * 0.25 + 20 * 0.01) * 127.5 + 128)
+        assert np.abs(image.astype(float) - expected).max() <= 1
+
+#----------------------------------------------------------------------------
+# Acceptance (slow): the edm2-digits preset trained through train_edm2.py; a classifier trained on
+# the real training digits must recognise the requested class, better with guidance above 1.
+
+@pytest.mark.slow
+def test_digits_acceptance(tmp_path):
+    pytest.importorskip('training.networks_edm2')
+    import time
+    from sklearn.svm import SVC
+    import dataset_tool
+    import train_edm2
+    data = str(tmp_path / 'digits-train.zip')
+    assert CliRunner().invoke(dataset_tool.cmdline, ['convert', '--source', 'builtin:digits-train', '--dest', data]).exit_code == 0
+    start = time.time()
+    result = CliRunner().invoke(train_edm2.main, ['--preset', 'edm2-digits', '--data', data, '--outdir', str(tmp_path / 'run')])
+    train_minutes = (time.time() - start) / 60
+    assert result.exit_code == 0, result.output
+    snapshot = sorted((tmp_path / 'run').glob('network-snapshot-*.pkl'))[-1]
+    snap = generate_images.load_snapshot(str(snapshot), verbose=False)
+
+    source = dataset_tool.open_builtin('builtin:digits-train')
+    x_train = source.images.reshape(len(source.images), -1).astype(np.float64) / 255
+    classifier = SVC(gamma='scale').fit(x_train, np.asarray(source.labels))
+    per_class = 100
+    results = dict(train_minutes=round(train_minutes, 1), snapshot=snapshot.name)
+    for guidance in [1.0, 2.0]:
+        images, classes = [], []
+        for r in generate_images.generate_images(snap.net, snap.encoder, seeds=range(10 * per_class), class_idx='all',
+                batch_size=250, guidance=guidance, verbose=False):
+            images.append(r.images.reshape(len(r.images), -1).numpy() / 255)
+            classes.append(r.labels.numpy())
+        results[f'accuracy_g{guidance}'] = classifier.score(np.concatenate(images), np.concatenate(classes))
+    print('edm2-digits', results)
+    assert results['accuracy_g1.0'] >= 0.8
+    assert results['accuracy_g2.0'] > results['accuracy_g1.0']
