@@ -15,6 +15,8 @@ import urllib.parse
 import urllib.request
 import uuid
 
+import numpy as np
+
 #----------------------------------------------------------------------------
 # Convenience dict with attribute access. Official EDM2 pickles store their option dicts as
 # `dnnlib.util.EasyDict`; torch_utils.persistence.load_pickle maps that name to this class.
@@ -88,6 +90,26 @@ def parse_int_list(s):
             values.append(int(part))
         else:
             raise ValueError(f'Invalid integer list item "{part}"')
+    return values
+
+def parse_float_list(s):
+    """'0.05,0.1' or ranges 'start:stop:step' (stop included) -> [0.05, 0.1] / [start, ..., stop]."""
+    if isinstance(s, (list, tuple)):
+        return [float(v) for v in s]
+    values = []
+    for part in str(s).split(','):
+        part = part.strip()
+        try:
+            if ':' in part:
+                start, stop, step = (float(v) for v in part.split(':'))
+                if step <= 0 or stop < start:
+                    raise ValueError
+                count = int(np.floor((stop - start) / step + 1e-6)) + 1
+                values.extend(float(np.round(start + i * step, 10)) for i in range(count))
+            else:
+                values.append(float(part))
+        except ValueError:
+            raise ValueError(f'Invalid float list item "{part}": expected a number or start:stop:step') from None
     return values
 
 _NIMG_SUFFIXES = {'': 1, 'k': 10**3, 'M': 10**6, 'G': 10**9, 'Ki': 2**10, 'Mi': 2**20, 'Gi': 2**30}
