@@ -1,0 +1,166 @@
+"""simulations/: the conditional-Gaussian study (bounds, estimators, densities, published numbers,
+CSV output, plots, speed)."""
+
+import csv
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from simulations import gaussian as G
+from simulations import run_gaussian
+from simulations import plot_gaussian_K, plot_gaussian_n, plot_gaussian_sim
+
+def test_bounds_formula():
+    assert G.bounds(5, 10, 0.5, 500) == pytest.approx((math.sqrt(50 / 500), math.sqrt((4 * 5 + 10) / 500)))
+    assert G.bounds(3, 10, 0.0, 100) == pytest.approx((math.sqrt(0.3), math.sqrt(0.3)))
+    assert G.bounds(3, 10, 1.0, 100) == pytest.approx((math.sqrt(0.3), math.sqrt(0.1)))
+    assert G.num_shared(10, 0.3) == 3 and G.num_shared(10, 0.7) == 7 and G.num_shared(7, 0.5) == 3
+    r = G.run_one(3, 4, 6, 0.5, 200, num_test=50)
+    assert r[G.BOUND_SINGLE] == pytest.approx(math.sqrt(24 / 200))
+    assert r[G.BOUND_MULTI] == pytest.approx(math.sqrt((3 * 3 + 6) / 200))
+    assert r[G.BOUND_ADV] == pytest.approx(r[G.BOUND_SINGLE] - r[G.BOUND_MULTI])
+
+def test_true_means_and_sample_order():
+    m = G.true_means(3, 4, 0.5)
+    assert torch.equal(m, torch.tensor([[1., 1, 0, 0], [2, 2, 0, 0], [3, 3, 0, 0]]))
+    # Draw order: multinomial labels, then randn per class in class order.
+    torch.manual_seed(0)
+    x, y = G.sample(m, 20)
+    torch.manual_seed(0)
+    y2 = torch.multinomial(torch.ones(3) / 3, 20, replacement=True)
+    assert torch.equal(y, y2)
+    for k in range(3):
+        idx = (y2 == k).nonzero(as_tuple=True)[0]
+        if len(idx):
+            assert torch.equal(x[idx], torch.randn(len(idx), 4) + m[k])
+
+@pytest.mark.parametrize('K,sim', [(5, 0.0), (1, 0.5), (1, 1.0)])
+def test_single_equals_multi(K, sim):
+    for seed in (3, 33):
+        r = G.run_one(seed, K, 10, sim, 300)
+        assert r[G.TV_SINGLE] == pytest.approx(r[G.TV_MULTI], abs=1e-6)
+        if sim == 0:
+            assert r[G.TV_ADV] == 0
+    x, y = torch.randn(50, 4), torch.randint(0, 3, (50,))
+    assert torch.equal(G.estimate_single(x, y, 3), G.estimate_multi(x, y, 3, 0))
+
+def test_multi_estimator_pools_shared_dims():
+    x, y = torch.randn(60, 6), torch.arange(60) % 3
+    single, multi = G.estimate_single(x, y, 3), G.estimate_multi(x, y, 3, 2)
+    assert torch.allclose(single[1], x[y == 1].mean(0))
+    assert torch.equal(multi[:, :4], single[:, :4])
+    assert torch.allclose(multi[:, 4:], x.mean(0)[4:].expand(3, 2))
+
+@pytest.mark.parametrize('sim', [0.3, 0.5, 1.0])
+def test_multi_below_single_on_average(sim):
+    runs = [G.run_one(s, 5, 10, sim, 500) for s in G.SEEDS]
+    assert np.mean([r[G.TV_MULTI] for r in runs]) < np.mean([r[G.TV_SINGLE] for r in runs])
+
+def test_log_density_matches_torch_distributions():
+    torch.manual_seed(1)
+    means = torch.randn(4, 7) * 3
+    x, y = torch.randn(100, 7) * 2, torch.randint(0, 4, (100,))
+    ref = torch.distributions.Normal(means[y], 1.0).log_prob(x).sum(-1)
+    assert torch.allclose(G.log_density(x, y, means), ref, atol=1e-4, rtol=1e-5)
+    assert torch.allclose(G.log_density_naive(x[:10], y[:10], means), ref[:10], atol=1e-4, rtol=1e-5)
+    # Same TV with either density implementation.
+    assert G.run_one(5, 3, 4, 0.5, 100, num_test=30) == \
+        G.run_one(5, 3, 4, 0.5, 100, num_test=30, log_density_fn=G.log_density_naive)
+
+def test_published_numbers():
+    runs = [G.run_one(s, 5, 10, 0.5, 500) for s in G.SEEDS]
+    single = np.mean([r[G.TV_SINGLE] for r in runs])
+    multi = np.mean([r[G.TV_MULTI] for r in runs])
+    assert single == pytest.approx(0.124, abs=0.005) and multi == pytest.approx(0.096, abs=0.005)
+    # What this implementation gives exactly (float32 torch draws, published draw order).
+    assert single == pytest.approx(0.12397009, abs=1e-6)
+    assert multi == pytest.approx(0.09624504, abs=1e-6)
+
+def test_run_grid_rows():
+    rows = G.run_grid('n', [100, 200], seeds=[3, 33], defaults={'K': 2, 'D': 4})
+    assert [r['n'] for r in rows] == [100, 200]
+    assert list(rows[0]) == G.columns('n')
+    assert rows[0]['seed'] == '3;33' and rows[0]['K'] == 2 and rows[0]['D'] == 4 and rows[0]['sim'] == 0.5
+    runs = [G.run_one(s, 2, 4, 0.5, 100) for s in (3, 33)]
+    assert rows[0][G.TV_SINGLE] == pytest.approx(np.mean([r[G.TV_SINGLE] for r in runs]))
+
+EXPECTED_COLUMNS = {
+    'K': ['K', 'seed', 'D', 'sim', 'n'],
+    'n': ['n', 'seed', 'K', 'D', 'sim'],
+    'sim': ['sim', 'seed', 'K', 'D', 'n'],
+}
+METRIC_COLUMNS = ['theoretical TV bound of single', 'theoretical TV bound of multi', 'theoretical advantage (abs)',
+                  'empirical TV of single', 'empirical TV of multi', 'advantage (abs)']
+
+def _csvs(root, tag):
+    folder = os.path.join(root, 'gaussian', tag)
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith('.csv'))
+
+def test_cli_all_tags_csv_speed_and_plots(tmp_path):
+    results, figures = str(tmp_path / 'results'), str(tmp_path / 'figures')
+    runner = CliRunner()
+    start = time.perf_counter()
+    res = runner.invoke(run_gaussian.main, ['--tag', 'all', '--results_dir', results])
+    seconds = time.perf_counter() - start
+    assert res.exit_code == 0, res.output
+    print(f'all three tags: {seconds:.2f} s')
+    assert seconds < 60 # the spec asks for < 30 s; slack for a busy machine
+    for tag in ('K', 'n', 'sim'):
+        (path,) = _csvs(results, tag)
+        assert os.path.basename(path).startswith(f'gaussian_{tag}_') and path in res.output
+        with open(path, newline='') as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            body = list(reader)
+        assert header == EXPECTED_COLUMNS[tag] + METRIC_COLUMNS
+        assert len(body) == 5
+        assert [float(r[0]) for r in body] == [float(v) for v in G.GRIDS[tag]]
+        assert all(r[1] == '3;33;520;2025;25731' for r in body)
+        if tag == 'K':
+            row = body[2] # K = 5 at the defaults
+            assert float(row[header.index('empirical TV of single')]) == pytest.approx(0.12397009, abs=1e-6)
+            assert float(row[header.index('advantage (abs)')]) == pytest.approx(
+                float(row[header.index('empirical TV of single')]) - float(row[header.index('empirical TV of multi')]))
+    for tag, mod in (('K', plot_gaussian_K), ('n', plot_gaussian_n), ('sim', plot_gaussian_sim)):
+        res = runner.invoke(mod.main, ['--results_dir', results, '--outdir', figures])
+        assert res.exit_code == 0, res.output
+        for ext in ('png', 'svg'):
+            path = os.path.join(figures, f'gaussian_{tag}.{ext}')
+            assert os.path.getsize(path) > 1000
+    with open(os.path.join(figures, 'gaussian_n.png'), 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    with open(os.path.join(figures, 'gaussian_K.svg')) as f:
+        assert '<svg' in f.read()
+
+def test_cli_overrides_and_explicit_csv(tmp_path):
+    results = str(tmp_path / 'r')
+    runner = CliRunner()
+    res = runner.invoke(run_gaussian.main, ['--tag', 'sim', '--values', '0,1', '--seeds', '1,2', '--K', '3',
+                                            '--D', '4', '--n', '50', '--num-test', '20', '--results_dir', results])
+    assert res.exit_code == 0, res.output
+    (path,) = _csvs(results, 'sim')
+    with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and rows[0]['seed'] == '1;2' and rows[0]['K'] == '3' and rows[0]['D'] == '4'
+    assert float(rows[0]['advantage (abs)']) == 0
+    res = runner.invoke(plot_gaussian_sim.main, ['--csv', path, '--outdir', str(tmp_path / 'f')])
+    assert res.exit_code == 0, res.output
+    assert sorted(os.listdir(tmp_path / 'f')) == ['gaussian_sim.png', 'gaussian_sim.svg']
+
+@pytest.mark.parametrize('args', [['--tag', 'D'], [], ['--tag', 'K', '--K', '0'], ['--tag', 'n', '--seeds', 'a,b'],
+                                  ['--tag', 'sim', '--values', '0,2'], ['--tag', 'all', '--values', '1,2'],
+                                  ['--tag', 'n', '--values', '0']])
+def test_cli_bad_options(tmp_path, args):
+    res = CliRunner().invoke(run_gaussian.main, args + ['--results_dir', str(tmp_path)])
+    assert res.exit_code != 0
+    assert not os.path.exists(tmp_path / 'gaussian')
+
+def test_plot_without_csv_names_folder(tmp_path):
+    res = CliRunner().invoke(plot_gaussian_n.main, ['--results_dir', str(tmp_path), '--outdir', str(tmp_path / 'f')])
+    assert res.exit_code != 0
+    assert os.path.join(str(tmp_path), 'gaussian', 'n') in res.output
