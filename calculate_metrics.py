@@ -318,7 +318,7 @@ def calc(images, ref_path, metrics, num, seed, batch, workers, results, tag, det
     dist.print0(f'Calculating {", ".join(metrics)} of {num} images from {images} against {ref_path}')
     batches = (x for _, x, _ in iterate_images(dataset, np.arange(len(dataset)), batch, workers))
     values = frechet_results(compute_stats(batches, detectors, device), ref_stats, metrics)
-    report([dict(metric=m, value=v, images=images, ref=ref_path, num=num, seed=seed, **tags) for m, v in values.items()], results)
+    report([{'metric': m, 'value': v, 'images': images, 'ref': ref_path, 'num': num, 'seed': seed, **tags} for m, v in values.items()], results)
 
 #----------------------------------------------------------------------------
 
@@ -355,6 +355,7 @@ def gen(net, ref_path, metrics, num, seed, class_idx, guidance, gnet, steps, bat
     if class_idx is not None and class_idx >= max(snapshot.label_dim, 1):
         raise click.ClickException(f'--class {class_idx}: the network has {snapshot.label_dim} classes')
     guide = generate_images.load_snapshot(gnet, device=device, verbose=(dist.get_rank() == 0)).net if gnet else None
+    generate_images.check_guidance(snapshot, gnet=guide, guidance=guidance)
     detectors = load_detectors(metrics, device, detector_kwargs)
     if fd_metrics:
         check_reference(ref_stats, ref_path, fd_metrics, {m: detectors[m].feature_dim for m in fd_metrics})
@@ -387,7 +388,7 @@ def gen(net, ref_path, metrics, num, seed, class_idx, guidance, gnet, steps, bat
     base = dict(net=net, num=num, seed=seed, **{'class': class_idx}, guidance=guidance)
     if steps is not None:
         base['steps'] = steps
-    report([dict(metric=m, value=values[m], **base, **tags) for m in metrics], results)
+    report([{'metric': m, 'value': values[m], **base, **tags} for m in metrics], results)
 
 #----------------------------------------------------------------------------
 

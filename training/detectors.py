@@ -10,6 +10,7 @@ public URL; DINOv2 from a whole-model file, or a local torch.hub repository plus
 checkpoint, or the hub when online. When a file is missing the error names it and where to put it.
 """
 
+import io
 import os
 import pickle
 
@@ -28,7 +29,7 @@ def _grayscale_to_rgb(images):
 
 #----------------------------------------------------------------------------
 # FID: Inception-v3 pool3 features (2048) of the TF-FID network, as NVIDIA's TorchScript pickle
-# (the file EDM2 and StyleGAN use). It takes uint8-range images of any size, resizes them to
+# (the file EDM2 and StyleGAN use) or a TorchScript archive of the same module. It takes uint8-range images of any size, resizes them to
 # 299x299 itself and is called as model(x, return_features=True).
 
 INCEPTION_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
@@ -41,7 +42,9 @@ class InceptionV3Detector:
         path = self.resolve(path)
         try:
             with util.open_url(path, verbose=True) as f:
-                self.model = pickle.load(f)
+                data = f.read()
+            # NVIDIA's pickle; a plain TorchScript archive (a ZIP) works too.
+            self.model = torch.jit.load(io.BytesIO(data), map_location='cpu') if data[:2] == b'PK' else pickle.loads(data)
         except (OSError, pickle.UnpicklingError, EOFError, RuntimeError) as e:
             raise DetectorUnavailable(f'Inception-v3 (FID) not loadable from {path}: {e}. '
                 f'{self._where_to_put(path)}') from e

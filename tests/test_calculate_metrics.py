@@ -1,0 +1,307 @@
+"""calculate_metrics.py: the Frechet distance (closed forms, scipy's sqrtm reference), float64
+sum statistics (permutation and batch-size invariance, 2 Gloo processes = 1 process), the command
+line on the built-in digits with the digits detector (ref, ref --class, calc, gen, bpd, table,
+weights) and its one-line errors, which leave nothing half-written."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import calculate_metrics
+from calculate_metrics import FeatureStats, frechet_distance, frechet_distance_sqrtm
+from torch_utils import persistence
+from training import detectors
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#----------------------------------------------------------------------------
+# Frechet distance.
+
+def random_spd(dim, rng, scale=1.0):
+    a = rng.randn(dim, dim)
+    return scale * (a @ a.T / dim + 0.1 * np.eye(dim))
+
+def test_fd_closed_forms():
+    rng = np.random.RandomState(0)
+    mu, sigma = rng.randn(32), random_spd(32, rng)
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-9
+    a, b = rng.rand(16) + 0.1, rng.rand(16) + 0.1
+    mu2 = rng.randn(16)
+    expected = np.square(np.sqrt(a) - np.sqrt(b)).sum() + np.square(mu2).sum()
+    assert frechet_distance(np.zeros(16), np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+    # Singular covariances (fewer samples than features) are fine: no inverse, no complex sqrtm.
+    assert frechet_distance(mu, np.zeros([32, 32]), mu, sigma) == pytest.approx(np.trace(sigma), rel=1e-12)
+
+@pytest.mark.parametrize('dim', [8, 64, 256])
+def test_fd_matches_scipy_sqrtm(dim):
+    rng = np.random.RandomState(dim)
+    mu1, mu2 = rng.randn(dim), rng.randn(dim) * 0.1
+    sigma1, sigma2 = random_spd(dim, rng), random_spd(dim, rng, scale=2.0)
+    assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(frechet_distance_sqrtm(mu1, sigma1, mu2, sigma2), rel=1e-6)
+    # Real covariance matrices: features with correlations, two close distributions.
+    mix = rng.randn(dim, dim) / np.sqrt(dim)
+    f1 = rng.randn(4 * dim, dim) @ mix
+    f2 = (rng.randn(4 * dim, dim) + 0.05) @ (mix + 0.1 * rng.randn(dim, dim) / np.sqrt(dim))
+    args = f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False)
+    assert frechet_distance(*args) == pytest.approx(frechet_distance_sqrtm(*args), rel=1e-6)
+
+#----------------------------------------------------------------------------
+# Statistics.
+
+def stats_of(features, batch_size):
+    stats = FeatureStats(features.shape[1])
+    for batch in torch.as_tensor(features).split(batch_size):
+        stats.update(batch)
+    return stats.all_reduce().mu_sigma()
+
+def test_stats_match_numpy_and_are_invariant():
+    rng = np.random.RandomState(0)
+    features = rng.randn(203, 17) * rng.rand(17) * 5 + rng.randn(17) * 10
+    reference = stats_of(features, 203)
+    np.testing.assert_allclose(reference['mu'], features.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(reference['sigma'], np.cov(features, rowvar=False), rtol=1e-10, atol=1e-10)
+    assert reference['mu'].dtype == reference['sigma'].dtype == np.float64
+    for batch_size, order in [(1, None), (7, None), (64, rng.permutation(203))]:
+        other = stats_of(features if order is None else features[order], batch_size)
+        np.testing.assert_allclose(other['mu'], reference['mu'], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(other['sigma'], reference['sigma'], rtol=1e-10, atol=1e-10)
+
+#----------------------------------------------------------------------------
+# Command line on the built-in digits.
+
+def invoke(args, env=None):
+    return CliRunner().invoke(calculate_metrics.cmdline, args, env=env)
+
+def expect_error(args, *fragments):
+    result = invoke(args)
+    assert result.exit_code != 0 and not isinstance(result.exception, (AssertionError, TypeError, KeyError, AttributeError)), result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+    return result
+
+@pytest.fixture(scope='module')
+def digits(tmp_path_factory):
+    import dataset_tool
+    root = tmp_path_factory.mktemp('digits')
+    paths = {}
+    for split in ['train', 'test']:
+        paths[split] = str(root / f'digits-{split}.zip')
+        result = CliRunner().invoke(dataset_tool.cmdline, ['convert', '--source', f'builtin:digits-{split}', '--dest', paths[split]])
+        assert result.exit_code == 0, result.output
+    paths['ref'] = str(root / 'refs' / 'digits-test.pkl')
+    result = invoke(['ref', '--data', paths['test'], '--metrics', 'fd_digits', '--dest', paths['ref'], '--batch', '50', '--workers', '0'])
+    assert result.exit_code == 0, result.output
+    paths['root'] = root
+    return paths
+
+def digits_features(split):
+    import dataset_tool
+    images = torch.as_tensor(np.asarray(dataset_tool.open_builtin(f'builtin:digits-{split}').images))[:, None]
+    labels = np.asarray(dataset_tool.open_builtin(f'builtin:digits-{split}').labels)
+    return detectors.DigitsDetector()(images).numpy(), labels
+
+def calc_value(args):
+    result = invoke(['calc', '--workers', '0'] + args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.strip().splitlines()[-1])['value']
+
+def test_ref_and_calc(digits):
+    with open(digits['ref'], 'rb') as f:
+        ref = pickle.load(f)
+    features, labels = digits_features('test')
+    assert ref['num_images'] == len(features) == 359 and set(ref) == {'fd_digits', 'num_images'}
+    np.testing.assert_allclose(ref['fd_digits']['mu'], features.mean(0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ref['fd_digits']['sigma'], np.cov(features, rowvar=False), rtol=1e-8, atol=1e-12)
+    assert calc_value(['--images', digits['test'], '--ref', digits['ref'], '--metrics', 'fd_digits', '--num', '359']) < 1e-9
+    # A seeded subset of the training split: repeatable, seed-dependent, and equal to numpy's FD.
+    args = ['--images', digits['train'], '--ref', digits['ref'], '--metrics', 'fd_digits', '--num', '300']
+    value = calc_value(args + ['--seed', '1'])
+    assert 0 < value == calc_value(args + ['--seed', '1', '--batch', '7']) or value == pytest.approx(calc_value(args + ['--seed', '1', '--batch', '7']), rel=1e-9)
+    assert value != calc_value(args + ['--seed', '2'])
+    train, _ = digits_features('train')
+    full = calc_value(args[:-1] + ['1438'])
+    assert full == pytest.approx(frechet_distance_sqrtm(train.mean(0), np.cov(train, rowvar=False), features.mean(0), np.cov(features, rowvar=False)), rel=1e-6)
+
+    # Per class: the statistics of that class's images only.
+    dest = str(digits['root'] / 'refs' / 'class3.pkl')
+    assert invoke(['ref', '--data', digits['test'], '--metrics', 'fd_digits', '--class', '3', '--dest', dest, '--workers', '0']).exit_code == 0
+    with open(dest, 'rb') as f:
+        ref3 = pickle.load(f)
+    assert ref3['num_images'] == (labels == 3).sum()
+    np.testing.assert_allclose(ref3['fd_digits']['mu'], features[labels == 3].mean(0), rtol=1e-10, atol=1e-12)
+
+def test_two_gloo_processes_equal_one(digits, tmp_path):
+    dest = str(tmp_path / 'ref2.pkl')
+    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'calculate_metrics.py',
+        'ref', '--data', digits['test'], '--metrics', 'fd_digits', '--dest', dest, '--batch', '32', '--workers', '0']
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(dest, 'rb') as f:
+        two = pickle.load(f)
+    with open(digits['ref'], 'rb') as f:
+        one = pickle.load(f)
+    assert two['num_images'] == one['num_images']
+    np.testing.assert_allclose(two['fd_digits']['mu'], one['fd_digits']['mu'], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(two['fd_digits']['sigma'], one['fd_digits']['sigma'], rtol=1e-10, atol=1e-14)
+
+def test_fid_with_fake_inception_and_npz_reference(digits, tmp_path):
+    from test_detectors import fake_inception
+    inception = str(tmp_path / 'inception.pkl')
+    fake_inception(inception)
+    dest = str(tmp_path / 'fid.pkl')
+    result = invoke(['ref', '--data', digits['test'], '--metrics', 'fid,fd_digits', '--dest', dest, '--inception', inception, '--workers', '0'])
+    assert result.exit_code == 0, result.output
+    with open(dest, 'rb') as f:
+        ref = pickle.load(f)
+    assert ref['fid']['mu'].shape == (2048,) and ref['fid']['sigma'].shape == (2048, 2048)
+    # An EDM2-style pickle without num_images, and an .npz of mu/sigma (taken as FID).
+    edm2 = str(tmp_path / 'edm2.pkl')
+    with open(edm2, 'wb') as f:
+        pickle.dump({'fid': ref['fid'], 'fd_dinov2': dict(mu=np.zeros(1024), sigma=np.eye(1024))}, f)
+    npz = str(tmp_path / 'ref.npz')
+    np.savez(npz, mu=ref['fid']['mu'], sigma=ref['fid']['sigma'])
+    for path in [edm2, npz]:
+        loaded = calculate_metrics.load_reference(path)
+        calculate_metrics.check_reference(loaded, path, ['fid'], dict(fid=2048))
+        np.testing.assert_array_equal(loaded['fid']['sigma'], ref['fid']['sigma'])
+    value = calc_value(['--images', digits['test'], '--ref', npz, '--metrics', 'fid', '--num', '359', '--inception', inception])
+    assert abs(value) < 1e-6
+
+def test_errors_are_one_line_and_leave_nothing(digits, tmp_path):
+    ref, test = digits['ref'], digits['test']
+    expect_error(['calc', '--images', test, '--ref', ref, '--metrics', 'fd_digits', '--num', '1000'], 'found 359 images', '--num 1000')
+    expect_error(['calc', '--images', test, '--ref', ref, '--metrics', 'fid', '--num', '10'], 'has no "fid" statistics', 'fd_digits')
+    expect_error(['calc', '--images', test, '--ref', ref, '--metrics', 'nope', '--num', '10'], 'unknown metric "nope"')
+    expect_error(['calc', '--images', test, '--ref', ref, '--metrics', 'digits_acc', '--num', '10'], 'use gen')
+    bad = tmp_path / 'bad.pkl'
+    bad.write_bytes(b'garbage')
+    expect_error(['calc', '--images', test, '--ref', str(bad), '--metrics', 'fd_digits', '--num', '10'], 'Cannot read reference', 'bad.pkl')
+    expect_error(['calc', '--images', test, '--ref', str(tmp_path / 'none.pkl'), '--metrics', 'fd_digits', '--num', '10'], 'none.pkl')
+    wrong = tmp_path / 'wrong.pkl'
+    with open(wrong, 'wb') as f:
+        pickle.dump({'fd_digits': dict(mu=np.zeros(10), sigma=np.eye(10))}, f)
+    expect_error(['calc', '--images', test, '--ref', str(wrong), '--metrics', 'fd_digits', '--num', '10'], '10 features', 'gives 20')
+    expect_error(['calc', '--images', str(tmp_path / 'missing.zip'), '--ref', ref, '--metrics', 'fd_digits', '--num', '10'], 'missing.zip')
+    dest = tmp_path / 'out' / 'ref.pkl'
+    expect_error(['ref', '--data', test, '--metrics', 'fd_digits', '--class', '10', '--dest', str(dest)], '--class 10', '0..9')
+    expect_error(['ref', '--data', test, '--metrics', 'fid', '--dest', str(dest), '--inception', str(tmp_path / 'no-inception.pkl')], 'inception-2015-12-05.pkl')
+    assert not dest.exists() and (not dest.parent.exists() or os.listdir(dest.parent) == [])
+    expect_error(['gen', '--net', 'x.pkl', '--metrics', 'fd_digits'], '--ref')
+
+def test_table_and_weights(tmp_path, monkeypatch):
+    results = tmp_path / 'metrics.jsonl'
+    records = [dict(metric='fid', value=3.14159, model='multi', source='0'), dict(metric='fd_dinov2', value=50.0, model='multi', source='0'),
+        dict(metric='fid', value=4.0, model='single', source='0'), dict(metric='fid', value=5.0, model='multi', source='1'),
+        dict(metric='bpd', value=1.25, model='ardm')]
+    results.write_text(''.join(json.dumps(r) + '\n' for r in records))
+    dest = tmp_path / 'table.md'
+    result = invoke(['table', '--results', str(results), '--rows', 'model', '--cols', 'metric', '--dest', str(dest)])
+    assert result.exit_code == 0, result.output
+    assert dest.read_text() == result.output
+    lines = result.output.splitlines()
+    assert lines[0] == '| model | fid | fd_dinov2 | bpd |' and lines[2] == '| multi | 5 | 50 | - |' and lines[4] == '| ardm | - | - | 1.25 |'
+    result = invoke(['table', '--results', str(results), '--rows', 'source', '--cols', 'model'])
+    assert result.output.splitlines()[0] == '| source | multi fid | multi fd_dinov2 | single fid |'
+    assert result.output.splitlines()[2] == '| 0 | 3.142 | 50 | 4 |'
+    expect_error(['table', '--results', str(tmp_path / 'none.jsonl'), '--rows', 'model'], 'none.jsonl')
+
+    monkeypatch.setenv('EDM2_CACHE_DIR', str(tmp_path / 'cache'))
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    result = invoke(['weights', '--check', 'fid,fd_dinov2'])
+    assert result.exit_code == 1 and 'inception-2015-12-05.pkl' in result.output and detectors.DINOV2_CHECKPOINT in result.output
+    assert invoke(['weights', '--check', 'fd_digits,digits_acc']).exit_code == 0
+    from test_detectors import fake_dinov2, fake_inception
+    fake_inception(str(tmp_path / 'inception.pkl'))
+    repo, weights, _ = fake_dinov2(tmp_path)
+    result = invoke(['weights', '--check', 'fid,fd_dinov2', '--inception', str(tmp_path / 'inception.pkl'), '--dinov2-repo', repo, '--dinov2-weights', weights])
+    assert result.exit_code == 0, result.output
+
+#----------------------------------------------------------------------------
+# gen and bpd with tiny persistent networks (pickled with their source, as snapshots are).
+
+@persistence.persistent_class
+class ClassMeans(torch.nn.Module):
+    """Samples each class's mean training digit (net space [-1, 1]) plus noise from the seeds.
+    Also a stand-in likelihood: bpd = mean pixel value plus a small per-seed random term."""
+    def __init__(self, means, noise=0.1):
+        super().__init__()
+        self.img_resolution, self.img_channels, self.label_dim = 8, 1, means.shape[0]
+        self.noise = noise
+        self.register_buffer('means', means)
+
+    def sample(self, noise, labels, rnd, gnet=None, guidance=1.0, steps=None, **unknown):
+        if unknown:
+            raise ValueError(f'ClassMeans: unknown options {", ".join(sorted(unknown))}')
+        base = self.means[labels.argmax(1)] if self.label_dim else torch.zeros_like(noise)
+        return base + self.noise * rnd.randn_like(noise) + (steps or 0) * 0.01
+
+    def bpd(self, images, labels=None, rnd=None, mode='elbo', **kwargs):
+        return images.flatten(1).mean(1).to(torch.float64) + 1e-3 * rnd.rand([images.shape[0]], dtype=torch.float64, device=images.device)
+
+@persistence.persistent_class
+class NoLikelihood(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.img_resolution, self.img_channels, self.label_dim = 8, 1, 0
+
+    def sample(self, noise, labels, rnd, gnet=None, guidance=1.0, **unknown):
+        return torch.zeros_like(noise)
+
+@pytest.fixture(scope='module')
+def snapshots(digits):
+    pytest.importorskip('generate_images')
+    from training import encoders
+    x_train, y_train = detectors.digits_train_split()
+    means = torch.stack([torch.as_tensor(x_train[y_train == c].mean(0), dtype=torch.float32) for c in range(10)]).reshape(10, 1, 8, 8) * 2 - 1
+    paths = {}
+    for name, net in [('means', ClassMeans(means)), ('uncond', NoLikelihood())]:
+        paths[name] = str(digits['root'] / f'network-snapshot-{name}.pkl')
+        with open(paths[name], 'wb') as f:
+            pickle.dump(dict(ema=net.eval().requires_grad_(False), encoder=encoders.StandardRGBEncoder(), loss_fn=None, dataset_kwargs={}), f)
+    return paths
+
+def test_gen(digits, snapshots, tmp_path):
+    results = str(tmp_path / 'metrics.jsonl')
+    base = ['gen', '--net', snapshots['means'], '--ref', digits['ref'], '--metrics', 'fd_digits,digits_acc', '--num', '60', '--seed', '5']
+    result = invoke(base + ['--batch', '7', '--results', results, '--tag', 'model=means guidance=2'])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in open(results)]
+    assert [r['metric'] for r in lines] == ['fd_digits', 'digits_acc']
+    assert all(r['num'] == 60 and r['class'] is None and r['model'] == 'means' and r['guidance'] == '2' and r['net'] == snapshots['means'] for r in lines)
+    fd, acc = lines[0]['value'], lines[1]['value']
+    assert acc > 0.9 and 0 < fd < 10
+    # Batch-size invariance (per-seed generators), and what was printed is what was written.
+    again = invoke(base + ['--batch', '60'])
+    assert [json.loads(line)['value'] for line in again.output.strip().splitlines()[-2:]] == pytest.approx([fd, acc], rel=1e-9)
+    one_class = invoke(base[:-4] + ['--num', '20', '--class', '3', '--metrics', 'digits_acc', '--steps', '2'])
+    record = json.loads(one_class.output.strip().splitlines()[-1])
+    assert record['class'] == 3 and record['steps'] == 2 and record['value'] == 1.0
+    expect_error(['gen', '--net', snapshots['uncond'], '--metrics', 'digits_acc', '--num', '4'], 'digits_acc needs class labels')
+    expect_error(base[:-4] + ['--num', '4', '--class', '12', '--metrics', 'digits_acc'], '--class 12')
+
+def test_bpd(digits, snapshots, tmp_path):
+    results = str(tmp_path / 'metrics.jsonl')
+    values = []
+    for batch in ['7', '100']:
+        result = invoke(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--num', '100', '--batch', batch,
+            '--workers', '0', '--results', results, '--tag', 'model=means'])
+        assert result.exit_code == 0, result.output
+        values.append(json.loads(open(results).read().splitlines()[-1]))
+    assert values[0]['metric'] == 'bpd' and values[0]['mode'] == 'elbo' and values[0]['model'] == 'means' and values[0]['num'] == 100
+    assert values[0]['value'] == pytest.approx(values[1]['value'], rel=1e-12)
+    import dataset_tool
+    images = np.asarray(dataset_tool.open_builtin('builtin:digits-test').images, dtype=np.float64) / 127.5 - 1
+    assert values[0]['value'] == pytest.approx(images.reshape(len(images), -1).mean(1).mean(), abs=0.1)
+    exact = invoke(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--mode', 'exact', '--workers', '0'])
+    assert exact.exit_code == 0 and json.loads(exact.output.strip().splitlines()[-1])['num'] == 359
+    expect_error(['bpd', '--net', snapshots['uncond'], '--data', digits['test']], 'has no likelihood')
+
+#----------------------------------------------------------------------------
