@@ -34,16 +34,21 @@ from training import detectors as detectors_lib
 #----------------------------------------------------------------------------
 # Frechet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2):
 #   |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)).
-# sigma1 sigma2 is similar to the symmetric PSD matrix S = sigma1^(1/2) sigma2 sigma1^(1/2), so
-# the trace of its square root is the sum of the square roots of S's eigenvalues: two symmetric
-# eigendecompositions instead of a general (Schur-based, complex) sqrtm.
+# For any factor sigma1 = L L^T, sigma1 sigma2 is similar to the symmetric PSD matrix
+# L^T sigma2 L, so the trace of its square root is the sum of the square roots of that matrix's
+# eigenvalues: one symmetric eigenvalue problem instead of a general (Schur-based, complex)
+# sqrtm. L is the Cholesky factor when sigma1 is positive definite (the usual case), else
+# sigma1^(1/2) from its eigendecomposition (singular covariances: fewer images than features).
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
     sigma1, sigma2 = np.asarray(sigma1, dtype=np.float64), np.asarray(sigma2, dtype=np.float64)
-    w, v = np.linalg.eigh(sigma1)
-    sqrt1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    s = sqrt1 @ sigma2 @ sqrt1
+    try:
+        factor = np.linalg.cholesky(sigma1)
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh(sigma1)
+        factor = v * np.sqrt(np.clip(w, 0, None))
+    s = factor.T @ sigma2 @ factor
     eig = np.linalg.eigvalsh((s + s.T) / 2) # Symmetrize away rounding.
     trace_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
     fd = np.square(mu1 - mu2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt

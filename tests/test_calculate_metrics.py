@@ -37,7 +37,14 @@ def test_fd_closed_forms():
     expected = np.square(np.sqrt(a) - np.sqrt(b)).sum() + np.square(mu2).sum()
     assert frechet_distance(np.zeros(16), np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
     # Singular covariances (fewer samples than features) are fine: no inverse, no complex sqrtm.
+    # The distance is symmetric, so the eigendecomposition path (singular first argument)
+    # must agree with the Cholesky path (positive definite first argument).
     assert frechet_distance(mu, np.zeros([32, 32]), mu, sigma) == pytest.approx(np.trace(sigma), rel=1e-12)
+    few = rng.randn(20, 32)
+    singular = np.cov(few, rowvar=False)
+    assert np.linalg.matrix_rank(singular) == 19
+    forward, backward = frechet_distance(mu, singular, mu2[:1].repeat(32), sigma), frechet_distance(mu2[:1].repeat(32), sigma, mu, singular)
+    assert forward == pytest.approx(backward, rel=1e-8)
 
 @pytest.mark.parametrize('dim', [8, 64, 256])
 def test_fd_matches_scipy_sqrtm(dim):
