@@ -186,6 +186,29 @@ def test_family_net_samples_itself(tmp_path):
         expected = (((seed % 3) * 0.25 + 20 * 0.01) * 127.5 + 128)
         assert np.abs(image.astype(float) - expected).max() <= 1
 
+def test_official_presets_table():
+    presets = generate_images.config_presets
+    root = 'https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions'
+    assert presets['edm2-img512-xs-fid'] == dict(net=f'{root}/edm2-img512-xs-2147483-0.135.pkl')
+    assert presets['edm2-img512-xs-guid-fid'] == dict(net=f'{root}/edm2-img512-xs-2147483-0.045.pkl',
+        gnet=f'{root}/edm2-img512-xs-uncond-2147483-0.045.pkl', guidance=1.4)
+    assert len(presets) == 28 and all(p.net.startswith(root) for p in presets.values())
+
+def test_torchrun_two_processes_match_one(snapshot, tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=root)
+    args = ['generate_images.py', '--net', snapshot, '--seeds', '0-6', '--steps', '3', '--class', 'all']
+    subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *args,
+        '--outdir', str(tmp_path / 'two'), '--batch', '2', '--grid', str(tmp_path / 'two.png')], cwd=root, env=env, check=True,
+        capture_output=True, timeout=300)
+    assert invoke(*args[1:], '--outdir', tmp_path / 'one', '--grid', tmp_path / 'one.png').exit_code == 0
+    assert sorted(os.listdir(tmp_path / 'two')) == [f'{seed:06d}.png' for seed in range(7)]
+    pairs = [(tmp_path / 'one' / name, tmp_path / 'two' / name) for name in os.listdir(tmp_path / 'one')]
+    for a, b in pairs + [(tmp_path / 'one.png', tmp_path / 'two.png')]:
+        assert a.read_bytes() == b.read_bytes(), b
+
 #----------------------------------------------------------------------------
 # Acceptance (slow): the edm2-digits preset trained through train_edm2.py; a classifier trained on
 # the real training digits must recognise the requested class, better with guidance above 1.
