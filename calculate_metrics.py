@@ -18,6 +18,7 @@ Examples:
 """
 
 import functools
+import io
 import json
 import os
 import pickle
@@ -28,6 +29,7 @@ import torch
 import tqdm
 
 from torch_utils import distributed as dist
+from torch_utils import persistence
 from torch_utils import util
 from training import detectors as detectors_lib
 
@@ -149,13 +151,12 @@ def load_reference(ref):
             data = f.read()
     except OSError as e:
         raise click.ClickException(f'Cannot read reference statistics {ref}: {e}')
-    import io # pylint: disable=import-outside-toplevel
     try:
         if data[:2] == b'PK': # .npz (a zip of .npy)
             with np.load(io.BytesIO(data)) as npz:
                 stats = dict(fid=dict(mu=npz['mu'], sigma=npz['sigma']))
         else:
-            stats = pickle.loads(data)
+            stats = persistence.loads_pickle(data) # Maps dnnlib names, should an EDM2 file hold any.
     except Exception as e: # pylint: disable=broad-except
         raise click.ClickException(f'Cannot read reference statistics {ref}: not an EDM2 reference pickle or mu/sigma .npz ({type(e).__name__}: {e})')
     if not isinstance(stats, dict):

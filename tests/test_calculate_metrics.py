@@ -182,6 +182,22 @@ def test_fid_with_fake_inception_and_npz_reference(digits, tmp_path):
     value = calc_value(['--images', digits['test'], '--ref', npz, '--metrics', 'fid', '--num', '359', '--inception', inception])
     assert abs(value) < 1e-6
 
+def test_reference_with_dnnlib_easydicts(tmp_path, monkeypatch):
+    # Should an EDM2 reference pickle hold dnnlib.util.EasyDict entries, it loads without dnnlib.
+    import types
+    dnnlib, dnnlib_util = types.ModuleType('dnnlib'), types.ModuleType('dnnlib.util')
+    EasyDict = type('EasyDict', (dict,), {'__module__': 'dnnlib.util'})
+    dnnlib_util.EasyDict, dnnlib.util = EasyDict, dnnlib_util
+    monkeypatch.setitem(sys.modules, 'dnnlib', dnnlib)
+    monkeypatch.setitem(sys.modules, 'dnnlib.util', dnnlib_util)
+    path = str(tmp_path / 'edm2-ref.pkl')
+    with open(path, 'wb') as f:
+        pickle.dump(EasyDict(fd_dinov2=EasyDict(mu=np.zeros(1024), sigma=np.eye(1024))), f)
+    monkeypatch.delitem(sys.modules, 'dnnlib')
+    monkeypatch.delitem(sys.modules, 'dnnlib.util')
+    stats = calculate_metrics.load_reference(path)
+    calculate_metrics.check_reference(stats, path, ['fd_dinov2'], dict(fd_dinov2=1024))
+
 def test_errors_are_one_line_and_leave_nothing(digits, tmp_path):
     ref, test = digits['ref'], digits['test']
     expect_error(['calc', '--images', test, '--ref', ref, '--metrics', 'fd_digits', '--num', '1000'], 'found 359 images', '--num 1000')

@@ -141,7 +141,7 @@ class DINOv2Detector:
             return net
         if not given: # Default locations: the hub download puts both files exactly there.
             try:
-                return torch.hub.load(DINOV2_HUB, DINOV2_ENTRY, verbose=False)
+                return torch.hub.load(DINOV2_HUB, DINOV2_ENTRY, trust_repo=True, verbose=False)
             except Exception as e: # pylint: disable=broad-except
                 raise DetectorUnavailable(f'DINOv2 not found locally and not downloadable ({e}). '
                     f'{cls._where_to_put(repo, weights)}') from e
