@@ -19,44 +19,8 @@ from torch_utils import distributed as dist
 from torch_utils import persistence
 from torch_utils import util
 from training import encoders
+from training import presets
 from training import samplers
-
-#----------------------------------------------------------------------------
-# The official EDM2 post-hoc-EMA presets (the table of the official generate_images.py):
-# the network, the guiding network and the guidance weight that gave the best FID / FD_DINOv2.
-
-model_root = 'https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions'
-
-config_presets = {
-    'edm2-img512-xs-fid':        util.EasyDict(net=f'{model_root}/edm2-img512-xs-2147483-0.135.pkl'),   # fid = 3.53
-    'edm2-img512-s-fid':         util.EasyDict(net=f'{model_root}/edm2-img512-s-2147483-0.130.pkl'),    # fid = 2.56
-    'edm2-img512-m-fid':         util.EasyDict(net=f'{model_root}/edm2-img512-m-2147483-0.100.pkl'),    # fid = 2.25
-    'edm2-img512-l-fid':         util.EasyDict(net=f'{model_root}/edm2-img512-l-1879048-0.085.pkl'),    # fid = 2.06
-    'edm2-img512-xl-fid':        util.EasyDict(net=f'{model_root}/edm2-img512-xl-1342177-0.085.pkl'),   # fid = 1.96
-    'edm2-img512-xxl-fid':       util.EasyDict(net=f'{model_root}/edm2-img512-xxl-0939524-0.070.pkl'),  # fid = 1.91
-    'edm2-img64-s-fid':          util.EasyDict(net=f'{model_root}/edm2-img64-s-1073741-0.075.pkl'),     # fid = 1.58
-    'edm2-img64-m-fid':          util.EasyDict(net=f'{model_root}/edm2-img64-m-2147483-0.060.pkl'),     # fid = 1.43
-    'edm2-img64-l-fid':          util.EasyDict(net=f'{model_root}/edm2-img64-l-1073741-0.040.pkl'),     # fid = 1.33
-    'edm2-img64-xl-fid':         util.EasyDict(net=f'{model_root}/edm2-img64-xl-0671088-0.040.pkl'),    # fid = 1.33
-    'edm2-img512-xs-dino':       util.EasyDict(net=f'{model_root}/edm2-img512-xs-2147483-0.200.pkl'),   # fd_dinov2 = 103.39
-    'edm2-img512-s-dino':        util.EasyDict(net=f'{model_root}/edm2-img512-s-2147483-0.190.pkl'),    # fd_dinov2 = 68.64
-    'edm2-img512-m-dino':        util.EasyDict(net=f'{model_root}/edm2-img512-m-2147483-0.155.pkl'),    # fd_dinov2 = 58.44
-    'edm2-img512-l-dino':        util.EasyDict(net=f'{model_root}/edm2-img512-l-1879048-0.155.pkl'),    # fd_dinov2 = 52.25
-    'edm2-img512-xl-dino':       util.EasyDict(net=f'{model_root}/edm2-img512-xl-1342177-0.155.pkl'),   # fd_dinov2 = 45.96
-    'edm2-img512-xxl-dino':      util.EasyDict(net=f'{model_root}/edm2-img512-xxl-0939524-0.150.pkl'),  # fd_dinov2 = 42.84
-    'edm2-img512-xs-guid-fid':   util.EasyDict(net=f'{model_root}/edm2-img512-xs-2147483-0.045.pkl',  gnet=f'{model_root}/edm2-img512-xs-uncond-2147483-0.045.pkl', guidance=1.4), # fid = 2.91
-    'edm2-img512-s-guid-fid':    util.EasyDict(net=f'{model_root}/edm2-img512-s-2147483-0.025.pkl',   gnet=f'{model_root}/edm2-img512-xs-uncond-2147483-0.025.pkl', guidance=1.4), # fid = 2.23
-    'edm2-img512-m-guid-fid':    util.EasyDict(net=f'{model_root}/edm2-img512-m-2147483-0.030.pkl',   gnet=f'{model_root}/edm2-img512-xs-uncond-2147483-0.030.pkl', guidance=1.2), # fid = 2.01
-    'edm2-img512-l-guid-fid':    util.EasyDict(net=f'{model_root}/edm2-img512-l-1879048-0.015.pkl',   gnet=f'{model_root}/edm2-img512-xs-uncond-2147483-0.015.pkl', guidance=1.2), # fid = 1.88
-    'edm2-img512-xl-guid-fid':   util.EasyDict(net=f'{model_root}/edm2-img512-xl-1342177-0.020.pkl',  gnet=f'{model_root}/edm2-img512-xs-uncond-2147483-0.020.pkl', guidance=1.2), # fid = 1.85
-    'edm2-img512-xxl-guid-fid':  util.EasyDict(net=f'{model_root}/edm2-img512-xxl-0939524-0.015.pkl', gnet=f'{model_root}/edm2-img512-xs-uncond-2147483-0.015.pkl', guidance=1.2), # fid = 1.81
-    'edm2-img512-xs-guid-dino':  util.EasyDict(net=f'{model_root}/edm2-img512-xs-2147483-0.150.pkl',  gnet=f'{model_root}/edm2-img512-xs-uncond-2147483-0.150.pkl', guidance=1.7), # fd_dinov2 = 79.94
-    'edm2-img512-s-guid-dino':   util.EasyDict(net=f'{model_root}/edm2-img512-s-2147483-0.085.pkl',   gnet=f'{model_root}/edm2-img512-xs-uncond-2147483-0.085.pkl', guidance=1.9), # fd_dinov2 = 52.32
-    'edm2-img512-m-guid-dino':   util.EasyDict(net=f'{model_root}/edm2-img512-m-2147483-0.015.pkl',   gnet=f'{model_root}/edm2-img512-xs-uncond-2147483-0.015.pkl', guidance=2.0), # fd_dinov2 = 41.98
-    'edm2-img512-l-guid-dino':   util.EasyDict(net=f'{model_root}/edm2-img512-l-1879048-0.035.pkl',   gnet=f'{model_root}/edm2-img512-xs-uncond-2147483-0.035.pkl', guidance=1.7), # fd_dinov2 = 38.20
-    'edm2-img512-xl-guid-dino':  util.EasyDict(net=f'{model_root}/edm2-img512-xl-1342177-0.030.pkl',  gnet=f'{model_root}/edm2-img512-xs-uncond-2147483-0.030.pkl', guidance=1.7), # fd_dinov2 = 35.67
-    'edm2-img512-xxl-guid-dino': util.EasyDict(net=f'{model_root}/edm2-img512-xxl-0939524-0.015.pkl', gnet=f'{model_root}/edm2-img512-xs-uncond-2147483-0.015.pkl', guidance=1.7), # fd_dinov2 = 33.09
-}
 
 #----------------------------------------------------------------------------
 # Loading a snapshot: ours, or an official EDM2 one. Official latent snapshots carry an encoder
@@ -78,10 +42,10 @@ def _local_encoder(encoder):
     return local
 
 def load_snapshot(net, device=torch.device('cpu'), verbose=True):
-    """Load `net` (a path, a URL or a preset name from config_presets) onto `device`.
+    """Load `net` (a path, a URL or a preset name from presets.GENERATION_PRESETS) onto `device`.
     Returns EasyDict(net, encoder, loss_fn, dataset_kwargs, label_dim)."""
-    if isinstance(net, str) and net in config_presets:
-        net = config_presets[net].net
+    if isinstance(net, str) and net in presets.GENERATION_PRESETS:
+        net = presets.GENERATION_PRESETS[net].net
     if verbose:
         dist.print0(f'Loading network from {net} ...')
     try:
@@ -250,7 +214,7 @@ def main(net, gnet, guidance, outdir, subdirs, seeds, class_idx, batch_size, gri
         raise click.ClickException('Nothing to write: give --outdir and/or --grid')
     if len(seeds) == 0:
         raise click.ClickException('--seeds is empty')
-    preset = config_presets.get(net, util.EasyDict())
+    preset = presets.GENERATION_PRESETS.get(net, util.EasyDict())
     gnet = gnet if gnet is not None else preset.get('gnet', None)
     guidance = guidance if guidance is not None else preset.get('guidance', 1.0)
     # Only the options the user set: each sampler keeps its own defaults (docs/families.md).

@@ -187,7 +187,7 @@ def test_family_net_samples_itself(tmp_path):
         assert np.abs(image.astype(float) - expected).max() <= 1
 
 def test_official_presets_table():
-    presets = generate_images.config_presets
+    presets = generate_images.presets.GENERATION_PRESETS
     root = 'https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions'
     assert presets['edm2-img512-xs-fid'] == dict(net=f'{root}/edm2-img512-xs-2147483-0.135.pkl')
     assert presets['edm2-img512-xs-guid-fid'] == dict(net=f'{root}/edm2-img512-xs-2147483-0.045.pkl',

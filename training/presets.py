@@ -272,3 +272,41 @@ preset('mar-digits', **_MAR_DIGITS)
 preset('mar-digits-flow', **(_MAR_DIGITS | dict(head='flow')))
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# The official EDM2 post-hoc-EMA presets (the table of the official generate_images.py),
+# read by generate_images.py --net/--gnet/--guidance:
+# the network, the guiding network and the guidance weight that gave the best FID / FD_DINOv2.
+
+_model_root = 'https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions'
+
+GENERATION_PRESETS = {
+    'edm2-img512-xs-fid':        EasyDict(net=f'{_model_root}/edm2-img512-xs-2147483-0.135.pkl'),   # fid = 3.53
+    'edm2-img512-s-fid':         EasyDict(net=f'{_model_root}/edm2-img512-s-2147483-0.130.pkl'),    # fid = 2.56
+    'edm2-img512-m-fid':         EasyDict(net=f'{_model_root}/edm2-img512-m-2147483-0.100.pkl'),    # fid = 2.25
+    'edm2-img512-l-fid':         EasyDict(net=f'{_model_root}/edm2-img512-l-1879048-0.085.pkl'),    # fid = 2.06
+    'edm2-img512-xl-fid':        EasyDict(net=f'{_model_root}/edm2-img512-xl-1342177-0.085.pkl'),   # fid = 1.96
+    'edm2-img512-xxl-fid':       EasyDict(net=f'{_model_root}/edm2-img512-xxl-0939524-0.070.pkl'),  # fid = 1.91
+    'edm2-img64-s-fid':          EasyDict(net=f'{_model_root}/edm2-img64-s-1073741-0.075.pkl'),     # fid = 1.58
+    'edm2-img64-m-fid':          EasyDict(net=f'{_model_root}/edm2-img64-m-2147483-0.060.pkl'),     # fid = 1.43
+    'edm2-img64-l-fid':          EasyDict(net=f'{_model_root}/edm2-img64-l-1073741-0.040.pkl'),     # fid = 1.33
+    'edm2-img64-xl-fid':         EasyDict(net=f'{_model_root}/edm2-img64-xl-0671088-0.040.pkl'),    # fid = 1.33
+    'edm2-img512-xs-dino':       EasyDict(net=f'{_model_root}/edm2-img512-xs-2147483-0.200.pkl'),   # fd_dinov2 = 103.39
+    'edm2-img512-s-dino':        EasyDict(net=f'{_model_root}/edm2-img512-s-2147483-0.190.pkl'),    # fd_dinov2 = 68.64
+    'edm2-img512-m-dino':        EasyDict(net=f'{_model_root}/edm2-img512-m-2147483-0.155.pkl'),    # fd_dinov2 = 58.44
+    'edm2-img512-l-dino':        EasyDict(net=f'{_model_root}/edm2-img512-l-1879048-0.155.pkl'),    # fd_dinov2 = 52.25
+    'edm2-img512-xl-dino':       EasyDict(net=f'{_model_root}/edm2-img512-xl-1342177-0.155.pkl'),   # fd_dinov2 = 45.96
+    'edm2-img512-xxl-dino':      EasyDict(net=f'{_model_root}/edm2-img512-xxl-0939524-0.150.pkl'),  # fd_dinov2 = 42.84
+    'edm2-img512-xs-guid-fid':   EasyDict(net=f'{_model_root}/edm2-img512-xs-2147483-0.045.pkl',  gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.045.pkl', guidance=1.4), # fid = 2.91
+    'edm2-img512-s-guid-fid':    EasyDict(net=f'{_model_root}/edm2-img512-s-2147483-0.025.pkl',   gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.025.pkl', guidance=1.4), # fid = 2.23
+    'edm2-img512-m-guid-fid':    EasyDict(net=f'{_model_root}/edm2-img512-m-2147483-0.030.pkl',   gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.030.pkl', guidance=1.2), # fid = 2.01
+    'edm2-img512-l-guid-fid':    EasyDict(net=f'{_model_root}/edm2-img512-l-1879048-0.015.pkl',   gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.015.pkl', guidance=1.2), # fid = 1.88
+    'edm2-img512-xl-guid-fid':   EasyDict(net=f'{_model_root}/edm2-img512-xl-1342177-0.020.pkl',  gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.020.pkl', guidance=1.2), # fid = 1.85
+    'edm2-img512-xxl-guid-fid':  EasyDict(net=f'{_model_root}/edm2-img512-xxl-0939524-0.015.pkl', gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.015.pkl', guidance=1.2), # fid = 1.81
+    'edm2-img512-xs-guid-dino':  EasyDict(net=f'{_model_root}/edm2-img512-xs-2147483-0.150.pkl',  gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.150.pkl', guidance=1.7), # fd_dinov2 = 79.94
+    'edm2-img512-s-guid-dino':   EasyDict(net=f'{_model_root}/edm2-img512-s-2147483-0.085.pkl',   gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.085.pkl', guidance=1.9), # fd_dinov2 = 52.32
+    'edm2-img512-m-guid-dino':   EasyDict(net=f'{_model_root}/edm2-img512-m-2147483-0.015.pkl',   gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.015.pkl', guidance=2.0), # fd_dinov2 = 41.98
+    'edm2-img512-l-guid-dino':   EasyDict(net=f'{_model_root}/edm2-img512-l-1879048-0.035.pkl',   gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.035.pkl', guidance=1.7), # fd_dinov2 = 38.20
+    'edm2-img512-xl-guid-dino':  EasyDict(net=f'{_model_root}/edm2-img512-xl-1342177-0.030.pkl',  gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.030.pkl', guidance=1.7), # fd_dinov2 = 35.67
+    'edm2-img512-xxl-guid-dino': EasyDict(net=f'{_model_root}/edm2-img512-xxl-0939524-0.015.pkl', gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.015.pkl', guidance=1.7), # fd_dinov2 = 33.09
+}
