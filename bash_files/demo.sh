@@ -8,7 +8,7 @@
 #
 # Usage: bash_files/demo.sh [--dry-run] [OUTDIR]      (default OUTDIR: demo-out)
 #
-# Environment: EDM2_DURATION (default 160Ki images), ARDM_DURATION (default 96Ki images).
+# Environment: EDM2_DURATION (default 128Ki images), ARDM_DURATION (default 96Ki images).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 out="${out:-demo-out}"
-edm2_duration="${EDM2_DURATION:-160Ki}"
+edm2_duration="${EDM2_DURATION:-128Ki}"
 ardm_duration="${ARDM_DURATION:-96Ki}"
 cd "$REPO_ROOT"
 start=$(date +%s)

@@ -138,10 +138,12 @@ for (_k, _n), (_dur, _lr, _decay) in MULTISOURCE_GRID.items():
     preset(f'edm2-img256-xs-{_k}c-{_n}', family='edm2', duration=_dur, batch=2048, channels=128, lr=_lr,
         decay=_decay, dropout=0.0, P_mean=-0.4, P_std=1.0, lr_schedule='multisource')
 
-# Small enough to train on the built-in 8x8 digits on a laptop CPU in minutes. Label dropout
-# lets the same network guide itself (classifier-free guidance).
-preset('edm2-digits', family='edm2', duration='256Ki', batch=128, status='8Ki', snapshot='64Ki',
-    checkpoint='64Ki', workers=0, channels=64, channel_mult=[1, 2], num_blocks=2, attn_resolutions=[4],
+# Small enough to train on the built-in 8x8 digits on a laptop CPU in minutes (4.4 minutes on two
+# cores; 1.0M parameters). Label dropout lets the same network guide itself (classifier-free
+# guidance). Measured at 128Ki (1000 samples vs the held-out digits): class accuracy 0.975 at
+# guidance 1 and 1.000 at guidance 2, fd_digits 0.076 / 0.174 (real training digits: 0.056).
+preset('edm2-digits', family='edm2', duration='128Ki', batch=128, status='8Ki', snapshot='64Ki',
+    checkpoint='64Ki', workers=0, channels=32, channel_mult=[1, 2], num_blocks=2, attn_resolutions=[4],
     lr=0.01, decay=1000, rampup=0.01, P_mean=-0.8, P_std=1.6, p_uncond=0.1, ema_stds=[0.050, 0.100])
 
 #----------------------------------------------------------------------------
