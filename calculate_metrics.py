@@ -113,8 +113,17 @@ def parse_tags(tag):
         key, sep, value = item.partition('=')
         if not sep or not key:
             raise click.BadParameter(f'"{item}" is not key=value', param_hint='--tag')
-        tags[key] = value
+        tags[key] = _tag_value(value)
     return tags
+
+def _tag_value(value):
+    """A tag's value as the JSON number it spells (K=5 -> 5, guidance=1.5 -> 1.5), else the string."""
+    for kind in [int, float]:
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 def detector_options(fn):
     """--inception, --dinov2-repo, --dinov2-weights, --dinov2-model -> detector_kwargs."""
@@ -406,11 +415,12 @@ def gen(net, ref_path, metrics, num, seed, class_idx, guidance, gnet, steps, bat
 @click.option('--batch', help='Images per batch per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--mode', help='Negative ELBO or exact NLL of one order', type=click.Choice(['elbo', 'exact']), default='elbo', show_default=True)
 @click.option('--steps', help='Exact mode: network calls per stage  [default: one per dimension]', metavar='INT', type=click.IntRange(min=1), default=None)
+@click.option('--policy', help='Exact mode with --steps: how the calls split the dimensions', type=click.Choice(['dp', 'naive']), default='dp', show_default=True)
 @click.option('--draws', help='ELBO mode: stratified timesteps per image  [default: the network\'s]', metavar='INT', type=click.IntRange(min=1), default=None)
 @click.option('--workers', help='DataLoader worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
 @click.option('--results', help='Append the result to this JSONL file', metavar='FILE', type=str, default=None)
 @click.option('--tag', help='Extra result fields, "key=value key2=value2"', metavar='STR', type=str, default=None)
-def bpd(net, data, num, seed, batch, mode, steps, draws, workers, results, tag):
+def bpd(net, data, num, seed, batch, mode, steps, policy, draws, workers, results, tag):
     """Bits per dimension of a dataset under a likelihood network."""
     import generate_images # pylint: disable=import-outside-toplevel
     from training.samplers import StackedRandomGenerator # pylint: disable=import-outside-toplevel
@@ -426,7 +436,7 @@ def bpd(net, data, num, seed, batch, mode, steps, draws, workers, results, tag):
     if snapshot.label_dim and dataset.label_dim != snapshot.label_dim:
         raise click.ClickException(f'--data {data}: labels of {dataset.label_dim} classes, the network expects {snapshot.label_dim}')
     kwargs = dict(mode=mode)
-    kwargs.update({} if steps is None else dict(steps=steps), **({} if draws is None else dict(draws=draws)))
+    kwargs.update({} if steps is None else dict(steps=steps, policy=policy), **({} if draws is None else dict(draws=draws)))
     # Exact mode: the network splits the timesteps over the ranks, so every rank passes every image.
     exact = mode == 'exact'
     dist.print0(f'Bits/dim ({mode}) of {len(dataset)} images from {data} under {net}')
@@ -443,7 +453,7 @@ def bpd(net, data, num, seed, batch, mode, steps, draws, workers, results, tag):
     value = float(total[0] / total[1])
     record = dict(metric='bpd', value=value, mode=mode, net=net, data=data, num=int(total[1].item()))
     if steps is not None:
-        record['steps'] = steps
+        record.update(steps=steps, policy=policy)
     report([dict(record, **tags)], results)
 
 #----------------------------------------------------------------------------

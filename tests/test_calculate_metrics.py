@@ -298,7 +298,7 @@ def test_gen(digits, snapshots, tmp_path):
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in open(results)]
     assert [r['metric'] for r in lines] == ['fd_digits', 'digits_acc']
-    assert all(r['num'] == 60 and r['class'] is None and r['model'] == 'means' and r['guidance'] == '2' and r['net'] == snapshots['means'] for r in lines)
+    assert all(r['num'] == 60 and r['class'] is None and r['model'] == 'means' and r['guidance'] == 2 and r['net'] == snapshots['means'] for r in lines)
     fd, acc = lines[0]['value'], lines[1]['value']
     assert acc > 0.9 and 0 < fd < 10
     # Batch-size invariance (per-seed generators), and what was printed is what was written.
