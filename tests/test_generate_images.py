@@ -214,10 +214,9 @@ def test_torchrun_two_processes_match_one(snapshot, tmp_path):
 # the real training digits must recognise the requested class, better with guidance above 1.
 
 @pytest.mark.slow
-def test_digits_acceptance(tmp_path):
+def test_digits_acceptance(tmp_path, digits_classifier):
     pytest.importorskip('training.networks_edm2')
     import time
-    from sklearn.svm import SVC
     import dataset_tool
     import train_edm2
     data = str(tmp_path / 'digits-train.zip')
@@ -229,9 +228,6 @@ def test_digits_acceptance(tmp_path):
     snapshot = sorted((tmp_path / 'run').glob('network-snapshot-*.pkl'))[-1]
     snap = generate_images.load_snapshot(str(snapshot), verbose=False)
 
-    source = dataset_tool.open_builtin('builtin:digits-train')
-    x_train = source.images.reshape(len(source.images), -1).astype(np.float64) / 255
-    classifier = SVC(gamma='scale').fit(x_train, np.asarray(source.labels))
     per_class = 100
     results = dict(train_minutes=round(train_minutes, 1), snapshot=snapshot.name)
     for guidance in [1.0, 2.0]:
@@ -240,7 +236,7 @@ def test_digits_acceptance(tmp_path):
                 batch_size=250, guidance=guidance, verbose=False):
             images.append(r.images.reshape(len(r.images), -1).numpy() / 255)
             classes.append(r.labels.numpy())
-        results[f'accuracy_g{guidance}'] = classifier.score(np.concatenate(images), np.concatenate(classes))
+        results[f'accuracy_g{guidance}'] = digits_classifier.score(np.concatenate(images), np.concatenate(classes))
     print('edm2-digits', results)
     assert results['accuracy_g1.0'] >= 0.8
     assert results['accuracy_g2.0'] > results['accuracy_g1.0']

@@ -275,11 +275,10 @@ def independent_pixel_bpd(train, test, levels, alpha=1.0):
     return bits / x_test.size
 
 @pytest.mark.slow
-def test_digits_acceptance(tmp_path):
+def test_digits_acceptance(tmp_path, digits_classifier):
     import json
     import time
     from click.testing import CliRunner
-    from sklearn.svm import SVC
     import calculate_metrics
     import dataset_tool
     import generate_images
@@ -322,9 +321,7 @@ def test_digits_acceptance(tmp_path):
     for r in generate_images.generate_images(snap.net, snap.encoder, seeds=range(500), class_idx='all', batch_size=250, verbose=False):
         images.append(r.images.reshape(len(r.images), -1).numpy() / 255)
         classes.append(r.labels.numpy())
-    x_train = source_train.images.reshape(len(source_train.images), -1).astype(np.float64) / 255
-    classifier = SVC(gamma='scale').fit(x_train, np.asarray(source_train.labels))
-    results['sample accuracy'] = classifier.score(np.concatenate(images), np.concatenate(classes))
+    results['sample accuracy'] = digits_classifier.score(np.concatenate(images), np.concatenate(classes))
     print('ardm-digits acceptance', json.dumps(results, indent=1))
 
     assert results['ardm-digits train_minutes'] <= 15

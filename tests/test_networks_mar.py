@@ -386,11 +386,10 @@ def frechet_distance(a, b):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('preset', ['mar-digits', 'mar-digits-flow'])
-def test_digits_acceptance(preset, tmp_path):
+def test_digits_acceptance(preset, tmp_path, digits_classifier):
     import time
     from click.testing import CliRunner
     from sklearn.decomposition import PCA
-    from sklearn.svm import SVC
     import dataset_tool
     import train_edm2
     data = str(tmp_path / 'digits-train.zip')
@@ -406,7 +405,6 @@ def test_digits_acceptance(preset, tmp_path):
 
     x_train, y_train = digits_split('train')
     x_test, _ = digits_split('test')
-    classifier = SVC(gamma='scale').fit(x_train, y_train)
     pca = PCA(20, random_state=0).fit(x_train)
     fd = lambda x: frechet_distance(pca.transform(x), pca.transform(x_test))
     per_class = 100
@@ -422,7 +420,7 @@ def test_digits_acceptance(preset, tmp_path):
             x = net.sample(torch.zeros([100, 1, 8, 8]), one_hot(classes[start : start + 100]), rnd, guidance=guidance)
             images.append(encoder.decode(x).reshape(100, -1).numpy() / 255)
         images = np.concatenate(images)
-        results[f'accuracy_g{guidance}'] = classifier.score(images, classes)
+        results[f'accuracy_g{guidance}'] = digits_classifier.score(images, classes)
         results[f'fd_g{guidance}'] = fd(images)
     print(preset, results)
     assert results['accuracy_g1.0'] >= 0.9 and results['fd_g1.0'] < results['baseline_fd']
