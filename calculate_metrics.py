@@ -120,9 +120,10 @@ def _tag_value(value):
     """A tag's value as the JSON number it spells (K=5 -> 5, guidance=1.5 -> 1.5), else the string."""
     for kind in [int, float]:
         try:
-            return kind(value)
+            number = kind(value)
         except ValueError:
-            pass
+            continue
+        return number if np.isfinite(number) else value # 'nan', 'inf': not JSON numbers.
     return value
 
 def detector_options(fn):

@@ -328,3 +328,8 @@ def test_bpd(digits, snapshots, tmp_path):
     expect_error(['bpd', '--net', snapshots['uncond'], '--data', digits['test']], 'has no likelihood')
 
 #----------------------------------------------------------------------------
+
+def test_tags_are_json_numbers_when_they_spell_one():
+    tags = calculate_metrics.parse_tags('K=5 guidance=1.5 model=edm2-digits note=nan level=sim3')
+    assert tags == dict(K=5, guidance=1.5, model='edm2-digits', note='nan', level='sim3')
+    assert isinstance(tags['K'], int) and json.loads(json.dumps(tags)) == tags
