@@ -416,7 +416,7 @@ def gen(net, ref_path, metrics, num, seed, class_idx, guidance, gnet, steps, bat
 @click.option('--batch', help='Images per batch per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--mode', help='Negative ELBO or exact NLL of one order', type=click.Choice(['elbo', 'exact']), default='elbo', show_default=True)
 @click.option('--steps', help='Exact mode: network calls per stage  [default: one per dimension]', metavar='INT', type=click.IntRange(min=1), default=None)
-@click.option('--policy', help='Exact mode with --steps: how the calls split the dimensions', type=click.Choice(['dp', 'naive']), default='dp', show_default=True)
+@click.option('--policy', help='Exact mode with --steps: how the calls split the dimensions  [default: dp]', type=click.Choice(['dp', 'naive']), default=None)
 @click.option('--draws', help='ELBO mode: stratified timesteps per image  [default: the network\'s]', metavar='INT', type=click.IntRange(min=1), default=None)
 @click.option('--workers', help='DataLoader worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
 @click.option('--results', help='Append the result to this JSONL file', metavar='FILE', type=str, default=None)
@@ -436,6 +436,9 @@ def bpd(net, data, num, seed, batch, mode, steps, policy, draws, workers, result
         raise click.ClickException(f'--data {data}: found {len(dataset)} images, but --num {num} requested')
     if snapshot.label_dim and dataset.label_dim != snapshot.label_dim:
         raise click.ClickException(f'--data {data}: labels of {dataset.label_dim} classes, the network expects {snapshot.label_dim}')
+    if policy is not None and (mode != 'exact' or steps is None):
+        raise click.BadParameter('applies to --mode exact with --steps only', param_hint='--policy')
+    policy = policy or 'dp'
     kwargs = dict(mode=mode)
     kwargs.update({} if steps is None else dict(steps=steps, policy=policy), **({} if draws is None else dict(draws=draws)))
     # Exact mode: the network splits the timesteps over the ranks, so every rank passes every image.

@@ -326,6 +326,8 @@ def test_bpd(digits, snapshots, tmp_path):
     exact = invoke(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--mode', 'exact', '--workers', '0'])
     assert exact.exit_code == 0 and json.loads(exact.output.strip().splitlines()[-1])['num'] == 359
     expect_error(['bpd', '--net', snapshots['uncond'], '--data', digits['test']], 'has no likelihood')
+    expect_error(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--policy', 'naive'], '--mode exact with --steps')
+    expect_error(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--mode', 'exact', '--policy', 'fast', '--steps', '4'], "'fast' is not one of")
 
 #----------------------------------------------------------------------------
 

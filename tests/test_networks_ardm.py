@@ -310,13 +310,13 @@ def test_digits_acceptance(tmp_path, digits_classifier):
     for steps in [1, 4, 16]:
         for policy in ['dp', 'naive']:
             results[f'exact {policy} {steps}'] = bpd('ardm-digits', '--mode', 'exact', '--steps', steps, '--policy', policy)
-    net = generate_images.load_snapshot(snapshots['ardm-digits'], verbose=False).net
+    snap = generate_images.load_snapshot(snapshots['ardm-digits'], verbose=False)
+    net = snap.net
     predicted = {policy: [net.policy(steps, policy)[1] for steps in range(1, net.num_steps + 1)] for policy in ['dp', 'naive']}
     results.update({f'predicted {policy} {steps}': predicted[policy][steps - 1] for steps in [4, 16, 64] for policy in ['dp', 'naive']})
     source_train, source_test = dataset_tool.open_builtin('builtin:digits-train'), dataset_tool.open_builtin('builtin:digits-test')
     results['independent per-pixel'] = independent_pixel_bpd(source_train, source_test, net.levels)
 
-    snap = generate_images.load_snapshot(snapshots['ardm-digits'], verbose=False)
     images, classes = [], []
     for r in generate_images.generate_images(snap.net, snap.encoder, seeds=range(500), class_idx='all', batch_size=250, verbose=False):
         images.append(r.images.reshape(len(r.images), -1).numpy() / 255)
