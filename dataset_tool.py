@@ -20,13 +20,12 @@ import PIL.Image
 from tqdm import tqdm
 
 from torch_utils import util
+from training import digits
 from training.dataset import FileTree, is_image_file, load_metadata
 
 TRANSFORMS = ['none', 'center-crop', 'center-crop-wide', 'center-crop-dhariwal']
-DIGITS_TEST_FRACTION = 0.2  # Share of each class that goes to builtin:digits-test.
-DIGITS_SPLIT_SEED = 0       # Fixed: the split must never change between runs or versions.
 
-class SourceError(Exception):
+class SourceError(ValueError):
     """A problem with the input, reported as a one-line error (also raised in worker processes)."""
 
 #----------------------------------------------------------------------------
@@ -148,25 +147,12 @@ def open_file_tree(path):
     return FileSource(files, fnames, labels, classes)
 
 def open_builtin(source):
-    """scikit-learn's 8x8 digits (1797 images, gray levels 0..16 stored as round(v * 255 / 16)).
-    The split is stratified: within each class, in class order, one RandomState(0) stream
-    permutes the class's images and the first round(20%) of them form the test split."""
-    splits = {'builtin:digits': None, 'builtin:digits-train': 'train', 'builtin:digits-test': 'test'}
+    """scikit-learn's 8x8 digits, all of them or the fixed train/test split (training/digits.py)."""
+    splits = {'builtin:digits': 'all', 'builtin:digits-train': 'train', 'builtin:digits-test': 'test'}
     if source not in splits:
         raise SourceError(f'--source {source}: unknown built-in dataset; choose one of {", ".join(splits)}')
-    import sklearn.datasets
-    digits = sklearn.datasets.load_digits()
-    images = np.round(digits.images * 255 / 16).astype(np.uint8)
-    labels = digits.target.astype(np.int64)
-    if splits[source] is not None:
-        is_test = np.zeros(len(labels), dtype=bool)
-        rnd = np.random.RandomState(DIGITS_SPLIT_SEED)
-        for c in range(10):
-            members = rnd.permutation(np.flatnonzero(labels == c))
-            is_test[members[:int(round(len(members) * DIGITS_TEST_FRACTION))]] = True
-        keep = is_test if splits[source] == 'test' else ~is_test
-        images, labels = images[keep], labels[keep]
-    return ArraySource(source, images, labels, [str(c) for c in range(10)])
+    images, labels = digits.load(splits[source])
+    return ArraySource(source, images, labels, [str(c) for c in range(digits.NUM_CLASSES)])
 
 def open_cifar10(path):
     """The CIFAR-10 python tarball (cifar-10-python.tar.gz): the 50,000 training images."""
@@ -297,12 +283,12 @@ def make_transform(transform, width, height):
     """Returns image -> image (or None = skip), after checking that the output is square and a
     power of two, so a bad --resolution fails before any work."""
     if transform != 'none' and width is None:
-        raise click.BadParameter(f'--transform {transform} needs --resolution WxH', param_hint='--resolution')
+        raise SourceError(f'--transform {transform} needs --resolution WxH')
     if width is not None:
         out_height = width if transform == 'center-crop-wide' else height
         check_output_size(width, out_height, '--resolution')
     if transform == 'center-crop-dhariwal' and width != height:
-        raise click.BadParameter(f'--transform {transform} needs a square --resolution', param_hint='--resolution')
+        raise SourceError(f'--transform {transform} needs a square --resolution')
     return {
         'none':                 functools.partial(scale_to, width, height),
         'center-crop':          functools.partial(center_crop, width, height),
@@ -389,8 +375,9 @@ def write_dataset(dest, records, labels, sources, total, ext='png', desc='conver
     kept_labels = []
     num_written = 0
     try:
-        with open_dest(dest) as write:
-            for idx, data in enumerate(tqdm(records, total=total, desc=desc, unit='img', dynamic_ncols=True)):
+        with open_dest(dest) as write, tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True) as progress:
+            for idx, data in enumerate(records):
+                progress.update(1)
                 if data is None:
                     continue
                 fname = archive_name(num_written, ext)
@@ -427,13 +414,6 @@ def parse_resolution(_ctx, _param, value):
         raise click.BadParameter(f'expected WxH, e.g. 64x64, got "{value}"')
     return int(m.group(1)), int(m.group(2))
 
-@contextlib.contextmanager
-def one_line_errors():
-    try:
-        yield
-    except SourceError as e:
-        raise click.ClickException(str(e))
-
 @click.group()
 def cmdline():
     """Dataset tool: convert images into EDM2's dataset format, encode them into VAE latents,
@@ -460,6 +440,7 @@ def convert_image(source, transform, idx):
 @click.option('--per-class',  help='Pick this many images per class at random, without replacement', metavar='INT', type=click.IntRange(min=1))
 @click.option('--seed',       help='Random seed for --per-class', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--workers',    help='Decoding processes  [default: all cores]', metavar='INT', type=click.IntRange(min=1), default=default_workers())
+@util.one_line_errors
 def convert(source, dest, transform, resolution, max_images, classes, per_class, seed, workers):
     """Convert images into a dataset ZIP (or folder) of PNGs with a dataset.json.
 
@@ -475,43 +456,34 @@ def convert(source, dest, transform, resolution, max_images, classes, per_class,
     reads train-images-idx3-ubyte.gz (or the given *-images-idx3-ubyte.gz) and its labels file.
     Folders and ZIPs give RGB images, or 1-channel ones when the first image is grayscale.
     """
-    with one_line_errors():
-        check_dest(dest)
-        width, height = resolution if resolution is not None else (None, None)
-        transform_image = make_transform(transform, width, height)
-        src = open_source(source)
-        if getattr(src, 'is_latent', False):
-            raise SourceError(f'--source {source} holds latents (.npy); use `dataset_tool.py decode`')
-        indices, labels, sources = select_images(src, classes, per_class, seed, max_images)
-        results = map_ordered(functools.partial(convert_image, src, transform_image), indices, workers)
+    check_dest(dest)
+    width, height = resolution if resolution is not None else (None, None)
+    transform_image = make_transform(transform, width, height)
+    src = open_source(source)
+    if getattr(src, 'is_latent', False):
+        raise SourceError(f'--source {source} holds latents (.npy); use `dataset_tool.py decode`')
+    indices, labels, sources = select_images(src, classes, per_class, seed, max_images)
+    results = map_ordered(functools.partial(convert_image, src, transform_image), indices, workers)
 
-        def records():
-            first = None
-            for idx, result in zip(indices, results):
-                if result is None:
-                    yield None
-                    continue
-                data, shape = result
-                if first is None:
-                    first = (idx, shape)
-                    check_output_size(shape[1], shape[0], f'images of {source} (use --resolution)')
-                elif shape != first[1]:
-                    raise SourceError(f'Mixed image sizes: {src.describe(idx)} is {shape[1]}x{shape[0]} but '
-                        f'{src.describe(first[0])} is {first[1][1]}x{first[1][0]}; pass --resolution')
-                yield data
+    def records():
+        first = None
+        for idx, result in zip(indices, results):
+            if result is None:
+                yield None
+                continue
+            data, shape = result
+            if first is None:
+                first = (idx, shape)
+                check_output_size(shape[1], shape[0], f'images of {source} (use --resolution)')
+            elif shape != first[1]:
+                raise SourceError(f'Mixed image sizes: {src.describe(idx)} is {shape[1]}x{shape[0]} but '
+                    f'{src.describe(first[0])} is {first[1][1]}x{first[1][0]}; pass --resolution')
+            yield data
 
-        num_written = write_dataset(dest, records(), labels, sources, total=len(indices))
+    num_written = write_dataset(dest, records(), labels, sources, total=len(indices))
     if num_written < len(indices):
         print(f'Skipped {len(indices) - num_written} images smaller than --resolution (center-crop-wide).')
     print(f'Wrote {num_written} images to {dest}')
-
-def open_encoder(model_url, batch):
-    import torch
-    from training.encoders import StabilityVAEEncoder
-    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    encoder = StabilityVAEEncoder(vae_name=model_url, batch_size=batch)
-    encoder.init(device)
-    return encoder, device
 
 def batched(indices, batch):
     return [indices[i : i + batch] for i in range(0, len(indices), batch)]
@@ -524,69 +496,71 @@ def load_batch(source, indices, what):
                 f'{source.describe(indices[0])} is {arrays[0].shape}')
     return np.stack(arrays)
 
-def open_dataset_source(source, max_images, want_latents):
+def vae_command(source_help, batch_help):
+    """The command-line options of encode and decode."""
+    def decorate(fn):
+        options = [
+            click.option('--source',     help=source_help, metavar='PATH', type=str, required=True),
+            click.option('--dest',       help='Output ZIP or empty folder', metavar='PATH', type=str, required=True),
+            click.option('--model-url',  help='VAE: hub name or local folder from save_pretrained()', metavar='NAME|PATH', type=str, default='stabilityai/sd-vae-ft-mse', show_default=True),
+            click.option('--max-images', help='Stop after this many images', metavar='INT', type=click.IntRange(min=1)),
+            click.option('--batch',      help=batch_help, metavar='INT', type=click.IntRange(min=1), default=8, show_default=True),
+        ]
+        fn = util.one_line_errors(fn)
+        for option in reversed(options):
+            fn = option(fn)
+        return cmdline.command()(fn)
+    return decorate
+
+def transcode(source, dest, model_url, max_images, batch, want_latents, convert_batch):
+    """The skeleton of encode and decode: every image (or latent) of `source`, `batch` at a time
+    through convert_batch(arrays, encoder, device) -> file contents, into a dataset at `dest` with
+    the source's labels and classes."""
+    import torch # pylint: disable=import-outside-toplevel
+    from training.encoders import StabilityVAEEncoder # pylint: disable=import-outside-toplevel
+    check_dest(dest)
     src = open_source(source)
     if getattr(src, 'is_latent', False) != want_latents:
         raise SourceError(f'--source {source}: expected a dataset of ' + ('latents (.npy)' if want_latents else 'images'))
     indices = np.arange(src.size)[:max_images]
-    sources = sorted((c, name, original_id) for c, (name, original_id) in src.classes.items()) if src.labels is not None else None
     labels = src.labels[indices] if src.labels is not None else None
-    return src, indices, labels, sources
+    sources = sorted((c, name, original_id) for c, (name, original_id) in src.classes.items()) if src.labels is not None else None
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    encoder = StabilityVAEEncoder(vae_name=model_url, batch_size=batch)
+    encoder.init(device)
 
-@cmdline.command()
-@click.option('--source',     help='Image dataset (ZIP or folder)', metavar='PATH', type=str, required=True)
-@click.option('--dest',       help='Output ZIP or empty folder', metavar='PATH', type=str, required=True)
-@click.option('--model-url',  help='VAE: hub name or local folder from save_pretrained()', metavar='NAME|PATH', type=str, default='stabilityai/sd-vae-ft-mse', show_default=True)
-@click.option('--max-images', help='Stop after this many images', metavar='INT', type=click.IntRange(min=1))
-@click.option('--batch',      help='Images per VAE call', metavar='INT', type=click.IntRange(min=1), default=8, show_default=True)
+    def records():
+        for chunk in batched(indices, batch):
+            with torch.no_grad():
+                yield from convert_batch(load_batch(src, chunk, source), encoder, device)
+    ext, what = ('png', 'images') if want_latents else ('npy', 'latents')
+    num_written = write_dataset(dest, records(), labels, sources, total=len(indices), ext=ext, desc='decode' if want_latents else 'encode')
+    print(f'Wrote {num_written} {what} to {dest}')
+
+@vae_command(source_help='Image dataset (ZIP or folder)', batch_help='Images per VAE call')
 def encode(source, dest, model_url, max_images, batch):
     """Encode images into VAE latents: float32 [8, H/8, W/8] .npy files holding the posterior
     mean and std, with the source's labels and dataset.json "sources"."""
-    import torch
-    with one_line_errors():
-        check_dest(dest)
-        src, indices, labels, sources = open_dataset_source(source, max_images, want_latents=False)
-        encoder, device = open_encoder(model_url, batch)
+    transcode(source, dest, model_url, max_images, batch, want_latents=False, convert_batch=functools.partial(encode_batch, source))
 
-        def records():
-            for chunk in batched(indices, batch):
-                images = load_batch(src, chunk, source)
-                if images.shape[1] % 8 != 0 or images.shape[2] % 8 != 0:
-                    raise SourceError(f'--source {source}: image size {images.shape[2]}x{images.shape[1]} is not a multiple of 8')
-                x = torch.from_numpy(images.reshape(*images.shape[:3], -1)).permute(0, 3, 1, 2).to(device)
-                with torch.no_grad():
-                    latents = encoder.encode_pixels(x).cpu().numpy()
-                yield from (npy_bytes(lat.astype(np.float32)) for lat in latents)
+def encode_batch(source, images, encoder, device):
+    import torch # pylint: disable=import-outside-toplevel
+    if images.shape[1] % 8 != 0 or images.shape[2] % 8 != 0:
+        raise SourceError(f'--source {source}: image size {images.shape[2]}x{images.shape[1]} is not a multiple of 8')
+    x = torch.from_numpy(images.reshape(*images.shape[:3], -1)).permute(0, 3, 1, 2).to(device)
+    return [npy_bytes(lat.astype(np.float32)) for lat in encoder.encode_pixels(x).cpu().numpy()]
 
-        num_written = write_dataset(dest, records(), labels, sources, total=len(indices), ext='npy', desc='encode')
-    print(f'Wrote {num_written} latents to {dest}')
-
-@cmdline.command()
-@click.option('--source',     help='Latent dataset (ZIP or folder) written by encode', metavar='PATH', type=str, required=True)
-@click.option('--dest',       help='Output ZIP or empty folder', metavar='PATH', type=str, required=True)
-@click.option('--model-url',  help='VAE: hub name or local folder from save_pretrained()', metavar='NAME|PATH', type=str, default='stabilityai/sd-vae-ft-mse', show_default=True)
-@click.option('--max-images', help='Stop after this many images', metavar='INT', type=click.IntRange(min=1))
-@click.option('--batch',      help='Latents per VAE call', metavar='INT', type=click.IntRange(min=1), default=8, show_default=True)
+@vae_command(source_help='Latent dataset (ZIP or folder) written by encode', batch_help='Latents per VAE call')
 def decode(source, dest, model_url, max_images, batch):
     """Decode latents back into PNGs for inspection (the posterior mean, no sampling noise)."""
-    import torch
-    with one_line_errors():
-        check_dest(dest)
-        src, indices, labels, sources = open_dataset_source(source, max_images, want_latents=True)
-        encoder, device = open_encoder(model_url, batch)
+    transcode(source, dest, model_url, max_images, batch, want_latents=True, convert_batch=functools.partial(decode_batch, source))
 
-        def records():
-            for chunk in batched(indices, batch):
-                latents = load_batch(src, chunk, source)
-                if latents.ndim != 4 or latents.shape[1] != 8:
-                    raise SourceError(f'--source {source}: expected [8, H, W] latents, got {list(latents.shape[1:])}')
-                mean = torch.from_numpy(latents[:, :4]).to(device)
-                with torch.no_grad():
-                    images = encoder.decode(encoder.scale_latents(mean)).permute(0, 2, 3, 1).cpu().numpy()
-                yield from (png_bytes(image) for image in images)
-
-        num_written = write_dataset(dest, records(), labels, sources, total=len(indices), desc='decode')
-    print(f'Wrote {num_written} images to {dest}')
+def decode_batch(source, latents, encoder, device):
+    import torch # pylint: disable=import-outside-toplevel
+    if latents.ndim != 4 or latents.shape[1] != 8:
+        raise SourceError(f'--source {source}: expected [8, H, W] latents, got {list(latents.shape[1:])}')
+    mean = torch.from_numpy(latents[:, :4]).to(device)
+    return [png_bytes(image) for image in encoder.decode(encoder.scale_latents(mean)).permute(0, 2, 3, 1).cpu().numpy()]
 
 #----------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ MAX_STD = float(np.sqrt(1 / 12)) # A profile wider than the uniform average does
 def list_snapshots(indir, max_kimg=None):
     """[(path, kimg, std)] of the power-function EMA snapshots in a run directory."""
     if not os.path.isdir(indir):
-        raise click.ClickException(f'--indir: {indir} is not a directory')
+        raise NotADirectoryError(f'--indir {indir} is not a folder')
     found = []
     for name in sorted(os.listdir(indir)):
         m = SNAPSHOT_RE.fullmatch(name)
@@ -47,9 +47,9 @@ def load_snapshot_dict(path):
         with open(path, 'rb') as f:
             data = persistence.load_pickle(f)
     except Exception as e:
-        raise click.ClickException(f'{path}: cannot read the snapshot ({type(e).__name__}: {e})') from None
+        raise ValueError(f'{path}: cannot read the snapshot ({type(e).__name__}: {e})') from None
     if not isinstance(data, dict) or not isinstance(data.get('ema'), torch.nn.Module):
-        raise click.ClickException(f'{path}: not a network snapshot (no "ema" network)')
+        raise ValueError(f'{path}: not a network snapshot (no "ema" network)')
     return data
 
 def reconstruct_phema(snapshots, out_std, out_kimg, verbose=True):
@@ -68,7 +68,7 @@ def reconstruct_phema(snapshots, out_std, out_kimg, verbose=True):
         if accum is None:
             accum = [[torch.zeros_like(p) for p in params] for _ in out_std]
         elif len(params) != len(accum[0]) or any(p.shape != a.shape for p, a in zip(params, accum[0])):
-            raise click.ClickException(f'{path}: the network differs from the other snapshots')
+            raise ValueError(f'{path}: the network differs from the other snapshots')
         for j in range(len(out_std)):
             for a, p in zip(accum[j], params):
                 a.add_(p, alpha=float(coefs[i, j]))
@@ -101,18 +101,19 @@ def parse_stds(ctx, param, value):
 @click.option('--outdir',   help='Where to write phema-*.pkl', metavar='DIR', type=str, required=True)
 @click.option('--outstd',   help='Relative stds: list and/or start:stop:step ranges', metavar='LIST', type=str, required=True, callback=parse_stds)
 @click.option('--outkimg',  help='Training time of the output  [default: newest snapshot]', metavar='KIMG', type=click.IntRange(min=1), default=None)
+@util.one_line_errors
 def main(indir, outdir, outstd, outkimg):
     """Reconstruct post-hoc EMA profiles from the snapshots of a training run."""
     snapshots = list_snapshots(indir, max_kimg=outkimg)
     if not snapshots:
-        raise click.ClickException(f'no network-snapshot-KKKKKKK-S.SSS.pkl in {indir}' + (f' at or before {outkimg} kimg' if outkimg else ''))
+        raise ValueError(f'no network-snapshot-KKKKKKK-S.SSS.pkl in {indir}' + (f' at or before {outkimg} kimg' if outkimg else ''))
     in_stds = sorted({std for _path, _kimg, std in snapshots})
     if len(in_stds) < 2:
-        raise click.ClickException(f'{indir}: post-hoc EMA needs snapshots of at least two EMA profiles, found only std {in_stds[0]:.3f}')
+        raise ValueError(f'{indir}: post-hoc EMA needs snapshots of at least two EMA profiles, found only std {in_stds[0]:.3f}')
     newest = max(kimg for _path, kimg, _std in snapshots)
     outkimg = outkimg if outkimg is not None else newest
     if outkimg > newest:
-        raise click.ClickException(f'--outkimg {outkimg} is after the newest snapshot ({newest} kimg)')
+        raise ValueError(f'--outkimg {outkimg} is after the newest snapshot ({newest} kimg)')
     print(f'{len(snapshots)} snapshots (stds {", ".join(f"{s:.3f}" for s in in_stds)}, up to {newest} kimg) -> '
         f'{len(outstd)} profiles at {outkimg} kimg')
     os.makedirs(outdir, exist_ok=True)

@@ -50,12 +50,12 @@ step "4. Evaluate the EDM2 model against the held-out digits"
 run "$PYTHON" calculate_metrics.py ref --data "$out/data/digits-test.zip" --metrics fd_digits \
     --dest "$out/refs/digits-test.pkl"
 run "$PYTHON" calculate_metrics.py gen --net "$edm2_net" --ref "$out/refs/digits-test.pkl" --metrics fd_digits,digits_acc \
-    --num 1000 --guidance 2 --results "$out/metrics.jsonl" --tag "model=edm2-digits guidance=2"
+    --num 1000 --guidance 2 --results "$out/metrics.jsonl" --tag model=edm2-digits
 if [ "$DRY_RUN" = 1 ] || "$PYTHON" calculate_metrics.py weights --check fid,fd_dinov2; then
     run "$PYTHON" calculate_metrics.py ref --data "$out/data/digits-test.zip" --metrics fid,fd_dinov2 \
         --dest "$out/refs/digits-test-fid.pkl"
     run "$PYTHON" calculate_metrics.py gen --net "$edm2_net" --ref "$out/refs/digits-test-fid.pkl" --metrics fid,fd_dinov2 \
-        --num 359 --results "$out/metrics.jsonl" --tag "model=edm2-digits guidance=1"
+        --num 359 --results "$out/metrics.jsonl" --tag model=edm2-digits
 else
     echo "FID/FD-DINOv2 skipped: their weights are not on this machine (see the message above and README, 'Offline weights')."
 fi
@@ -70,9 +70,9 @@ run "$PYTHON" generate_images.py --net "$ardm_net" --outdir "$out/samples/ardm" 
     --grid "$out/samples/ardm-grid.png"
 
 step "6. Gaussian simulations of multi-source learning"
-run "$PYTHON" simulations/run_gaussian.py --tag all --results_dir "$out/simulations/results"
+run "$PYTHON" -m simulations.run_gaussian --tag all --results_dir "$out/simulations/results"
 for tag in K n sim; do
-    run "$PYTHON" "simulations/plot_gaussian_$tag.py" --results_dir "$out/simulations/results" --outdir "$out/simulations/figures"
+    run "$PYTHON" -m "simulations.plot_gaussian_$tag" --results_dir "$out/simulations/results" --outdir "$out/simulations/figures"
 done
 
 step "Done in $(( $(date +%s) - start ))s. Outputs:"

@@ -3,20 +3,17 @@ of the fixed-order NLL are batched into few forwards, against one timestep per f
 process on the same network (the ardm-digits architecture, random weights). Prints one JSON line
 per figure: medians over the repeats, and the speed-up of batching.
 
-    python benchmarks/bench_ardm.py [--images 1] [--repeats 5] [--threads 1]
+    python -m benchmarks.bench_ardm [--images 1] [--repeats 5] [--threads 1]
 """
 
 import json
-import os
-import sys
 import time
 
 import click
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from training.networks_ardm import ARDMNet # pylint: disable=wrong-import-position
+from training.networks_ardm import ARDMNet
 
 class _Random:
     """Per-image generators (the interface of training.samplers.StackedRandomGenerator)."""

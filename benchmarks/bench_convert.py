@@ -8,7 +8,7 @@ workers) and one per speed-up ratio. Next to the ratio: pure_cpu_ratio, the spee
 CPU work through the same pool measured right after, and the 1-minute load average; on a shared
 machine both bound what convert can reach.
 
-    python benchmarks/bench_convert.py [--images 2000] [--repeats 3]
+    python -m benchmarks.bench_convert [--images 2000] [--repeats 3]
 """
 
 import contextlib
@@ -17,7 +17,6 @@ import json
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 import zipfile
@@ -25,7 +24,6 @@ import click
 import numpy as np
 import PIL.Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ['TQDM_DISABLE'] = '1' # Read when tqdm is imported.
 import dataset_tool
 

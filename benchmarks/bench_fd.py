@@ -1,23 +1,21 @@
-"""Frechet distance at FID size (2048 features): calculate_metrics.frechet_distance (trace of the
+"""Frechet distance at FID size (2048 features): training.metrics.frechet_distance (trace of the
 square root from the eigenvalues of the symmetric product L^T sigma2 L, sigma1 = L L^T)
 against the reference formula with scipy.linalg.sqrtm of sigma1 sigma2, in one process on the
 same covariance matrices (estimated from correlated random features, as real ones are). Prints
 one JSON line per figure: median seconds over the repeats, the speed-up, and the relative
 difference of the two values.
 
-    python benchmarks/bench_fd.py [--dim 2048] [--samples 10000] [--repeats 3] [--threads 0]
+    python -m benchmarks.bench_fd [--dim 2048] [--samples 10000] [--repeats 3] [--threads 0]
 """
 
 import json
 import os
-import sys
 import time
 
 import click
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from calculate_metrics import frechet_distance, frechet_distance_sqrtm # pylint: disable=wrong-import-position
+from training.metrics import frechet_distance, frechet_distance_sqrtm
 
 def covariance_pair(dim, samples, seed=0):
     """Two close Gaussians' statistics from correlated features with a decaying spectrum."""

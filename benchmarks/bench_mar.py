@@ -7,22 +7,19 @@ JSON line per figure: medians over the repeats, and K = 64 against K = 16.
 The default is the mar-digits architecture on 16x16 one-channel images: 2x2 patches give 64
 tokens, so that K = 64 (one token per step) is possible.
 
-    python benchmarks/bench_mar.py [--preset mar-digits] [--resolution 16] [--images 16] [--guidance 2]
+    python -m benchmarks.bench_mar [--preset mar-digits] [--resolution 16] [--images 16] [--guidance 2]
 """
 
 import json
-import os
-import sys
 import time
 
 import click
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from torch_utils import util # pylint: disable=wrong-import-position
-from training import presets # pylint: disable=wrong-import-position
-from training.samplers import StackedRandomGenerator # pylint: disable=wrong-import-position
+from torch_utils import util
+from training import presets
+from training.samplers import StackedRandomGenerator
 
 class PartTimer:
     """Wraps net.transformer and net.head.sample to add up the seconds spent in each."""
@@ -77,9 +74,9 @@ def main(preset, resolution, channels, images, guidance, steps, repeats, threads
     torch.set_num_threads(threads)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     try:
-        network_kwargs = presets.build(presets.resolve(preset)).network_kwargs
-    except KeyError:
-        raise click.BadParameter(f'unknown preset "{preset}"', param_hint='--preset')
+        network_kwargs = presets.family_kwargs(presets.resolve(preset))['network_kwargs']
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint='--preset')
     step_list = util.parse_int_list(steps)
     torch.manual_seed(0)
     net = util.construct_class_by_name(**network_kwargs, img_resolution=resolution, img_channels=channels, label_dim=10)

@@ -4,20 +4,17 @@ depend on the weights), on the CPU and, when present, on the GPU; and network ev
 image for each solver at 32 steps (counted with a wrapper around the network), with and without
 guidance. Prints one JSON line per figure; times are medians over the repeats.
 
-    python benchmarks/bench_sample.py [--images 32] [--steps 32] [--repeats 3]
+    python -m benchmarks.bench_sample [--images 32] [--steps 32] [--repeats 3]
 """
 
 import json
-import os
-import sys
 import time
 
 import click
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from training import samplers # pylint: disable=wrong-import-position
+from training import samplers
 
 def small_net():
     torch.manual_seed(0)

@@ -3,20 +3,17 @@ closed-form log-density against a per-point loop (one torch.distributions.Multiv
 test point), in one process. Both give the same numbers; prints one JSON line per figure (medians
 over the repeats) and the ratio loop / vectorised.
 
-    python benchmarks/bench_simulation.py [--tag n] [--repeats 3]
+    python -m benchmarks.bench_simulation [--tag n] [--repeats 3]
 """
 
 import json
-import os
 import statistics
-import sys
 import time
 
 import click
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from simulations import gaussian as G # pylint: disable=wrong-import-position
+from simulations import gaussian as G
 
 def time_grid(tag, log_density_fn, repeats):
     times, rows = [], None

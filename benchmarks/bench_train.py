@@ -5,14 +5,12 @@ rounds of `--batch-gpu` images (what `--batch-gpu` costs). Prints one JSON line 
 medians over the repeats. On CUDA it also reports the model FLOP utilisation (MFU): training
 FLOPs (3x the forward pass, counted by torch's FLOP counter) per second over `--peak-tflops`.
 
-    python benchmarks/bench_train.py                              # CPU: edm2-digits-sized net, 8x8x3
-    python benchmarks/bench_train.py --preset edm2-img512-xs --resolution 64 --channels 4 \\
+    python -m benchmarks.bench_train                              # CPU: edm2-digits-sized net, 8x8x3
+    python -m benchmarks.bench_train --preset edm2-img512-xs --resolution 64 --channels 4 \\
         --batch 64 --batch-gpu 32 --peak-tflops 989             # GPU: H100 dense fp16 peak
 """
 
 import json
-import os
-import sys
 import time
 
 import click
@@ -20,12 +18,11 @@ import numpy as np
 import psutil
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from torch_utils import util # pylint: disable=wrong-import-position
-from training import presets # pylint: disable=wrong-import-position
+from torch_utils import util
+from training import presets
 
 def build(preset, resolution, channels, label_dim, device):
-    family = presets.build(presets.resolve(preset, {}))
+    family = util.EasyDict(presets.family_kwargs(presets.resolve(preset)))
     torch.manual_seed(0)
     net = util.construct_class_by_name(img_resolution=resolution, img_channels=channels, label_dim=label_dim,
         **family.network_kwargs).train().requires_grad_(True).to(device)

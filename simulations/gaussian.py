@@ -13,10 +13,7 @@ train noise in class order, then test labels and per-class test noise), so the f
 reproduced, not just its shape.
 """
 
-import csv
-import glob
 import math
-import os
 import random
 
 import numpy as np
@@ -163,106 +160,3 @@ def run_grid(tag, values, seeds=SEEDS, defaults=None, num_test=500, log_density_
     return rows
 
 #----------------------------------------------------------------------------
-# Files.
-
-def write_csv(rows, tag, path):
-    """Write rows atomically (temporary file, then os.replace)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=columns(tag))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
-
-def read_csv(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
-
-def newest_csv(results_dir, tag):
-    """Newest gaussian_{tag}_*.csv under {results_dir}/gaussian/{tag}/; FileNotFoundError naming the
-    folder when there is none."""
-    folder = os.path.join(results_dir, 'gaussian', tag)
-    found = sorted(glob.glob(os.path.join(folder, f'gaussian_{tag}_*.csv')))
-    if not found:
-        raise FileNotFoundError(f'no gaussian_{tag}_*.csv in {folder}; run '
-                                f'`python simulations/run_gaussian.py --tag {tag}` first or pass --csv')
-    return max(found, key=lambda p: (os.stat(p).st_mtime_ns, os.path.basename(p)))
-
-def unique_path(path):
-    """path, or path with -1, -2, ... before the extension when it exists (two runs in one second)."""
-    root, ext = os.path.splitext(path)
-    candidate, i = path, 0
-    while os.path.exists(candidate):
-        i += 1
-        candidate = f'{root}-{i}{ext}'
-    return candidate
-
-#----------------------------------------------------------------------------
-# Plotting.
-
-def plot_tag(csv_path, tag, outdir, log_x=None):
-    """Empirical TV (left axis, solid) and theoretical bound (right axis, dashed) for single and
-    multi against the varied parameter. Saves {outdir}/gaussian_{tag}.png and .svg; returns both paths."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    rows = read_csv(csv_path)
-    if not rows:
-        raise ValueError(f'{csv_path} has no rows')
-    if tag not in rows[0]:
-        raise ValueError(f'{csv_path} has no column {tag!r}; columns: {list(rows[0])}')
-    rows.sort(key=lambda r: float(r[tag]))
-    xs = [float(r[tag]) for r in rows]
-    col = lambda name: [float(r[name]) for r in rows]
-    if log_x is None:
-        log_x = tag == 'n'
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax2 = ax.twinx()
-    lines = []
-    lines += ax.plot(xs, col(TV_SINGLE), 'o-', color='tab:blue', label='single (empirical)')
-    lines += ax.plot(xs, col(TV_MULTI), 's-', color='tab:orange', label='multi (empirical)')
-    lines += ax2.plot(xs, col(BOUND_SINGLE), 'o--', color='tab:blue', alpha=0.6, label='single (bound)')
-    lines += ax2.plot(xs, col(BOUND_MULTI), 's--', color='tab:orange', alpha=0.6, label='multi (bound)')
-    if log_x:
-        ax.set_xscale('log')
-    ax.set_xlabel(LABELS.get(tag, tag))
-    ax.set_ylabel('empirical TV error')
-    ax2.set_ylabel('theoretical TV bound')
-    ax.legend(lines, [l.get_label() for l in lines], fontsize=8, loc='best')
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    os.makedirs(outdir, exist_ok=True)
-    paths = []
-    for ext in ('png', 'svg'):
-        path = os.path.join(outdir, f'gaussian_{tag}.{ext}')
-        fig.savefig(path, dpi=150)
-        paths.append(path)
-    plt.close(fig)
-    return paths
-
-def plot_command(tag):
-    """A click command that plots one tag: the three plot scripts are this and nothing else."""
-    import click
-
-    @click.command(help=f'Plot the conditional-Gaussian study against {tag} (newest CSV unless --csv).')
-    @click.option('--csv', 'csv_path', type=click.Path(exists=True, dir_okay=False), default=None,
-                  help='CSV to plot (default: newest of this tag under --results_dir).')
-    @click.option('--results_dir', default=os.path.join('simulations', 'results'), show_default=True)
-    @click.option('--outdir', default=os.path.join('simulations', 'figures'), show_default=True)
-    def main(csv_path, results_dir, outdir):
-        if csv_path is None:
-            try:
-                csv_path = newest_csv(results_dir, tag)
-            except FileNotFoundError as e:
-                raise click.ClickException(str(e))
-        try:
-            paths = plot_tag(csv_path, tag, outdir)
-        except ValueError as e:
-            raise click.ClickException(str(e))
-        for p in paths:
-            click.echo(p)
-    return main

@@ -1,9 +1,5 @@
-"""Plot the conditional-Gaussian study against n: python simulations/plot_gaussian_n.py [--csv PATH] [--outdir DIR]"""
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from simulations.gaussian import plot_command # pylint: disable=wrong-import-position
+"""Plot the conditional-Gaussian study against n: python -m simulations.plot_gaussian_n [--csv PATH] [--outdir DIR]"""
+from simulations.plotting import plot_command
 
 main = plot_command('n')
 

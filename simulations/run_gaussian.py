@@ -1,6 +1,6 @@
 """Run the conditional-Gaussian study over one grid (or all three) and write one CSV per tag.
 
-    python simulations/run_gaussian.py --tag K|n|sim|all [--seeds 3,33,520,2025,25731]
+    python -m simulations.run_gaussian --tag K|n|sim|all [--seeds 3,33,520,2025,25731]
         [--K 5] [--D 10] [--sim 0.5] [--n 500] [--values 1,3,5] [--num-test 500]
         [--results_dir simulations/results]
 
@@ -9,13 +9,13 @@ of the tag, averaged over the seeds.
 """
 
 import os
-import sys
 import time
 
 import click
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from simulations import gaussian as G # pylint: disable=wrong-import-position
+from simulations import gaussian as G
+from simulations import plotting
+from torch_utils import util
 
 def _parse_list(ctx, param, value, cast):
     if value is None:
@@ -65,6 +65,7 @@ def format_table(rows, tag):
               help='Comma-separated grid for the tag (default: the published grid; not with --tag all).')
 @click.option('--num-test', 'num_test', type=click.IntRange(min=1), default=500, show_default=True)
 @click.option('--results_dir', default=os.path.join('simulations', 'results'), show_default=True)
+@util.one_line_errors
 def main(tag, seeds, K, D, sim, n, values, num_test, results_dir):
     if tag == 'all' and values is not None:
         raise click.BadParameter('--values needs a single --tag', param_hint='--values')
@@ -78,8 +79,8 @@ def main(tag, seeds, K, D, sim, n, values, num_test, results_dir):
         start = time.perf_counter()
         rows = G.run_grid(t, grid, seeds, defaults, num_test=num_test)
         seconds = time.perf_counter() - start
-        path = G.unique_path(os.path.join(results_dir, 'gaussian', t, f'gaussian_{t}_{stamp}.csv'))
-        G.write_csv(rows, t, path)
+        path = plotting.unique_path(os.path.join(results_dir, 'gaussian', t, f'gaussian_{t}_{stamp}.csv'))
+        plotting.write_csv(rows, t, path)
         click.echo(format_table(rows, t))
         click.echo(f'{path}  ({seconds:.2f} s)')
 

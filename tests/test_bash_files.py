@@ -94,7 +94,7 @@ def test_demo_dry_run_prints_pipeline():
     joined = '\n'.join(commands(result))
     for step in ['dataset_tool.py convert --source builtin:digits-train', 'train_edm2.py --preset edm2-digits',
             'generate_images.py', 'train_edm2.py --preset ardm-digits', 'calculate_metrics.py bpd',
-            'simulations/run_gaussian.py', 'simulations/plot_gaussian_K.py']:
+            '-m simulations.run_gaussian', '-m simulations.plot_gaussian_K']:
         assert step in joined, step
     assert not os.path.exists(os.path.join(ROOT, 'demo-test-out'))
 

@@ -15,9 +15,11 @@ import torch
 from click.testing import CliRunner
 
 import calculate_metrics
-from calculate_metrics import FeatureStats, frechet_distance, frechet_distance_sqrtm
 from torch_utils import persistence
 from training import detectors
+from training import digits as digits_data
+from training import metrics
+from training.metrics import FeatureStats, frechet_distance, frechet_distance_sqrtm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,10 +111,8 @@ def digits(tmp_path_factory):
     return paths
 
 def digits_features(split):
-    import dataset_tool
-    images = torch.as_tensor(np.asarray(dataset_tool.open_builtin(f'builtin:digits-{split}').images))[:, None]
-    labels = np.asarray(dataset_tool.open_builtin(f'builtin:digits-{split}').labels)
-    return detectors.DigitsDetector()(images).numpy(), labels
+    images, labels = digits_data.load(split)
+    return detectors.DigitsDetector()(torch.as_tensor(images)[:, None]).numpy(), labels
 
 def calc_value(args):
     result = invoke(['calc', '--workers', '0'] + args)
@@ -176,8 +176,8 @@ def test_fid_with_fake_inception_and_npz_reference(digits, tmp_path):
     npz = str(tmp_path / 'ref.npz')
     np.savez(npz, mu=ref['fid']['mu'], sigma=ref['fid']['sigma'])
     for path in [edm2, npz]:
-        loaded = calculate_metrics.load_reference(path)
-        calculate_metrics.check_reference(loaded, path, ['fid'], dict(fid=2048))
+        loaded = metrics.load_reference(path)
+        metrics.check_reference(loaded, path, ['fid'], dict(fid=2048))
         np.testing.assert_array_equal(loaded['fid']['sigma'], ref['fid']['sigma'])
     value = calc_value(['--images', digits['test'], '--ref', npz, '--metrics', 'fid', '--num', '359', '--inception', inception])
     assert abs(value) < 1e-6
@@ -195,8 +195,8 @@ def test_reference_with_dnnlib_easydicts(tmp_path, monkeypatch):
         pickle.dump(EasyDict(fd_dinov2=EasyDict(mu=np.zeros(1024), sigma=np.eye(1024))), f)
     monkeypatch.delitem(sys.modules, 'dnnlib')
     monkeypatch.delitem(sys.modules, 'dnnlib.util')
-    stats = calculate_metrics.load_reference(path)
-    calculate_metrics.check_reference(stats, path, ['fd_dinov2'], dict(fd_dinov2=1024))
+    stats = metrics.load_reference(path)
+    metrics.check_reference(stats, path, ['fd_dinov2'], dict(fd_dinov2=1024))
 
 def test_errors_are_one_line_and_leave_nothing(digits, tmp_path):
     ref, test = digits['ref'], digits['test']
@@ -282,7 +282,7 @@ class NoLikelihood(torch.nn.Module):
 def snapshots(digits):
     pytest.importorskip('generate_images')
     from training import encoders
-    x_train, y_train = detectors.digits_train_split()
+    x_train, y_train = digits_data.pixels('train')
     means = torch.stack([torch.as_tensor(x_train[y_train == c].mean(0), dtype=torch.float32) for c in range(10)]).reshape(10, 1, 8, 8) * 2 - 1
     paths = {}
     for name, net in [('means', ClassMeans(means)), ('uncond', NoLikelihood())]:
@@ -294,11 +294,13 @@ def snapshots(digits):
 def test_gen(digits, snapshots, tmp_path):
     results = str(tmp_path / 'metrics.jsonl')
     base = ['gen', '--net', snapshots['means'], '--ref', digits['ref'], '--metrics', 'fd_digits,digits_acc', '--num', '60', '--seed', '5']
-    result = invoke(base + ['--batch', '7', '--results', results, '--tag', 'model=means guidance=2'])
+    result = invoke(base + ['--batch', '7', '--results', results, '--tag', 'model=means'])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in open(results)]
     assert [r['metric'] for r in lines] == ['fd_digits', 'digits_acc']
-    assert all(r['num'] == 60 and r['class'] is None and r['model'] == 'means' and r['guidance'] == 2 and r['net'] == snapshots['means'] for r in lines)
+    assert all(r['num'] == 60 and r['class'] is None and r['model'] == 'means' and r['guidance'] == 1 and r['net'] == snapshots['means'] for r in lines)
+    # A tag may not replace what the result itself says.
+    expect_error(base + ['--tag', 'guidance=2'], '--tag guidance', 'already has')
     fd, acc = lines[0]['value'], lines[1]['value']
     assert acc > 0.9 and 0 < fd < 10
     # Batch-size invariance (per-seed generators), and what was printed is what was written.
@@ -307,7 +309,7 @@ def test_gen(digits, snapshots, tmp_path):
     one_class = invoke(base[:-4] + ['--num', '20', '--class', '3', '--metrics', 'digits_acc', '--steps', '2'])
     record = json.loads(one_class.output.strip().splitlines()[-1])
     assert record['class'] == 3 and record['steps'] == 2 and record['value'] == 1.0
-    expect_error(['gen', '--net', snapshots['uncond'], '--metrics', 'digits_acc', '--num', '4'], 'digits_acc needs class labels')
+    expect_error(['gen', '--net', snapshots['uncond'], '--metrics', 'digits_acc', '--num', '4'], 'digits_acc needs the class of every image')
     expect_error(base[:-4] + ['--num', '4', '--class', '12', '--metrics', 'digits_acc'], '--class 12')
 
 def test_bpd(digits, snapshots, tmp_path):
@@ -320,8 +322,7 @@ def test_bpd(digits, snapshots, tmp_path):
         values.append(json.loads(open(results).read().splitlines()[-1]))
     assert values[0]['metric'] == 'bpd' and values[0]['mode'] == 'elbo' and values[0]['model'] == 'means' and values[0]['num'] == 100
     assert values[0]['value'] == pytest.approx(values[1]['value'], rel=1e-12)
-    import dataset_tool
-    images = np.asarray(dataset_tool.open_builtin('builtin:digits-test').images, dtype=np.float64) / 127.5 - 1
+    images = np.asarray(digits_data.load('test')[0], dtype=np.float64) / 127.5 - 1
     assert values[0]['value'] == pytest.approx(images.reshape(len(images), -1).mean(1).mean(), abs=0.1)
     exact = invoke(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--mode', 'exact', '--workers', '0'])
     assert exact.exit_code == 0 and json.loads(exact.output.strip().splitlines()[-1])['num'] == 359

@@ -59,7 +59,7 @@ def test_reads_pixels_and_labels(tmp_path, where, channels):
     ds = ImageFolderDataset(str(write_dataset(tmp_path / where, images, labels, sources)))
     assert len(ds) == 12
     assert ds.image_shape == [channels, 8, 8] and ds.num_channels == channels and ds.resolution == 8
-    assert ds.label_shape == [3] and ds.label_dim == 3 and ds.has_labels and ds.has_onehot_labels
+    assert ds.label_shape == [3] and ds.label_dim == 3 and ds.has_labels
     assert ds.source_names == ['cat', 'dog', 'emu']
     assert ds.name == os.path.splitext(where)[0]
     for idx in range(12):
@@ -82,8 +82,10 @@ def test_max_size_and_xflip(tmp_path):
     b = ImageFolderDataset(path, max_size=7, random_seed=3)
     c = ImageFolderDataset(path, max_size=7, random_seed=4)
     assert len(a) == 14 and len(b) == 7
-    raw = [b.get_details(i).raw_idx for i in range(7)]
-    assert raw == sorted(set(raw)) and raw != [c.get_details(i).raw_idx for i in range(7)]
+    # Which of the (distinct) images each subset holds, found by their pixels.
+    find = lambda ds: [next(j for j, im in enumerate(as_chw(images)) if np.array_equal(ds[i][0], im)) for i in range(7)]
+    raw = find(b)
+    assert raw == sorted(set(raw)) and raw != find(c)
     for i in range(7):
         np.testing.assert_array_equal(a[i][0], as_chw(images)[raw[i]])
         np.testing.assert_array_equal(a[i + 7][0], as_chw(images)[raw[i]][:, :, ::-1])
@@ -103,8 +105,11 @@ def test_resolution_check_and_bad_paths(tmp_path):
     assert ImageFolderDataset(path, resolution=8).resolution == 8
     with pytest.raises(IOError, match='expected 16x16'):
         ImageFolderDataset(path, resolution=16)
-    with pytest.raises(IOError, match='folder or a .zip'):
+    with pytest.raises(FileNotFoundError, match='No such file or folder'):
         ImageFolderDataset(str(tmp_path / 'missing.zip'))
+    (tmp_path / 'notes.txt').write_text('not a dataset')
+    with pytest.raises(IOError, match='folder or a .zip'):
+        ImageFolderDataset(str(tmp_path / 'notes.txt'))
     (tmp_path / 'empty').mkdir()
     with pytest.raises(IOError, match='No image files'):
         ImageFolderDataset(str(tmp_path / 'empty'))

@@ -13,6 +13,7 @@ import torch
 
 from torch_utils import util
 from training import detectors
+from training import digits
 
 #----------------------------------------------------------------------------
 # A fake Inception: the TorchScript call signature of NVIDIA's pickle, 2048 features.
@@ -179,9 +180,8 @@ def test_dinov2_missing_names_files(tmp_path):
 # Digits: PCA features equal to the acceptance test's numpy computation; classifier accuracy.
 
 def digits_test_split():
-    import dataset_tool
-    source = dataset_tool.open_builtin('builtin:digits-test')
-    return torch.as_tensor(np.asarray(source.images))[:, None], np.asarray(source.labels)
+    images, labels = digits.load('test')
+    return torch.as_tensor(images)[:, None], labels
 
 def test_digits_detector_matches_sklearn_pca():
     from sklearn.decomposition import PCA
@@ -189,7 +189,7 @@ def test_digits_detector_matches_sklearn_pca():
     det = detectors.DigitsDetector()
     features = det(images)
     assert features.shape == (len(images), det.feature_dim) == (len(images), 20)
-    x_train, _ = detectors.digits_train_split()
+    x_train, _ = digits.pixels('train')
     expected = PCA(20, random_state=0).fit(x_train).transform(images.reshape(len(images), -1).numpy() / 255)
     np.testing.assert_allclose(features.numpy(), expected, rtol=1e-9, atol=1e-9)
     assert torch.equal(detectors.DigitsDetector()(images), features) # Deterministic, fit included.

@@ -14,6 +14,8 @@ from click.testing import CliRunner
 import generate_images
 from torch_utils import persistence
 from training import encoders
+from training import generate
+from training import presets
 from training.samplers import StackedRandomGenerator
 
 #----------------------------------------------------------------------------
@@ -53,6 +55,10 @@ class Dropout:
     def __init__(self, p_uncond=0.0):
         self.p_uncond = p_uncond
 
+    @property
+    def has_unconditional_branch(self):
+        return self.p_uncond > 0
+
 def write_snapshot(path, net, p_uncond=None, encoder=None):
     torch.manual_seed(0)
     data = dict(ema=net.eval().requires_grad_(False), encoder=encoder or encoders.StandardRGBEncoder(),
@@ -72,7 +78,7 @@ def invoke(*args):
 #----------------------------------------------------------------------------
 
 def test_load_snapshot(snapshot):
-    snap = generate_images.load_snapshot(snapshot, verbose=False)
+    snap = generate.load_snapshot(snapshot, verbose=False)
     assert snap.label_dim == 5 and snap.loss_fn.p_uncond == 0.1 and snap.dataset_kwargs == {}
     assert not snap.net.training and type(snap.encoder).__name__ == 'StandardRGBEncoder'
 
@@ -84,13 +90,13 @@ def test_official_vae_encoder_is_replaced(tmp_path):
         '        self.bias = np.float32(final_mean) - np.float32(raw_mean) * self.scale\n        self.batch_size = 8\n        self._vae = None\n')
     module = persistence._src_to_module(src)
     official = persistence.persistent_class(module.StabilityVAEEncoder)(vae_name='my-vae', raw_mean=[1, 2, 3, 4])
-    local = generate_images._local_encoder(official)
+    local = generate._local_encoder(official)
     assert isinstance(local, encoders.StabilityVAEEncoder) and local.vae_name == 'my-vae'
     assert np.allclose(local.scale, official.scale) and np.allclose(local.bias, official.bias)
 
 def test_batch_size_does_not_change_images(snapshot):
-    snap = generate_images.load_snapshot(snapshot, verbose=False)
-    run = lambda batch, **kw: {seed: (image, label) for r in generate_images.generate_images(snap.net, snap.encoder,
+    snap = generate.load_snapshot(snapshot, verbose=False)
+    run = lambda batch, **kw: {seed: (image, label) for r in generate.generate_images(snap.net, snap.encoder,
         seeds=range(10, 18), batch_size=batch, verbose=False, num_steps=4, **kw)
         for seed, image, label in zip(r.seeds, r.images, r.labels)}
     for kw in [dict(), dict(solver='heun_sde'), dict(guidance=2.0)]:
@@ -101,14 +107,14 @@ def test_batch_size_does_not_change_images(snapshot):
             assert one[seed][0].dtype == torch.uint8 and one[seed][0].shape == (3, 4, 4)
 
 def test_edm2_seed_compatibility(snapshot, monkeypatch):
-    snap = generate_images.load_snapshot(snapshot, verbose=False)
+    snap = generate.load_snapshot(snapshot, verbose=False)
     seen = {}
     def fake_sample(net, noise, labels, rnd, **kwargs):
         seen.update(noise=noise, labels=labels, next=rnd.randn([len(noise)]))
         return noise
-    monkeypatch.setattr(generate_images.samplers, 'sample', fake_sample)
+    monkeypatch.setattr(generate.samplers, 'sample', fake_sample)
     seeds = [3, 77, (1 << 32) + 5]
-    r = next(generate_images.generate_images(snap.net, snap.encoder, seeds=seeds, verbose=False))
+    r = next(generate.generate_images(snap.net, snap.encoder, seeds=seeds, verbose=False))
     for i, seed in enumerate(seeds):
         gen = torch.Generator().manual_seed(seed % (1 << 32))
         assert torch.equal(seen['noise'][i], torch.randn([3, 4, 4], generator=gen))
@@ -187,12 +193,12 @@ def test_family_net_samples_itself(tmp_path):
         assert np.abs(image.astype(float) - expected).max() <= 1
 
 def test_official_presets_table():
-    presets = generate_images.presets.GENERATION_PRESETS
+    table = presets.GENERATION_PRESETS
     root = 'https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions'
-    assert presets['edm2-img512-xs-fid'] == dict(net=f'{root}/edm2-img512-xs-2147483-0.135.pkl')
-    assert presets['edm2-img512-xs-guid-fid'] == dict(net=f'{root}/edm2-img512-xs-2147483-0.045.pkl',
+    assert table['edm2-img512-xs-fid'] == dict(net=f'{root}/edm2-img512-xs-2147483-0.135.pkl')
+    assert table['edm2-img512-xs-guid-fid'] == dict(net=f'{root}/edm2-img512-xs-2147483-0.045.pkl',
         gnet=f'{root}/edm2-img512-xs-uncond-2147483-0.045.pkl', guidance=1.4)
-    assert len(presets) == 28 and all(p.net.startswith(root) for p in presets.values())
+    assert len(table) == 36 and all(p.net.startswith(root) for p in table.values())
 
 def test_torchrun_two_processes_match_one(snapshot, tmp_path):
     import subprocess
@@ -226,13 +232,13 @@ def test_digits_acceptance(tmp_path, digits_classifier):
     train_minutes = (time.time() - start) / 60
     assert result.exit_code == 0, result.output
     snapshot = sorted((tmp_path / 'run').glob('network-snapshot-*.pkl'))[-1]
-    snap = generate_images.load_snapshot(str(snapshot), verbose=False)
+    snap = generate.load_snapshot(str(snapshot), verbose=False)
 
     per_class = 100
     results = dict(train_minutes=round(train_minutes, 1), snapshot=snapshot.name)
     for guidance in [1.0, 2.0]:
         images, classes = [], []
-        for r in generate_images.generate_images(snap.net, snap.encoder, seeds=range(10 * per_class), class_idx='all',
+        for r in generate.generate_images(snap.net, snap.encoder, seeds=range(10 * per_class), class_idx='all',
                 batch_size=250, guidance=guidance, verbose=False):
             images.append(r.images.reshape(len(r.images), -1).numpy() / 255)
             classes.append(r.labels.numpy())

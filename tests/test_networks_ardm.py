@@ -234,22 +234,18 @@ def test_training_fills_step_loss_and_pickles():
     clone = pickle.load(io.BytesIO(pickle.dumps(net)))
     torch.testing.assert_close(clone.step_loss, net.step_loss)
 
-def test_preset_trains_through_the_loop(tmp_path):
+def test_preset_trains_through_the_loop(tmp_path, tiny_zip):
     # The family plugs into the shared loop through its preset alone; the snapshot carries L.
     from torch_utils import persistence
-    from training import presets, training_loop
-    opts = presets.resolve('ardm-digits', dict(levels=4, channels=8, num_blocks=1))
-    family = presets.build(opts)
-    training_loop.training_loop(dataset_kwargs=dict(class_name='loop_family.TinyDataset'),
-        encoder_kwargs=family.encoder_kwargs, data_loader_kwargs=dict(num_workers=0),
-        network_kwargs=family.network_kwargs, loss_kwargs=family.loss_kwargs, optimizer_kwargs=family.optimizer_kwargs,
-        lr_kwargs=family.lr_kwargs, ema_kwargs=None, grad_clip=opts.grad_clip, run_dir=str(tmp_path), batch_size=8,
-        total_nimg=160, status_nimg=80, snapshot_nimg=160, checkpoint_nimg=None, device='cpu')
-    with open(tmp_path / 'network-snapshot-0000000.pkl', 'rb') as f:
+    from training import config, training_loop
+    _, c = config.build('ardm-digits', dict(levels=4, channels=8, num_blocks=1, batch=8, duration=1000, status=1000,
+        snapshot=1000, checkpoint=0), data=tiny_zip)
+    training_loop.training_loop(run_dir=str(tmp_path), device='cpu', **c)
+    with open(tmp_path / 'network-snapshot-0000001-ema.pkl', 'rb') as f:
         data = persistence.load_pickle(f)
     net, encoder = data['ema'], data['encoder']
     assert isinstance(net, ARDMNet) and net.levels == 4 and net.label_dim == 3
-    assert net.step_count.sum() == 160
+    assert net.step_count.sum() == 1000 # The EMA copy carries the network's running loss.
     samples = net.sample(torch.zeros(2, 1, 4, 4), torch.eye(3)[:2], SeedRandom([0, 1]), steps=4)
     pixels = encoder.decode(samples)
     assert pixels.dtype == torch.uint8 and set(pixels.unique().tolist()) <= {0, 85, 170, 255}
@@ -262,10 +258,9 @@ def test_preset_trains_through_the_loop(tmp_path):
 def independent_pixel_bpd(train, test, levels, alpha=1.0):
     """Bits/dim of the test images under a class-conditional independent per-pixel categorical
     model fitted on the train images (add-alpha smoothing): what an ARDM with one call costs."""
-    def quantize(source):
-        return np.rint(source.images.astype(np.float64) / 255 * (levels - 1)).astype(np.int64).reshape(len(source.images), -1)
-    x_train, x_test = quantize(train), quantize(test)
-    y_train, y_test = np.asarray(train.labels), np.asarray(test.labels)
+    def quantize(images):
+        return np.rint(images.astype(np.float64) / 255 * (levels - 1)).astype(np.int64).reshape(len(images), -1)
+    (x_train, y_train), (x_test, y_test) = [(quantize(images), labels) for images, labels in [train, test]]
     bits = 0.0
     for label in np.unique(y_test):
         counts = np.stack([(x_train[y_train == label] == k).sum(0) for k in range(levels)]) + alpha # [levels, D]
@@ -281,8 +276,8 @@ def test_digits_acceptance(tmp_path, digits_classifier):
     from click.testing import CliRunner
     import calculate_metrics
     import dataset_tool
-    import generate_images
     import train_edm2
+    from training import digits, generate
 
     def invoke(command, args):
         result = CliRunner().invoke(command, [str(a) for a in args])
@@ -310,15 +305,14 @@ def test_digits_acceptance(tmp_path, digits_classifier):
     for steps in [1, 4, 16]:
         for policy in ['dp', 'naive']:
             results[f'exact {policy} {steps}'] = bpd('ardm-digits', '--mode', 'exact', '--steps', steps, '--policy', policy)
-    snap = generate_images.load_snapshot(snapshots['ardm-digits'], verbose=False)
+    snap = generate.load_snapshot(snapshots['ardm-digits'], verbose=False)
     net = snap.net
     predicted = {policy: [net.policy(steps, policy)[1] for steps in range(1, net.num_steps + 1)] for policy in ['dp', 'naive']}
     results.update({f'predicted {policy} {steps}': predicted[policy][steps - 1] for steps in [4, 16, 64] for policy in ['dp', 'naive']})
-    source_train, source_test = dataset_tool.open_builtin('builtin:digits-train'), dataset_tool.open_builtin('builtin:digits-test')
-    results['independent per-pixel'] = independent_pixel_bpd(source_train, source_test, net.levels)
+    results['independent per-pixel'] = independent_pixel_bpd(digits.load('train'), digits.load('test'), net.levels)
 
     images, classes = [], []
-    for r in generate_images.generate_images(snap.net, snap.encoder, seeds=range(500), class_idx='all', batch_size=250, verbose=False):
+    for r in generate.generate_images(snap.net, snap.encoder, seeds=range(500), class_idx='all', batch_size=250, verbose=False):
         images.append(r.images.reshape(len(r.images), -1).numpy() / 255)
         classes.append(r.labels.numpy())
     results['sample accuracy'] = digits_classifier.score(np.concatenate(images), np.concatenate(classes))

@@ -155,8 +155,7 @@ def test_edm2_loss_label_dropout():
 EDM2_PRESETS = sorted(name for name, p in presets.PRESETS.items() if p['family'] == 'edm2')
 
 def build_preset_net(name, device):
-    opts = presets.resolve(name, {})
-    family = presets.build(opts)
+    family = util.EasyDict(presets.family_kwargs(presets.resolve(name)))
     resolution, channels = (64, 4) if 'img512' in name else (32, 4) if 'img256' in name else (64, 3) if 'img64' in name else (8, 3)
     with torch.device(device):
         net = util.construct_class_by_name(img_resolution=resolution, img_channels=channels, label_dim=1000 if 'img' in name else 10,

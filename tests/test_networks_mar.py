@@ -323,7 +323,7 @@ def test_paper_sizes_parameter_counts():
     # Paper (Table 2 / 4): MAR-B 208M, MAR-L 479M, MAR-H 943M parameters, with the head.
     from training import presets
     for name, paper in [('mar-b', 208e6), ('mar-l', 479e6), ('mar-h', 943e6)]:
-        kwargs = presets.build(presets.resolve(name)).network_kwargs
+        kwargs = presets.family_kwargs(presets.resolve(name))['network_kwargs']
         with torch.device('meta'):
             net = MAR(img_resolution=32, img_channels=4, label_dim=1000,
                 **{k: v for k, v in kwargs.items() if k != 'class_name'})
@@ -333,7 +333,7 @@ def test_paper_sizes_parameter_counts():
 
 def test_paper_size_forward_shapes_on_cpu():
     from training import presets
-    kwargs = dict(presets.build(presets.resolve('mar-b')).network_kwargs)
+    kwargs = dict(presets.family_kwargs(presets.resolve('mar-b'))['network_kwargs'])
     kwargs.update(encoder_depth=1, decoder_depth=1, head_depth=1) # Full width, few blocks: fast.
     net = MAR(img_resolution=32, img_channels=4, label_dim=1000, **{k: v for k, v in kwargs.items() if k != 'class_name'})
     loss = MARLoss()(net=net, images=torch.randn([2, 4, 32, 32]), labels=one_hot([1, 999], 1000))
@@ -343,23 +343,19 @@ def test_paper_size_forward_shapes_on_cpu():
 def test_digits_presets_build():
     from training import presets
     for name, head in [('mar-digits', 'diffusion'), ('mar-digits-flow', 'flow')]:
-        c = presets.build(presets.resolve(name))
-        net = MAR(img_resolution=8, img_channels=1, label_dim=10, **{k: v for k, v in c.network_kwargs.items() if k != 'class_name'})
+        c = presets.family_kwargs(presets.resolve(name))
+        net = MAR(img_resolution=8, img_channels=1, label_dim=10, **{k: v for k, v in c['network_kwargs'].items() if k != 'class_name'})
         assert type(net.head).__name__ == {'diffusion': 'DiffusionHead', 'flow': 'FlowHead'}[head]
         assert net.data_bound == 1.0 and net.seq_len == 16
-        assert c.optimizer_kwargs.class_name == 'torch.optim.AdamW' and c.optimizer_kwargs.weight_decay == 0.02
+        assert c['optimizer_kwargs']['class_name'] == 'torch.optim.AdamW' and c['optimizer_kwargs']['weight_decay'] == 0.02
 
-def test_digits_preset_trains_through_the_shared_loop(tmp_path):
+def test_digits_preset_trains_through_the_shared_loop(tmp_path, tiny_zip):
     # The family plugs into the loop through its preset alone; the snapshot samples pixels.
-    from training import presets, training_loop
-    opts = presets.resolve('mar-digits', dict(width=16, encoder_depth=1, decoder_depth=1, num_heads=2, head_width=16, head_depth=1))
-    family = presets.build(opts)
-    training_loop.training_loop(dataset_kwargs=dict(class_name='loop_family.TinyDataset'),
-        encoder_kwargs=dict(class_name='training.encoders.StandardRGBEncoder'), data_loader_kwargs=dict(num_workers=0),
-        network_kwargs=family.network_kwargs, loss_kwargs=family.loss_kwargs, optimizer_kwargs=family.optimizer_kwargs,
-        lr_kwargs=family.lr_kwargs, ema_kwargs=None, grad_clip=opts.grad_clip, run_dir=str(tmp_path), batch_size=8,
-        total_nimg=64, status_nimg=32, snapshot_nimg=64, checkpoint_nimg=None, device='cpu')
-    with open(tmp_path / 'network-snapshot-0000000.pkl', 'rb') as f:
+    from training import config, training_loop
+    _, c = config.build('mar-digits', dict(width=16, encoder_depth=1, decoder_depth=1, num_heads=2, head_width=16, head_depth=1,
+        batch=8, duration=1000, status=1000, snapshot=1000, checkpoint=0), data=tiny_zip)
+    training_loop.training_loop(run_dir=str(tmp_path), device='cpu', **c)
+    with open(tmp_path / 'network-snapshot-0000001-ema.pkl', 'rb') as f:
         data = persistence.load_pickle(f)
     net, encoder = data['ema'], data['encoder']
     assert isinstance(net, MAR) and net.label_dim == 3 and net.seq_len == 4
@@ -374,9 +370,8 @@ def test_digits_preset_trains_through_the_shared_loop(tmp_path):
 # independent Gaussian noise with the class's per-pixel standard deviation, clipped to [0, 1].
 
 def digits_split(split):
-    import dataset_tool
-    source = dataset_tool.open_builtin(f'builtin:digits-{split}')
-    return source.images.reshape(len(source.images), -1).astype(np.float64) / 255, np.asarray(source.labels)
+    from training import digits
+    return digits.pixels(split)
 
 def frechet_distance(a, b):
     import scipy.linalg

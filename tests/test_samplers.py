@@ -206,10 +206,13 @@ def test_self_guidance_uses_the_unconditional_branch():
     assert torch.allclose(x, edm_sampler(GaussianDenoiser(net.means * w, s=net.s), noise, labels, num_steps=64), atol=1e-4)
     with pytest.raises(ValueError, match='unconditional'):
         edm_sampler(net, noise, None, guidance=w)
-    assert samplers.has_unconditional_branch(type('L', (), dict(p_uncond=0.1))())
-    assert samplers.has_unconditional_branch(type('L', (), dict(label_dropout=0.1))())
-    assert not samplers.has_unconditional_branch(type('L', (), dict(p_uncond=0.0))())
-    assert not samplers.has_unconditional_branch(None)
+    # Each family's loss declares whether its all-zero label was trained; official losses do not.
+    from training import generate, networks_edm2, networks_mar
+    assert generate.has_unconditional_branch(networks_edm2.EDM2Loss(p_uncond=0.1))
+    assert generate.has_unconditional_branch(networks_mar.MARLoss(label_dropout=0.1))
+    assert not generate.has_unconditional_branch(networks_edm2.EDM2Loss(p_uncond=0.0))
+    assert not generate.has_unconditional_branch(type('OfficialEDM2Loss', (), dict(p_uncond=0.1))())
+    assert not generate.has_unconditional_branch(None)
 
 #----------------------------------------------------------------------------
 # Evaluations, churn, dispatch, errors.

@@ -24,18 +24,17 @@ def invoke(args):
 
 def test_every_preset_resolves_and_builds():
     for name in presets.PRESETS:
-        opts = presets.resolve(name)
-        family = presets.build(opts)
-        assert family.network_kwargs.class_name.startswith('training.networks_')
-        assert family.loss_kwargs.class_name.startswith('training.')
+        family = presets.family_kwargs(presets.resolve(name))
+        assert family['network_kwargs']['class_name'].startswith('training.networks_')
+        assert family['loss_kwargs']['class_name'].startswith('training.')
 
 def test_multisource_presets_table():
     opts = presets.resolve('edm2-img256-xs-5c-500')
-    assert (opts.duration, opts.lr, opts.decay, opts.channels, opts.batch) == ('128Mi', 0.006, 4000, 128, 2048)
+    assert (opts.duration, opts.lr, opts.decay, opts.channels, opts.batch) == (128 << 20, 0.006, 4000, 128, 2048)
     assert (opts.P_mean, opts.P_std, opts.dropout, opts.lr_schedule) == (-0.4, 1.0, 0.0, 'multisource')
     assert len([n for n in presets.PRESETS if n.startswith('edm2-img256-xs-')]) == 12
     official = presets.resolve('edm2-img512-xxl')
-    assert (official.duration, official.channels, official.lr, official.dropout) == ('896Mi', 448, 0.0065, 0.1)
+    assert (official.duration, official.channels, official.lr, official.dropout) == (896 << 20, 448, 0.0065, 0.1)
 
 def test_dry_run_applies_overrides(digits_zip, tmp_path):
     result = invoke(['--preset', 'edm2-digits', '--data', digits_zip, '--outdir', str(tmp_path / 'run'), '--dry-run',

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from torch_utils import persistence
+from training import networks_edm2
 from training import training_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +30,7 @@ def loop_kwargs(run_dir, total_nimg=8000, noise=True, ema=True, **kwargs):
         network_kwargs=dict(class_name='loop_family.TinyNet'),
         loss_kwargs=dict(class_name='loop_family.TinyLoss', noise=noise),
         optimizer_kwargs=dict(class_name='torch.optim.Adam', betas=(0.9, 0.99)),
-        lr_kwargs=dict(func_name='training.training_loop.learning_rate_schedule', ref_lr=0.01, ref_batches=100, rampup_Mimg=0.001),
+        lr_kwargs=dict(func_name='training.networks_edm2.learning_rate_schedule', ref_lr=0.01, ref_batches=100, rampup_Mimg=0.001),
         ema_kwargs=dict(class_name='training.phema.PowerFunctionEMA', stds=[0.05, 0.1]) if ema else None,
         run_dir=str(run_dir), seed=1, batch_size=8, total_nimg=total_nimg,
         status_nimg=2000, snapshot_nimg=4000, checkpoint_nimg=2000, device='cpu',
@@ -55,12 +56,12 @@ def assert_states_equal(a, b):
 #----------------------------------------------------------------------------
 
 def test_learning_rate_schedules():
-    lr = training_loop.learning_rate_schedule
+    lr = networks_edm2.learning_rate_schedule
     # Warm-up: linear over rampup_Mimg; then constant until ref_batches; then 1/sqrt.
     assert lr(cur_nimg=0.5e6, batch_size=100, ref_lr=0.01, ref_batches=70e3, rampup_Mimg=1) == pytest.approx(0.005)
     assert lr(cur_nimg=2e6, batch_size=100, ref_lr=0.01, ref_batches=70e3, rampup_Mimg=1) == pytest.approx(0.01)
     assert lr(cur_nimg=4 * 70e3 * 100, batch_size=100, ref_lr=0.01, ref_batches=70e3, rampup_Mimg=1) == pytest.approx(0.005)
-    ms = training_loop.multisource_lr_schedule
+    ms = networks_edm2.multisource_lr_schedule
     t_ref = 2000 * 2048
     assert ms(cur_nimg=t_ref - 2048, batch_size=2048, ref_lr=0.004, ref_batches=2000, rampup_Mimg=0) == pytest.approx(0.004)
     assert ms(cur_nimg=t_ref, batch_size=2048, ref_lr=0.004, ref_batches=2000, rampup_Mimg=0) == pytest.approx(0.002)

@@ -2,7 +2,9 @@
 LOCAL_RANK, MASTER_ADDR, MASTER_PORT) describes the job; a plain `python` call is a world of one.
 NCCL is used on CUDA, Gloo on CPU."""
 
+import atexit
 import os
+
 import torch
 
 from torch_utils import training_stats
@@ -29,6 +31,9 @@ def init():
         if backend == 'nccl':
             torch.cuda.set_device(get_device())
         torch.distributed.init_process_group(backend=backend, init_method='env://')
+        # Shut the group down before the interpreter does: a Gloo thread still alive at exit makes
+        # the process abort ("terminate called without an active exception") after its work is done.
+        atexit.register(torch.distributed.destroy_process_group)
     sync_device = get_device() if world_size > 1 and torch.cuda.is_available() else None
     training_stats.init_multiprocessing(rank=get_rank(), sync_device=sync_device)
 
@@ -50,12 +55,6 @@ def all_reduce_sum(tensor):
     if is_initialized():
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
     return tensor
-
-def should_stop():
-    return False
-
-def update_progress(cur, total):
-    _ = cur, total
 
 def print0(*args, **kwargs):
     """print() on rank 0 only."""

@@ -19,7 +19,6 @@ from torch_utils import util
 
 _version = 6                # Format version, as written by the official code.
 _decorators = set()         # Every decorator class created so far.
-_import_hooks = []          # Functions applied to `meta` before reconstruction.
 _module_to_src_dict = {}    # module -> source text
 _src_to_module_dict = {}    # source text -> module
 
@@ -84,12 +83,6 @@ def is_persistent(obj):
         pass
     return type(obj) in _decorators
 
-def import_hook(hook):
-    """Register `hook(meta) -> meta`, applied to every persistent object before it is rebuilt
-    (to patch old pickles: rename classes, fix state)."""
-    assert callable(hook)
-    _import_hooks.append(hook)
-
 #----------------------------------------------------------------------------
 # Loading pickles, including the official EDM2 ones. Those reference `dnnlib.util.EasyDict` for
 # option dicts, and the embedded source of their training loop/encoders does `import dnnlib`.
@@ -109,9 +102,6 @@ def load_pickle(f):
     """Unpickle a snapshot (ours or an official EDM2 one) from a binary file object."""
     return _Unpickler(f).load()
 
-def loads_pickle(data):
-    return load_pickle(io.BytesIO(data))
-
 def _dnnlib_alias():
     """A stand-in `dnnlib` module exposing what the official embedded sources use."""
     module = types.ModuleType('dnnlib')
@@ -125,9 +115,6 @@ def _dnnlib_alias():
 def _reconstruct_persistent_obj(meta):
     meta = util.EasyDict(meta)
     meta.state = util.EasyDict(meta.state)
-    for hook in _import_hooks:
-        meta = hook(meta)
-        assert meta is not None
     if meta.version != _version:
         raise ValueError(f'Unsupported persistent object version {meta.version} (expected {_version})')
     if meta.type != 'class':

@@ -3,6 +3,7 @@ name, URL/file opening through an on-disk cache, the stdout/stderr tee Logger, p
 and atomic output paths."""
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import io
@@ -274,5 +275,41 @@ class Logger:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+#----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# Bad input from the command line. Library code raises ValueError or OSError (FileNotFoundError,
+# PermissionError, ...) with a message naming the option or file; the scripts' commands are
+# wrapped so that these end the program with that one line on stderr and exit code 1, never a
+# traceback. Anything else (a bug) still shows its traceback.
+
+def error_message(e):
+    if isinstance(e, OSError) and e.strerror and e.filename and str(e.filename) not in str(e.strerror):
+        return f'{e.strerror}: {e.filename}'
+    return str(e)
+
+def one_line_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, OSError) as e:
+            print(f'Error: {error_message(e)}', file=sys.stderr, flush=True)
+            raise SystemExit(1) from e
+    return wrapper
+
+def check_writable(path, what):
+    """Fail before any work when `path` could not be created: its nearest existing folder is
+    read-only or a file, or the path itself is a folder. `what` names the option."""
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f'{what} {path}: {existing} is a file, not a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f'{what} {path}: the folder {existing} is not writable')
+    if os.path.isdir(path):
+        raise IsADirectoryError(f'{what} {path} is a folder')
 
 #----------------------------------------------------------------------------

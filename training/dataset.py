@@ -94,10 +94,6 @@ class Dataset(torch.utils.data.Dataset):
             return onehot
         return label.copy()
 
-    def get_details(self, idx):
-        return util.EasyDict(raw_idx=int(self._raw_idx[idx]), xflip=bool(self._xflip[idx]),
-            raw_label=self._get_raw_labels()[self._raw_idx[idx]].copy())
-
     @property
     def name(self):
         return self._name
@@ -133,10 +129,6 @@ class Dataset(torch.utils.data.Dataset):
     @property
     def has_labels(self):
         return any(x != 0 for x in self.label_shape)
-
-    @property
-    def has_onehot_labels(self):
-        return self._get_raw_labels().dtype == np.int64
 
     @property
     def source_names(self): # Class names by label, when the dataset records them; else None.
@@ -205,6 +197,8 @@ class FileTree:
                 for root, _dirs, files in os.walk(path) for fname in files)
         elif self.is_zip:
             self.fnames = sorted(f for f in self._get_zipfile().namelist() if not f.endswith('/'))
+        elif not os.path.exists(path):
+            raise FileNotFoundError(f'No such file or folder: {path}')
         else:
             raise IOError(f'Dataset path must be a folder or a .zip file: {path}')
 

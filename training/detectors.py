@@ -14,10 +14,10 @@ import io
 import os
 import pickle
 
-import numpy as np
 import torch
 
 from torch_utils import util
+from training import digits
 
 #----------------------------------------------------------------------------
 
@@ -185,20 +185,13 @@ def digits_pixels(images):
         x = torch.nn.functional.adaptive_avg_pool2d(x, (8, 8))
     return x.flatten(1) / 255
 
-def digits_train_split():
-    """The built-in digits training split: float64 pixels [N, 64] in [0, 1] and int64 labels [N]."""
-    import dataset_tool # pylint: disable=import-outside-toplevel
-    source = dataset_tool.open_builtin('builtin:digits-train')
-    images = np.asarray(source.images)
-    return images.reshape(len(images), -1).astype(np.float64) / 255, np.asarray(source.labels, dtype=np.int64)
-
 class DigitsDetector:
     name = 'fd_digits'
     feature_dim = 20
 
     def __init__(self, device=torch.device('cpu')):
         from sklearn.decomposition import PCA # pylint: disable=import-outside-toplevel
-        pca = PCA(self.feature_dim, random_state=0).fit(digits_train_split()[0])
+        pca = PCA(self.feature_dim, random_state=0).fit(digits.pixels('train')[0])
         self.device = torch.device(device)
         self.mean = torch.as_tensor(pca.mean_, dtype=torch.float64, device=self.device)
         self.components = torch.as_tensor(pca.components_, dtype=torch.float64, device=self.device)
@@ -218,7 +211,7 @@ class DigitsClassifier:
 
     def __init__(self, device=torch.device('cpu')):
         from sklearn.svm import SVC # pylint: disable=import-outside-toplevel
-        self.classifier = SVC(gamma='scale').fit(*digits_train_split())
+        self.classifier = SVC(gamma='scale').fit(*digits.pixels('train'))
 
     def __call__(self, images):
         predicted = self.classifier.predict(digits_pixels(images).cpu().numpy())

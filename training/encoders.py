@@ -10,12 +10,10 @@ so either can stand in for the other.
 """
 
 import os
-import click
 import numpy as np
 import torch
 from torch_utils import misc
 from torch_utils import persistence
-from torch_utils import util
 
 #----------------------------------------------------------------------------
 # Base class: encode = encode_latents(encode_pixels(x)).
@@ -146,6 +144,15 @@ class QuantizeEncoder(Encoder):
 # Load a diffusers AutoencoderKL from a local folder, from this project's cache, or from the hub,
 # in that order, and say exactly what to do when none of them works (e.g. offline).
 
+def _cache_dir(*paths):
+    # This module's source travels inside snapshots and must also run in the official EDM2 tree,
+    # which keeps the cache-path helper in dnnlib instead of torch_utils.util.
+    try:
+        from torch_utils.util import make_cache_dir_path # pylint: disable=import-outside-toplevel
+    except ImportError:
+        from dnnlib import make_cache_dir_path # pylint: disable=import-outside-toplevel,import-error
+    return make_cache_dir_path(*paths)
+
 def load_stability_vae(vae_name='stabilityai/sd-vae-ft-mse', device=torch.device('cpu')):
     import diffusers
     load_kwargs = dict(low_cpu_mem_usage=False) # Without `accelerate`, True only adds a warning.
@@ -153,11 +160,11 @@ def load_stability_vae(vae_name='stabilityai/sd-vae-ft-mse', device=torch.device
         try:
             vae = diffusers.AutoencoderKL.from_pretrained(vae_name, **load_kwargs)
         except (OSError, ValueError) as e:
-            raise click.ClickException(f'Cannot load a diffusers AutoencoderKL from the folder {vae_name} '
-                f'(it must hold config.json and the weights written by save_pretrained()): {e}')
+            raise FileNotFoundError(f'Cannot load a diffusers AutoencoderKL from the folder {vae_name} '
+                f'(it must hold config.json and the weights written by save_pretrained()): {e}') from e
         return vae.eval().requires_grad_(False).to(device)
 
-    cache_dir = util.make_cache_dir_path('diffusers')
+    cache_dir = _cache_dir('diffusers')
     os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
     try:
         # The cache first, so that a cached model never touches the network.
@@ -168,7 +175,7 @@ def load_stability_vae(vae_name='stabilityai/sd-vae-ft-mse', device=torch.device
                 raise cache_error # The user said there is no network: do not wait for retries.
             vae = diffusers.AutoencoderKL.from_pretrained(vae_name, cache_dir=cache_dir, **load_kwargs)
         except (OSError, ValueError) as e:
-            raise click.ClickException(f'Cannot load the VAE "{vae_name}": it is not a local folder, '
+            raise FileNotFoundError(f'Cannot load the VAE "{vae_name}": it is not a local folder, '
                 f'not in the cache {cache_dir}, and the Hugging Face hub cannot be reached ({type(e).__name__}). '
                 f'To work offline, run on a machine with internet: python -c "import diffusers; '
                 f"diffusers.AutoencoderKL.from_pretrained('{vae_name}').save_pretrained('sd-vae')\" "

@@ -235,9 +235,13 @@ class ARDMNet(torch.nn.Module):
     @torch.no_grad()
     def update_step_loss(self, step, bits):
         """Fold observations `bits` [N] at steps `step` [N] into L: each observation multiplies the
-        old value's weight by loss_decay; the first one replaces the initial value."""
+        old value's weight by loss_decay; the first one replaces the initial value. Under torchrun
+        the observations of every rank are pooled, so that L stays the same on every rank."""
         counts = torch.bincount(step, minlength=self.num_steps).to(torch.float64)
         sums = torch.bincount(step, weights=bits.detach().to(torch.float64), minlength=self.num_steps)
+        if dist.get_world_size() > 1:
+            pooled = dist.all_reduce_sum(torch.stack([counts, sums]))
+            counts, sums = pooled[0], pooled[1]
         keep = torch.where(self.step_count > 0, self.loss_decay ** counts, torch.zeros_like(counts))
         mean = sums / counts.clamp(min=1)
         self.step_loss.copy_(torch.where(counts > 0, keep * self.step_loss + (1 - keep) * mean, self.step_loss))
@@ -385,5 +389,42 @@ class ARDMLoss:
         step_bits = nll / (module.num_dims - t) / np.log(2) # The loss of one dimension revealed at step g.
         module.update_step_loss(step, step_bits)
         return step_bits * module.num_stages
+
+#----------------------------------------------------------------------------
+# The family's preset options (training/presets.py; COMMON_OPTIONS there apply too, some with
+# other defaults here) and the training-loop arguments they give. The paper's optimiser: Adam
+# 1e-4, gradient clipping at 100, an EMA of the weights (evaluated and sampled with the EMA).
+
+FAMILY = 'ardm'
+
+OPTIONS = dict(
+    levels              = 256,          # K: discrete levels per channel (the dataset is quantized on the fly).
+    branch              = 0,            # Upscale ARDM: branch factor b, most significant digits first (0 = OA-ARDM).
+    channels            = 256,          # Channels of the residual blocks.
+    num_blocks          = 32,           # Residual blocks (full resolution, as in the paper).
+    dropout             = 0.0,          # Dropout probability.
+    cond_blur           = 0.0,          # P(x|z): std (pixels) of the Gaussian blur giving z (0 = no z).
+    loss_decay          = 0.999,        # Running per-step loss L_t: weight of the old value per observation.
+    lr                  = 1e-4,         # Adam learning rate.
+    betas               = [0.9, 0.999], # Adam betas.
+    rampup              = 0.0,          # Learning rate warm-up (millions of images).
+    grad_clip           = 100.0,        # Gradient norm clipping.
+    ema_beta            = 0.9999,       # EMA decay per step.
+    ema_halflife        = 0.0,          # EMA half-life in kimg instead of ema_beta (0 = use ema_beta).
+    batch               = 128,          # Total batch size.
+)
+
+def loop_kwargs(o):
+    """Network, loss, encoder, optimizer, learning rate and EMA arguments of training_loop()."""
+    return dict(
+        encoder_kwargs      = dict(class_name='training.encoders.QuantizeEncoder', levels=o.levels),
+        network_kwargs      = dict(class_name='training.networks_ardm.ARDMNet', levels=o.levels, branch=o.branch or None,
+                                model_channels=o.channels, num_blocks=o.num_blocks, dropout=o.dropout,
+                                cond_blur=o.cond_blur, loss_decay=o.loss_decay),
+        loss_kwargs         = dict(class_name='training.networks_ardm.ARDMLoss'),
+        optimizer_kwargs    = dict(class_name='torch.optim.Adam', betas=o.betas, eps=1e-8),
+        lr_kwargs           = dict(func_name='training.training_loop.constant_lr', ref_lr=o.lr, rampup_Mimg=o.rampup),
+        ema_kwargs          = dict(class_name='training.phema.TraditionalEMA', beta=o.ema_beta, halflife_kimg=o.ema_halflife),
+    )
 
 #----------------------------------------------------------------------------

@@ -191,6 +191,10 @@ class UNet(torch.nn.Module):
         **block_kwargs,                     # Arguments for Block.
     ):
         super().__init__()
+        levels = len(channel_mult)
+        if levels < 1 or img_resolution % (1 << (levels - 1)) != 0:
+            raise ValueError(f'channel_mult has {levels} resolution levels, too many for {img_resolution}x{img_resolution} '
+                f'inputs: each level halves the resolution, so it must be divisible by {1 << max(levels - 1, 0)}')
         cblock = [model_channels * x for x in channel_mult]
         cnoise = model_channels * channel_mult_noise if channel_mult_noise is not None else cblock[0]
         cemb = model_channels * channel_mult_emb if channel_mult_emb is not None else max(cblock)
@@ -320,10 +324,16 @@ class EDM2Loss:
     def __init__(self, P_mean=-0.4, P_std=1.0, sigma_data=0.5, p_uncond=0.0):
         if not 0 <= p_uncond < 1:
             raise ValueError(f'p_uncond must be in [0, 1), got {p_uncond}')
+        if not P_std > 0 or not sigma_data > 0:
+            raise ValueError(f'P_std and sigma_data must be positive, got {P_std} and {sigma_data}')
         self.P_mean = P_mean
         self.P_std = P_std
         self.sigma_data = sigma_data
         self.p_uncond = p_uncond
+
+    @property
+    def has_unconditional_branch(self): # docs/families.md: the all-zero label was trained.
+        return self.p_uncond > 0
 
     def __call__(self, net, images, labels=None):
         rnd_normal = torch.randn([images.shape[0], 1, 1, 1], device=images.device)
@@ -336,5 +346,75 @@ class EDM2Loss:
         denoised, logvar = net(images + noise, sigma, labels, return_logvar=True)
         loss = (weight / logvar.exp()) * ((denoised - images) ** 2) + logvar
         return loss
+
+#----------------------------------------------------------------------------
+# Learning-rate schedules, chosen by the preset option `lr_schedule` (LR_SCHEDULES).
+
+def learning_rate_schedule(cur_nimg, batch_size, ref_lr=100e-4, ref_batches=70e3, rampup_Mimg=10):
+    """EDM2: linear warm-up over `rampup_Mimg` million images, constant until `ref_batches`
+    batches, then inverse square root decay."""
+    lr = ref_lr
+    if ref_batches > 0:
+        lr /= np.sqrt(max(cur_nimg / (ref_batches * batch_size), 1))
+    if rampup_Mimg > 0:
+        lr *= min(cur_nimg / (rampup_Mimg * 1e6), 1)
+    return lr
+
+def multisource_lr_schedule(cur_nimg, batch_size, ref_lr=100e-4, ref_batches=70e3, rampup_Mimg=10):
+    """The multi-source study's variant: ref_lr until decay*batch images t_ref, then
+    ref_lr / sqrt(4 t / t_ref) (a step down by half at t_ref, then inverse square root)."""
+    lr = ref_lr
+    t_ref = ref_batches * batch_size
+    if ref_batches > 0 and cur_nimg >= t_ref:
+        lr /= np.sqrt(4 * cur_nimg / t_ref)
+    if rampup_Mimg > 0:
+        lr *= min(cur_nimg / (rampup_Mimg * 1e6), 1)
+    return lr
+
+LR_SCHEDULES = dict(
+    edm2        = 'training.networks_edm2.learning_rate_schedule',  # Inverse sqrt after `decay` batches (decay 0: constant).
+    multisource = 'training.networks_edm2.multisource_lr_schedule', # The multi-source study's variant.
+)
+
+#----------------------------------------------------------------------------
+# The family's preset options (training/presets.py; COMMON_OPTIONS there apply too) and the
+# training-loop arguments they give. Plain dicts: this source travels inside every snapshot.
+
+FAMILY = 'edm2'
+
+OPTIONS = dict(
+    channels            = 192,          # Base channel count (model_channels).
+    channel_mult        = [1, 2, 3, 4], # Per-resolution channel multipliers (one resolution level each).
+    num_blocks          = 3,            # Blocks per resolution.
+    attn_resolutions    = [16, 8],      # Resolutions with self-attention.
+    dropout             = 0.0,          # Dropout probability.
+    P_mean              = -0.4,         # Log-normal noise level distribution: mean.
+    P_std               = 1.0,          # Log-normal noise level distribution: std.
+    sigma_data          = 0.5,          # Expected standard deviation of the training data.
+    p_uncond            = 0.0,          # Label dropout probability (classifier-free guidance).
+    decay               = 70000,        # Learning rate decay: batches before the inverse-sqrt decay (0 = none).
+    rampup              = 10.0,         # Learning rate warm-up (millions of images).
+    lr_schedule         = 'edm2',       # Name in LR_SCHEDULES.
+    ema_stds            = [0.050, 0.100], # Power-function EMA profiles saved in the snapshots.
+    fp16                = True,         # Mixed precision (CUDA only; CPU always runs fp32).
+    vae                 = 'stabilityai/sd-vae-ft-mse', # VAE for latent datasets (hub name or local folder).
+)
+
+def loop_kwargs(o):
+    """Network, loss, encoder (None: chosen from the dataset), optimizer, learning rate and EMA
+    arguments of training_loop() for resolved options `o` (attribute access)."""
+    if o.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f'lr_schedule "{o.lr_schedule}" is not an EDM2 schedule; choose from {", ".join(LR_SCHEDULES)}')
+    return dict(
+        encoder_kwargs      = None,
+        network_kwargs      = dict(class_name='training.networks_edm2.Precond', model_channels=o.channels,
+                                channel_mult=o.channel_mult, num_blocks=o.num_blocks, attn_resolutions=o.attn_resolutions,
+                                dropout=o.dropout, sigma_data=o.sigma_data, use_fp16=o.fp16),
+        loss_kwargs         = dict(class_name='training.networks_edm2.EDM2Loss', P_mean=o.P_mean, P_std=o.P_std,
+                                sigma_data=o.sigma_data, p_uncond=o.p_uncond),
+        optimizer_kwargs    = dict(class_name='torch.optim.Adam', betas=[0.9, 0.99], eps=1e-8),
+        lr_kwargs           = dict(func_name=LR_SCHEDULES[o.lr_schedule], ref_lr=o.lr, ref_batches=o.decay, rampup_Mimg=o.rampup),
+        ema_kwargs          = dict(class_name='training.phema.PowerFunctionEMA', stds=o.ema_stds),
+    )
 
 #----------------------------------------------------------------------------

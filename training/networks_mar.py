@@ -475,6 +475,8 @@ class MARLoss:
         mask_ratio_std  = 0.25, # Its standard deviation (mean 1).
         batch_mul       = 4,    # Noise draws per masked token (diffusion_batch_mul).
     ):
+        if not 0 <= label_dropout < 1 or not 0 <= mask_ratio_min <= 1:
+            raise ValueError(f'MAR: label_dropout must be in [0, 1) and mask_ratio_min in [0, 1], got {label_dropout} and {mask_ratio_min}')
         self.label_dropout = label_dropout
         self.mask_ratio_min = mask_ratio_min
         self.mask_ratio_std = mask_ratio_std
@@ -496,5 +498,67 @@ class MARLoss:
             labels = labels * keep.to(labels.dtype)
         mask = self.draw_mask(images.shape[0], module.seq_len, images.device)
         return net(images, labels, mask=mask, batch_mul=self.batch_mul)
+
+    @property
+    def has_unconditional_branch(self): # docs/families.md: the null class was trained.
+        return self.label_dropout > 0
+
+#----------------------------------------------------------------------------
+# The family's preset options (training/presets.py; COMMON_OPTIONS there apply too, some with
+# other defaults here) and the training-loop arguments they give. The paper's recipe: AdamW
+# (0.9, 0.95), weight decay 0.02 (not on biases, norms and the head), lr 1e-4 per 256 images
+# (8e-4 at batch 2048), 100 epochs of warm-up then constant, gradient clip 3.0, EMA 0.9999.
+
+FAMILY = 'mar'
+
+OPTIONS = dict(
+    patch_size          = 2,            # Tokens are patch_size x patch_size patches of the net-space image.
+    width               = 768,          # Transformer width (encoder and decoder).
+    encoder_depth       = 12,           # Encoder blocks.
+    decoder_depth       = 12,           # Decoder blocks.
+    num_heads           = 12,           # Attention heads.
+    buffer_tokens       = 64,           # Buffer tokens carrying the class embedding.
+    dropout             = 0.1,          # Attention and projection dropout.
+    head                = 'diffusion',  # Per-token head: 'diffusion' (DiffLoss) or 'flow'.
+    head_width          = 1024,         # Head MLP width.
+    head_depth          = 6,            # Head residual blocks.
+    head_sample_steps   = 0,            # Head sampling steps (0 = the head's default: 100 diffusion, 50 flow).
+    flow_prediction     = 'v',          # Flow head: predict the velocity 'v' or the clean token 'x'.
+    flow_solver         = 'heun',       # Flow head: 'heun' or 'euler'.
+    data_bound          = 0.0,          # Clip predicted clean tokens to [-bound, bound]: 1.0 for pixels, 0 = off (latents).
+    sample_steps        = 64,           # Default generation steps K.
+    label_dropout       = 0.1,          # Label dropout to the null class (guidance).
+    mask_ratio_min      = 0.7,          # Mask ratio ~ normal(1, 0.25) truncated to [mask_ratio_min, 1].
+    batch_mul           = 4,            # Head noise draws per masked token (diffusion_batch_mul).
+    mixed_precision     = True,         # bfloat16 transformer on CUDA.
+    lr                  = 8e-4,         # AdamW learning rate after warm-up.
+    betas               = [0.9, 0.95],  # AdamW betas.
+    weight_decay        = 0.02,         # AdamW weight decay.
+    rampup              = 128.1,        # Learning rate warm-up (millions of images; 100 ImageNet epochs).
+    grad_clip           = 3.0,          # Gradient norm clipping.
+    ema_beta            = 0.9999,       # EMA decay per step.
+    ema_halflife        = 0.0,          # EMA half-life in kimg instead of ema_beta (0 = use ema_beta).
+    vae                 = 'stabilityai/sd-vae-ft-mse', # VAE for latent datasets (hub name or local folder).
+)
+
+def loop_kwargs(o):
+    """Network, loss, encoder (None: chosen from the dataset), optimizer, learning rate and EMA
+    arguments of training_loop() for resolved options `o` (attribute access)."""
+    head_kwargs = dict(prediction=o.flow_prediction, solver=o.flow_solver) if o.head == 'flow' else dict()
+    if o.head_sample_steps:
+        head_kwargs['sample_steps'] = o.head_sample_steps
+    return dict(
+        encoder_kwargs      = None,
+        network_kwargs      = dict(class_name='training.networks_mar.MAR', patch_size=o.patch_size, width=o.width,
+                                encoder_depth=o.encoder_depth, decoder_depth=o.decoder_depth, num_heads=o.num_heads,
+                                buffer_tokens=o.buffer_tokens, dropout=o.dropout, head=o.head, head_width=o.head_width,
+                                head_depth=o.head_depth, head_kwargs=head_kwargs, data_bound=o.data_bound or None,
+                                sample_steps=o.sample_steps, mixed_precision=o.mixed_precision),
+        loss_kwargs         = dict(class_name='training.networks_mar.MARLoss', label_dropout=o.label_dropout,
+                                mask_ratio_min=o.mask_ratio_min, batch_mul=o.batch_mul),
+        optimizer_kwargs    = dict(class_name='torch.optim.AdamW', betas=o.betas, weight_decay=o.weight_decay),
+        lr_kwargs           = dict(func_name='training.training_loop.constant_lr', ref_lr=o.lr, rampup_Mimg=o.rampup),
+        ema_kwargs          = dict(class_name='training.phema.TraditionalEMA', beta=o.ema_beta, halflife_kimg=o.ema_halflife),
+    )
 
 #----------------------------------------------------------------------------

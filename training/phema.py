@@ -124,20 +124,20 @@ class PowerFunctionEMA(_EMABase):
 #----------------------------------------------------------------------------
 
 class TraditionalEMA(_EMABase):
-    """ema <- beta * ema + (1 - beta) * net after every step. `halflife_kimg`, when given,
-    sets beta from the batch size so that the weight of an image halves every halflife_kimg
+    """ema <- beta * ema + (1 - beta) * net after every step. A positive `halflife_kimg` sets
+    beta from the batch size instead, so that the weight of an image halves every halflife_kimg
     thousand images. Snapshots are suffixed '-ema'."""
-    def __init__(self, net, beta=0.9999, halflife_kimg=None):
-        if halflife_kimg is not None and halflife_kimg <= 0:
-            raise ValueError(f'EMA half-life must be positive, got {halflife_kimg} kimg')
-        if halflife_kimg is None and not 0 <= beta < 1:
+    def __init__(self, net, beta=0.9999, halflife_kimg=0):
+        if halflife_kimg < 0:
+            raise ValueError(f'EMA half-life must be positive (0 = use beta), got {halflife_kimg} kimg')
+        if not halflife_kimg and not 0 <= beta < 1:
             raise ValueError(f'EMA beta must be in [0, 1), got {beta}')
         super().__init__(net, 1)
         self.beta = float(beta)
-        self.halflife_kimg = halflife_kimg
+        self.halflife_kimg = float(halflife_kimg)
 
     def _betas(self, cur_nimg, batch_size):
-        if self.halflife_kimg is not None:
+        if self.halflife_kimg:
             return [0.5 ** (batch_size / (self.halflife_kimg * 1000))]
         return [self.beta]
 

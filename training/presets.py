@@ -1,22 +1,29 @@
 """The single table of named configurations for every model family.
 
-A preset is a flat dict of options (`PRESETS[name]`); its `family` names a builder that turns
-the options into the family's part of the training-loop arguments (network, loss, encoder,
-optimizer, learning-rate schedule, EMA). train_edm2.py resolves a preset, applies the command
-line's overrides and builds the loop's arguments; generate_images.py reads GENERATION_PRESETS.
+A preset is a flat dict of options (`PRESETS[name]`). Its `family` names a module in `training/`
+(FAMILIES) that declares the family's options with their defaults (`OPTIONS`) and turns resolved
+options into its part of the training-loop arguments (`loop_kwargs`); COMMON_OPTIONS apply to
+every family. `resolve()` gives a preset's complete options with overrides applied and checked;
+training/config.py turns them into the arguments of training_loop(). generate_images.py reads
+GENERATION_PRESETS, the official EDM2 post-hoc-EMA snapshots.
 
-Adding a family: register its builder with @family(name, **defaults) and add presets with
-preset(name, family=name, ...). The training loop is not touched.
+Adding a family: one module with FAMILY, OPTIONS and loop_kwargs, listed in FAMILIES, and its
+presets below. The training loop is not touched.
 """
 
 import copy
-from torch_utils.util import EasyDict
 
-PRESETS = dict()    # name -> EasyDict of options
-FAMILIES = dict()   # family name -> EasyDict(builder=fn(opts) -> EasyDict, defaults=EasyDict)
+from torch_utils import util
+from torch_utils.util import EasyDict
+from training import networks_ardm
+from training import networks_edm2
+from training import networks_mar
+
+FAMILIES = {module.FAMILY: module for module in [networks_edm2, networks_ardm, networks_mar]}
 
 # Options every family understands (train_edm2.py has a flag for each; `--set` reaches the rest).
-COMMON_DEFAULTS = EasyDict(
+# Image counts accept Ki/Mi/Gi suffixes; an interval of 0 is off.
+COMMON_OPTIONS = dict(
     cond        = True,         # Train class-conditional (labels from dataset.json).
     duration    = '64Mi',       # Training duration in images.
     batch       = 2048,         # Total batch size.
@@ -28,92 +35,70 @@ COMMON_DEFAULTS = EasyDict(
     workers     = 2,            # DataLoader worker processes per GPU/process.
     xflip       = False,        # Random horizontal flips of the dataset (doubles it).
     lr          = 0.01,         # Reference learning rate.
-    grad_clip   = 0,            # Clip the gradient norm to this value (0 = off).
+    grad_clip   = 0.0,          # Clip the gradient norm to this value (0 = off).
 )
+NIMG_OPTIONS = ['duration', 'batch', 'batch_gpu', 'status', 'snapshot', 'checkpoint']
 
-def family(name, **defaults):
-    """Register a family builder: fn(opts) -> EasyDict with the keys encoder_kwargs (None: chosen
-    from the dataset), network_kwargs, loss_kwargs, optimizer_kwargs, lr_kwargs, ema_kwargs."""
-    def register(builder):
-        FAMILIES[name] = EasyDict(builder=builder, defaults=EasyDict(defaults))
-        return builder
-    return register
+PRESETS = dict() # name -> dict of options (family and the values that differ from the defaults)
+
+def defaults(family):
+    """Every option of a family with its default value."""
+    return dict(copy.deepcopy(COMMON_OPTIONS), **copy.deepcopy(FAMILIES[family].OPTIONS))
 
 def preset(name, **opts):
     assert name not in PRESETS, name
     assert opts.get('family') in FAMILIES, f'{name}: unknown family {opts.get("family")}'
-    unknown = set(opts) - {'family'} - set(COMMON_DEFAULTS) - set(FAMILIES[opts['family']].defaults)
+    unknown = set(opts) - {'family'} - set(defaults(opts['family']))
     assert not unknown, f'{name}: unknown options {sorted(unknown)}'
-    PRESETS[name] = EasyDict(opts)
+    PRESETS[name] = opts
 
 def resolve(name, overrides=None):
-    """The full option dict of a preset with `overrides` applied. Raises KeyError for an unknown
-    preset and ValueError for an override that the preset's family does not have."""
+    """The complete options of a preset with `overrides` applied: EasyDict, image counts parsed
+    to ints. Raises ValueError naming the preset or option for an unknown preset, an option the
+    family does not have, or a value of the wrong type."""
     if name not in PRESETS:
-        raise KeyError(name)
-    opts = EasyDict(copy.deepcopy(COMMON_DEFAULTS))
-    opts.update(copy.deepcopy(FAMILIES[PRESETS[name].family].defaults))
-    opts.update(copy.deepcopy(PRESETS[name]))
+        raise ValueError(f'unknown preset "{name}"; choose from: {", ".join(sorted(PRESETS))}')
+    family = PRESETS[name]['family']
+    default = defaults(family)
+    opts = EasyDict(default, **copy.deepcopy(PRESETS[name]))
     for key, value in (overrides or {}).items():
-        if key not in opts or key == 'family':
-            raise ValueError(f'option "{key}" does not apply to preset "{name}" (family {opts.family}); '
-                f'its options are: {", ".join(sorted(k for k in opts if k != "family"))}')
+        if key not in default:
+            raise ValueError(f'option "{key}" does not apply to preset "{name}" (family {family}); '
+                f'its options are: {", ".join(sorted(default))}')
         opts[key] = value
+    for key in default:
+        opts[key] = check_value(key, opts[key], default[key])
     return opts
 
-def build(opts):
-    """The family part of the training-loop arguments for resolved options."""
-    return FAMILIES[opts.family].builder(opts)
+def family_kwargs(opts):
+    """The family's part of the training-loop arguments for resolved options: dicts under
+    encoder_kwargs (None: chosen from the dataset), network_kwargs, loss_kwargs,
+    optimizer_kwargs, lr_kwargs and ema_kwargs."""
+    return FAMILIES[opts.family].loop_kwargs(opts)
 
-#----------------------------------------------------------------------------
-# Learning-rate schedules by name (functions in training/training_loop.py).
-
-LR_SCHEDULES = dict(
-    edm2        = 'training.training_loop.learning_rate_schedule',  # EDM2: inverse sqrt after `decay` batches.
-    multisource = 'training.training_loop.multisource_lr_schedule', # The multi-source study's variant.
-    constant    = 'training.training_loop.constant_lr',             # Warm-up, then constant.
-)
-
-def lr_schedule_kwargs(opts, **kwargs):
-    if opts.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f'unknown lr_schedule "{opts.lr_schedule}"; choose from {", ".join(LR_SCHEDULES)}')
-    return EasyDict(func_name=LR_SCHEDULES[opts.lr_schedule], **kwargs)
+def check_value(key, value, default):
+    """`value` in the type of the option's default (ints pass for floats, lists element by
+    element), image counts parsed; ValueError naming the option otherwise."""
+    if key in NIMG_OPTIONS:
+        try:
+            return util.parse_nimg(value)
+        except ValueError as e:
+            raise ValueError(f'option "{key}": {e}') from None
+    expected = type(default)
+    if isinstance(default, list):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f'option "{key}" expects a list like {default}, got {value!r}')
+        return [check_value(key, v, default[0]) for v in value] if default else list(value)
+    ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        kind = {bool: 'True or False', int: 'an integer', float: 'a number', str: 'a string'}.get(expected, expected.__name__)
+        raise ValueError(f'option "{key}" expects {kind}, got {value!r}')
+    return value
 
 #----------------------------------------------------------------------------
 # EDM2: magnitude-preserving U-Net with the EDM2 loss (training/networks_edm2.py).
-
-@family('edm2',
-    channels            = 192,          # Base channel count (model_channels).
-    channel_mult        = None,         # Per-resolution multipliers (None = network default [1,2,3,4]).
-    num_blocks          = None,         # Blocks per resolution (None = network default 3).
-    attn_resolutions    = None,         # Resolutions with self-attention (None = network default [16,8]).
-    dropout             = 0.0,          # Dropout probability.
-    P_mean              = -0.4,         # Log-normal noise level distribution: mean.
-    P_std               = 1.0,          # Log-normal noise level distribution: std.
-    sigma_data          = 0.5,          # Expected standard deviation of the training data.
-    p_uncond            = 0.0,          # Label dropout probability (classifier-free guidance).
-    decay               = 70000,        # Learning rate decay: batches before the inverse-sqrt decay.
-    rampup              = 10.0,         # Learning rate warm-up (millions of images).
-    lr_schedule         = 'edm2',       # Name in LR_SCHEDULES.
-    ema_stds            = [0.050, 0.100], # Power-function EMA profiles saved in the snapshots.
-    fp16                = True,         # Mixed precision (CUDA only; CPU always runs fp32).
-    vae                 = 'stabilityai/sd-vae-ft-mse', # VAE for latent datasets (hub name or local folder).
-)
-def _build_edm2(o):
-    network_kwargs = EasyDict(class_name='training.networks_edm2.Precond', model_channels=o.channels,
-        dropout=o.dropout, sigma_data=o.sigma_data, use_fp16=o.fp16)
-    for key in ['channel_mult', 'num_blocks', 'attn_resolutions']:
-        if o[key] is not None:
-            network_kwargs[key] = o[key]
-    return EasyDict(
-        encoder_kwargs      = None, # From the dataset: pixels, or 8-channel VAE latents decoded with `vae`.
-        network_kwargs      = network_kwargs,
-        loss_kwargs         = EasyDict(class_name='training.networks_edm2.EDM2Loss', P_mean=o.P_mean, P_std=o.P_std,
-                                sigma_data=o.sigma_data, p_uncond=o.p_uncond),
-        optimizer_kwargs    = EasyDict(class_name='torch.optim.Adam', betas=[0.9, 0.99], eps=1e-8),
-        lr_kwargs           = lr_schedule_kwargs(o, ref_lr=o.lr, ref_batches=o.decay, rampup_Mimg=o.rampup),
-        ema_kwargs          = EasyDict(class_name='training.phema.PowerFunctionEMA', stds=o.ema_stds),
-    )
 
 # The official EDM2 presets (ImageNet-512 via 64x64x4 latents; ImageNet-64 in pixels).
 for _size, _dur, _ch, _lr, _drop in [('xxs', '2048Mi', 64, 0.0170, 0.0), ('xs', '2048Mi', 128, 0.0120, 0.0),
@@ -148,42 +133,7 @@ preset('edm2-digits', family='edm2', duration='128Ki', batch=128, status='8Ki', 
 
 #----------------------------------------------------------------------------
 # ARDM: order-agnostic and upscale autoregressive diffusion over K discrete levels
-# (training/networks_ardm.py; Hoogeboom et al., ICLR 2022). The paper's optimiser: Adam 1e-4,
-# gradient clipping at 100, an EMA of the weights (evaluated and sampled with the EMA).
-
-@family('ardm',
-    levels              = 256,          # K: discrete levels per channel (the dataset is quantized on the fly).
-    branch              = 0,            # Upscale ARDM: branch factor b, most significant digits first (0 = OA-ARDM).
-    channels            = 256,          # Channels of the residual blocks.
-    num_blocks          = 32,           # Residual blocks (full resolution, as in the paper).
-    dropout             = 0.0,          # Dropout probability.
-    cond_blur           = 0.0,          # P(x|z): std (pixels) of the Gaussian blur giving z (0 = no z).
-    loss_decay          = 0.999,        # Running per-step loss L_t: weight of the old value per observation.
-    lr                  = 1e-4,         # Adam learning rate.
-    betas               = [0.9, 0.999], # Adam betas.
-    rampup              = 0.0,          # Learning rate warm-up (millions of images).
-    lr_schedule         = 'constant',   # Name in LR_SCHEDULES.
-    grad_clip           = 100,          # Gradient norm clipping.
-    ema_beta            = 0.9999,       # EMA decay per step.
-    ema_halflife        = 0,            # EMA half-life in kimg instead of ema_beta (0 = use ema_beta).
-    batch               = 128,          # Total batch size.
-)
-def _build_ardm(o):
-    ema_kwargs = EasyDict(class_name='training.phema.TraditionalEMA')
-    if o.ema_halflife:
-        ema_kwargs.halflife_kimg = o.ema_halflife
-    else:
-        ema_kwargs.beta = o.ema_beta
-    return EasyDict(
-        encoder_kwargs      = EasyDict(class_name='training.encoders.QuantizeEncoder', levels=o.levels),
-        network_kwargs      = EasyDict(class_name='training.networks_ardm.ARDMNet', levels=o.levels, branch=o.branch or None,
-                                model_channels=o.channels, num_blocks=o.num_blocks, dropout=o.dropout,
-                                cond_blur=o.cond_blur, loss_decay=o.loss_decay),
-        loss_kwargs         = EasyDict(class_name='training.networks_ardm.ARDMLoss'),
-        optimizer_kwargs    = EasyDict(class_name='torch.optim.Adam', betas=o.betas, eps=1e-8),
-        lr_kwargs           = lr_schedule_kwargs(o, ref_lr=o.lr, rampup_Mimg=o.rampup),
-        ema_kwargs          = ema_kwargs,
-    )
+# (training/networks_ardm.py; Hoogeboom et al., ICLR 2022).
 
 # Built-in 8x8 digits (17 gray levels), class-conditional: about 13 minutes on one CPU thread.
 # The paper's optimiser with an EMA half-life short enough for a run this short.
@@ -200,62 +150,7 @@ preset('ardm-upscale4-cifar10', family='ardm', levels=256, branch=4, channels=25
 
 #----------------------------------------------------------------------------
 # MAR: masked autoregressive transformer with a per-token diffusion (or flow) head
-# (training/networks_mar.py; Li et al., 2024, arXiv 2406.11838). The paper's recipe: AdamW
-# (0.9, 0.95), weight decay 0.02 (not on biases, norms and the head), lr 1e-4 per 256 images
-# (8e-4 at batch 2048), 100 epochs of warm-up then constant, gradient clip 3.0, EMA 0.9999.
-
-@family('mar',
-    patch_size          = 2,            # Tokens are patch_size x patch_size patches of the net-space image.
-    width               = 768,          # Transformer width (encoder and decoder).
-    encoder_depth       = 12,           # Encoder blocks.
-    decoder_depth       = 12,           # Decoder blocks.
-    num_heads           = 12,           # Attention heads.
-    buffer_tokens       = 64,           # Buffer tokens carrying the class embedding.
-    dropout             = 0.1,          # Attention and projection dropout.
-    head                = 'diffusion',  # Per-token head: 'diffusion' (DiffLoss) or 'flow'.
-    head_width          = 1024,         # Head MLP width.
-    head_depth          = 6,            # Head residual blocks.
-    head_sample_steps   = 0,            # Head sampling steps (0 = the head's default: 100 diffusion, 50 flow).
-    flow_prediction     = 'v',          # Flow head: predict the velocity 'v' or the clean token 'x'.
-    flow_solver         = 'heun',       # Flow head: 'heun' or 'euler'.
-    data_bound          = None,         # Clip predicted clean tokens to [-bound, bound]: 1.0 for pixels, None for latents.
-    sample_steps        = 64,           # Default generation steps K.
-    label_dropout       = 0.1,          # Label dropout to the null class (guidance).
-    mask_ratio_min      = 0.7,          # Mask ratio ~ normal(1, 0.25) truncated to [mask_ratio_min, 1].
-    batch_mul           = 4,            # Head noise draws per masked token (diffusion_batch_mul).
-    mixed_precision     = True,         # bfloat16 transformer on CUDA.
-    lr                  = 8e-4,         # AdamW learning rate after warm-up.
-    betas               = [0.9, 0.95],  # AdamW betas.
-    weight_decay        = 0.02,         # AdamW weight decay.
-    rampup              = 128.1,        # Learning rate warm-up (millions of images; 100 ImageNet epochs).
-    lr_schedule         = 'constant',   # Name in LR_SCHEDULES.
-    grad_clip           = 3.0,          # Gradient norm clipping.
-    ema_beta            = 0.9999,       # EMA decay per step.
-    ema_halflife        = 0,            # EMA half-life in kimg instead of ema_beta (0 = use ema_beta).
-    vae                 = 'stabilityai/sd-vae-ft-mse', # VAE for latent datasets (hub name or local folder).
-)
-def _build_mar(o):
-    head_kwargs = dict(prediction=o.flow_prediction, solver=o.flow_solver) if o.head == 'flow' else dict()
-    if o.head_sample_steps:
-        head_kwargs['sample_steps'] = o.head_sample_steps
-    ema_kwargs = EasyDict(class_name='training.phema.TraditionalEMA')
-    if o.ema_halflife:
-        ema_kwargs.halflife_kimg = o.ema_halflife
-    else:
-        ema_kwargs.beta = o.ema_beta
-    return EasyDict(
-        encoder_kwargs      = None, # From the dataset: pixels (bounded), or VAE latents (unbounded).
-        network_kwargs      = EasyDict(class_name='training.networks_mar.MAR', patch_size=o.patch_size, width=o.width,
-                                encoder_depth=o.encoder_depth, decoder_depth=o.decoder_depth, num_heads=o.num_heads,
-                                buffer_tokens=o.buffer_tokens, dropout=o.dropout, head=o.head, head_width=o.head_width,
-                                head_depth=o.head_depth, head_kwargs=head_kwargs, data_bound=o.data_bound,
-                                sample_steps=o.sample_steps, mixed_precision=o.mixed_precision),
-        loss_kwargs         = EasyDict(class_name='training.networks_mar.MARLoss', label_dropout=o.label_dropout,
-                                mask_ratio_min=o.mask_ratio_min, batch_mul=o.batch_mul),
-        optimizer_kwargs    = EasyDict(class_name='torch.optim.AdamW', betas=o.betas, weight_decay=o.weight_decay),
-        lr_kwargs           = lr_schedule_kwargs(o, ref_lr=o.lr, rampup_Mimg=o.rampup),
-        ema_kwargs          = ema_kwargs,
-    )
+# (training/networks_mar.py; Li et al., 2024, arXiv 2406.11838).
 
 # ImageNet 256x256 through our 8x-downsampling VAE: 32x32x4 latents in 2x2 patches give the
 # paper's 16x16 = 256 tokens of 16 numbers (the paper: a 16x-downsampling VAE with 16 channels,
@@ -274,41 +169,51 @@ preset('mar-digits', **_MAR_DIGITS)
 preset('mar-digits-flow', **(_MAR_DIGITS | dict(head='flow')))
 
 #----------------------------------------------------------------------------
-
-#----------------------------------------------------------------------------
-# The official EDM2 post-hoc-EMA presets (the table of the official generate_images.py),
-# read by generate_images.py --net/--gnet/--guidance:
-# the network, the guiding network and the guidance weight that gave the best FID / FD_DINOv2.
+# The official EDM2 post-hoc-EMA reconstructions (the preset table of NVlabs/edm2's
+# generate_images.py), read by generate_images.py --net/--gnet/--guidance: the network, the
+# guiding network and the guidance weight that gave the best FID or FD_DINOv2 in the EDM2 and
+# autoguidance papers (the score in the comments). Snapshot names: {model}-{kimg}-{ema std}.
 
 _model_root = 'https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions'
+GENERATION_PRESETS = dict()
 
-GENERATION_PRESETS = {
-    'edm2-img512-xs-fid':        EasyDict(net=f'{_model_root}/edm2-img512-xs-2147483-0.135.pkl'),   # fid = 3.53
-    'edm2-img512-s-fid':         EasyDict(net=f'{_model_root}/edm2-img512-s-2147483-0.130.pkl'),    # fid = 2.56
-    'edm2-img512-m-fid':         EasyDict(net=f'{_model_root}/edm2-img512-m-2147483-0.100.pkl'),    # fid = 2.25
-    'edm2-img512-l-fid':         EasyDict(net=f'{_model_root}/edm2-img512-l-1879048-0.085.pkl'),    # fid = 2.06
-    'edm2-img512-xl-fid':        EasyDict(net=f'{_model_root}/edm2-img512-xl-1342177-0.085.pkl'),   # fid = 1.96
-    'edm2-img512-xxl-fid':       EasyDict(net=f'{_model_root}/edm2-img512-xxl-0939524-0.070.pkl'),  # fid = 1.91
-    'edm2-img64-s-fid':          EasyDict(net=f'{_model_root}/edm2-img64-s-1073741-0.075.pkl'),     # fid = 1.58
-    'edm2-img64-m-fid':          EasyDict(net=f'{_model_root}/edm2-img64-m-2147483-0.060.pkl'),     # fid = 1.43
-    'edm2-img64-l-fid':          EasyDict(net=f'{_model_root}/edm2-img64-l-1073741-0.040.pkl'),     # fid = 1.33
-    'edm2-img64-xl-fid':         EasyDict(net=f'{_model_root}/edm2-img64-xl-0671088-0.040.pkl'),    # fid = 1.33
-    'edm2-img512-xs-dino':       EasyDict(net=f'{_model_root}/edm2-img512-xs-2147483-0.200.pkl'),   # fd_dinov2 = 103.39
-    'edm2-img512-s-dino':        EasyDict(net=f'{_model_root}/edm2-img512-s-2147483-0.190.pkl'),    # fd_dinov2 = 68.64
-    'edm2-img512-m-dino':        EasyDict(net=f'{_model_root}/edm2-img512-m-2147483-0.155.pkl'),    # fd_dinov2 = 58.44
-    'edm2-img512-l-dino':        EasyDict(net=f'{_model_root}/edm2-img512-l-1879048-0.155.pkl'),    # fd_dinov2 = 52.25
-    'edm2-img512-xl-dino':       EasyDict(net=f'{_model_root}/edm2-img512-xl-1342177-0.155.pkl'),   # fd_dinov2 = 45.96
-    'edm2-img512-xxl-dino':      EasyDict(net=f'{_model_root}/edm2-img512-xxl-0939524-0.150.pkl'),  # fd_dinov2 = 42.84
-    'edm2-img512-xs-guid-fid':   EasyDict(net=f'{_model_root}/edm2-img512-xs-2147483-0.045.pkl',  gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.045.pkl', guidance=1.4), # fid = 2.91
-    'edm2-img512-s-guid-fid':    EasyDict(net=f'{_model_root}/edm2-img512-s-2147483-0.025.pkl',   gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.025.pkl', guidance=1.4), # fid = 2.23
-    'edm2-img512-m-guid-fid':    EasyDict(net=f'{_model_root}/edm2-img512-m-2147483-0.030.pkl',   gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.030.pkl', guidance=1.2), # fid = 2.01
-    'edm2-img512-l-guid-fid':    EasyDict(net=f'{_model_root}/edm2-img512-l-1879048-0.015.pkl',   gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.015.pkl', guidance=1.2), # fid = 1.88
-    'edm2-img512-xl-guid-fid':   EasyDict(net=f'{_model_root}/edm2-img512-xl-1342177-0.020.pkl',  gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.020.pkl', guidance=1.2), # fid = 1.85
-    'edm2-img512-xxl-guid-fid':  EasyDict(net=f'{_model_root}/edm2-img512-xxl-0939524-0.015.pkl', gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.015.pkl', guidance=1.2), # fid = 1.81
-    'edm2-img512-xs-guid-dino':  EasyDict(net=f'{_model_root}/edm2-img512-xs-2147483-0.150.pkl',  gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.150.pkl', guidance=1.7), # fd_dinov2 = 79.94
-    'edm2-img512-s-guid-dino':   EasyDict(net=f'{_model_root}/edm2-img512-s-2147483-0.085.pkl',   gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.085.pkl', guidance=1.9), # fd_dinov2 = 52.32
-    'edm2-img512-m-guid-dino':   EasyDict(net=f'{_model_root}/edm2-img512-m-2147483-0.015.pkl',   gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.015.pkl', guidance=2.0), # fd_dinov2 = 41.98
-    'edm2-img512-l-guid-dino':   EasyDict(net=f'{_model_root}/edm2-img512-l-1879048-0.035.pkl',   gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.035.pkl', guidance=1.7), # fd_dinov2 = 38.20
-    'edm2-img512-xl-guid-dino':  EasyDict(net=f'{_model_root}/edm2-img512-xl-1342177-0.030.pkl',  gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.030.pkl', guidance=1.7), # fd_dinov2 = 35.67
-    'edm2-img512-xxl-guid-dino': EasyDict(net=f'{_model_root}/edm2-img512-xxl-0939524-0.015.pkl', gnet=f'{_model_root}/edm2-img512-xs-uncond-2147483-0.015.pkl', guidance=1.7), # fd_dinov2 = 33.09
-}
+def _generation_preset(name, net, gnet=None, guidance=None):
+    GENERATION_PRESETS[name] = EasyDict(net=f'{_model_root}/{net}.pkl')
+    if gnet is not None:
+        GENERATION_PRESETS[name].update(gnet=f'{_model_root}/{gnet}.pkl', guidance=guidance)
+
+# No guidance: (model, kimg, EMA std best for FID, for FD_DINOv2 (None: not published)).
+# img512 FID 3.53 2.56 2.25 2.06 1.96 1.91, FD_DINOv2 103.39 68.64 58.44 52.25 45.96 42.84; img64 FID 1.58 1.43 1.33 1.33.
+for _model, _kimg, _fid_std, _dino_std in [('img512-xs', '2147483', 0.135, 0.200), ('img512-s', '2147483', 0.130, 0.190),
+        ('img512-m', '2147483', 0.100, 0.155), ('img512-l', '1879048', 0.085, 0.155), ('img512-xl', '1342177', 0.085, 0.155),
+        ('img512-xxl', '0939524', 0.070, 0.150), ('img64-s', '1073741', 0.075, None), ('img64-m', '2147483', 0.060, None),
+        ('img64-l', '1073741', 0.040, None), ('img64-xl', '0671088', 0.040, None)]:
+    _generation_preset(f'edm2-{_model}-fid', f'edm2-{_model}-{_kimg}-{_fid_std:.3f}')
+    if _dino_std is not None:
+        _generation_preset(f'edm2-{_model}-dino', f'edm2-{_model}-{_kimg}-{_dino_std:.3f}')
+
+# Classifier-free guidance by the unconditional XS model at the same EMA std: (model, kimg,
+# (std, guidance) best for FID, for FD_DINOv2). FID 2.91 2.23 2.01 1.88 1.85 1.81, FD_DINOv2 79.94 52.32 41.98 38.20 35.67 33.09.
+for _model, _kimg, (_fid_std, _fid_w), (_dino_std, _dino_w) in [('img512-xs', '2147483', (0.045, 1.4), (0.150, 1.7)),
+        ('img512-s', '2147483', (0.025, 1.4), (0.085, 1.9)), ('img512-m', '2147483', (0.030, 1.2), (0.015, 2.0)),
+        ('img512-l', '1879048', (0.015, 1.2), (0.035, 1.7)), ('img512-xl', '1342177', (0.020, 1.2), (0.030, 1.7)),
+        ('img512-xxl', '0939524', (0.015, 1.2), (0.015, 1.7))]:
+    for _metric, _std, _w in [('fid', _fid_std, _fid_w), ('dino', _dino_std, _dino_w)]:
+        _generation_preset(f'edm2-{_model}-guid-{_metric}', f'edm2-{_model}-{_kimg}-{_std:.3f}',
+            f'edm2-img512-xs-uncond-2147483-{_std:.3f}', _w)
+
+# Autoguidance by a smaller, shorter-trained model (Karras et al. 2024, "Guiding a diffusion model
+# with a bad version of itself"): (name, network, guiding network, guidance). FID 1.34 1.25 3.86
+# 1.01, FD_DINOv2 36.67 24.18 90.39 31.85 (s, xxl, s-uncond, img64-s).
+for _name, _net, _gnet, _w in [
+        ('img512-s-autog-fid', 'img512-s-2147483-0.070', 'img512-xs-0134217-0.125', 2.10),
+        ('img512-s-autog-dino', 'img512-s-2147483-0.120', 'img512-xs-0134217-0.165', 2.45),
+        ('img512-xxl-autog-fid', 'img512-xxl-0939524-0.075', 'img512-m-0268435-0.155', 2.05),
+        ('img512-xxl-autog-dino', 'img512-xxl-0939524-0.130', 'img512-m-0268435-0.205', 2.30),
+        ('img512-s-uncond-autog-fid', 'img512-s-uncond-2147483-0.070', 'img512-xs-uncond-0134217-0.110', 2.85),
+        ('img512-s-uncond-autog-dino', 'img512-s-uncond-2147483-0.090', 'img512-xs-uncond-0134217-0.125', 2.90),
+        ('img64-s-autog-fid', 'img64-s-1073741-0.045', 'img64-xs-0134217-0.110', 1.70),
+        ('img64-s-autog-dino', 'img64-s-1073741-0.105', 'img64-xs-0134217-0.175', 2.20)]:
+    _generation_preset(f'edm2-{_name}', f'edm2-{_net}', f'edm2-{_gnet}', _w)
+
+#----------------------------------------------------------------------------

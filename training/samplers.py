@@ -53,14 +53,6 @@ def karras_sigmas(num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, dtype=torc
     return torch.cat([t_steps, torch.zeros_like(t_steps[:1])]) # t_N = 0
 
 #----------------------------------------------------------------------------
-# Is there an unconditional branch in the network a snapshot's loss trained? EDM2 calls its
-# label-dropout probability `p_uncond`, MAR `label_dropout`. With one, the same network evaluated
-# with all-zero labels can guide itself (classifier-free guidance).
-
-def has_unconditional_branch(loss_fn):
-    return any(float(getattr(loss_fn, name, 0) or 0) > 0 for name in ['p_uncond', 'label_dropout'])
-
-#----------------------------------------------------------------------------
 # The guided denoiser D = D_g + w (D - D_g). The guide is `gnet` given the same labels
 # (autoguidance, or classic CFG with a separate unconditional network) or, without gnet, the
 # same network given all-zero labels (its unconditional branch: the caller checks it has one).

@@ -1,7 +1,8 @@
 """The training loop, shared by every model family. It talks to a family only through the
 interface of docs/families.md: a network built from `network_kwargs`, a loss object that returns
 per-sample losses, an encoder, and the EMA. Everything else (data order, RNG, optimizer, snapshots,
-checkpoints, resumption, statistics) lives here once."""
+checkpoints, resumption, statistics) lives here once. training/config.py builds and checks its
+arguments from a preset."""
 
 import copy
 import glob
@@ -23,31 +24,10 @@ from torch_utils import training_stats
 from torch_utils import util
 
 #----------------------------------------------------------------------------
-# Learning-rate schedules, selected by name in training/presets.py (LR_SCHEDULES).
-
-def learning_rate_schedule(cur_nimg, batch_size, ref_lr=100e-4, ref_batches=70e3, rampup_Mimg=10):
-    """EDM2: linear warm-up over `rampup_Mimg` million images, constant until `ref_batches`
-    batches, then inverse square root decay."""
-    lr = ref_lr
-    if ref_batches > 0:
-        lr /= np.sqrt(max(cur_nimg / (ref_batches * batch_size), 1))
-    if rampup_Mimg > 0:
-        lr *= min(cur_nimg / (rampup_Mimg * 1e6), 1)
-    return lr
-
-def multisource_lr_schedule(cur_nimg, batch_size, ref_lr=100e-4, ref_batches=70e3, rampup_Mimg=10):
-    """The multi-source study's variant: ref_lr until decay*batch images t_ref, then
-    ref_lr / sqrt(4 t / t_ref) (a step down by half at t_ref, then inverse square root)."""
-    lr = ref_lr
-    t_ref = ref_batches * batch_size
-    if ref_batches > 0 and cur_nimg >= t_ref:
-        lr /= np.sqrt(4 * cur_nimg / t_ref)
-    if rampup_Mimg > 0:
-        lr *= min(cur_nimg / (rampup_Mimg * 1e6), 1)
-    return lr
+# The learning-rate schedule of the families without one of their own (ARDM, MAR).
 
 def constant_lr(cur_nimg, batch_size, ref_lr=1e-4, rampup_Mimg=0):
-    """Linear warm-up over `rampup_Mimg` million images, then constant (ARDM, MAR)."""
+    """Linear warm-up over `rampup_Mimg` million images, then constant."""
     _ = batch_size
     if rampup_Mimg > 0:
         return ref_lr * min(cur_nimg / (rampup_Mimg * 1e6), 1)
@@ -127,12 +107,54 @@ class _StopRequest:
         return int(flag.item())
 
 #----------------------------------------------------------------------------
-# The loss curve PNG, redrawn from stats.jsonl at each status.
+# Status: one line per interval on stdout (the log), the collected statistics appended to
+# stats.jsonl and the loss curve redrawn from it.
+
+class _Status:
+    def __init__(self, run_dir, device, start_nimg, stop_at_nimg, total_elapsed_time):
+        self.run_dir, self.device, self.stop_at_nimg = run_dir, device, stop_at_nimg
+        self.total_elapsed_time = total_elapsed_time
+        self.prev_time, self.prev_nimg = time.time(), start_nimg
+        self.training_time = 0.0 # Seconds spent in training steps since the previous report.
+
+    def report(self, cur_nimg):
+        now = time.time()
+        self.total_elapsed_time += now - self.prev_time
+        sec_per_kimg = self.training_time / (cur_nimg - self.prev_nimg) * 1e3 if cur_nimg > self.prev_nimg else float('nan')
+        eta = (self.stop_at_nimg - cur_nimg) / 1e3 * sec_per_kimg
+        training_stats.report0('Progress/kimg', cur_nimg / 1e3)
+        training_stats.report0('Timing/total_sec', self.total_elapsed_time)
+        if np.isfinite(sec_per_kimg): # NaN would poison the cumulative statistic.
+            training_stats.report0('Timing/sec_per_kimg', sec_per_kimg)
+        training_stats.report0('Resources/cpu_mem_gb', psutil.Process(os.getpid()).memory_info().rss / 2**30)
+        if self.device.type == 'cuda':
+            training_stats.report0('Resources/peak_gpu_mem_gb', torch.cuda.max_memory_allocated(self.device) / 2**30)
+            torch.cuda.reset_peak_memory_stats()
+        collector = training_stats.default_collector
+        collector.update()
+        fields = [f'kimg {cur_nimg / 1e3:<9.1f}', f'time {util.format_time(self.total_elapsed_time):<12s}',
+            f'sec/kimg {sec_per_kimg:<8.3f}', f'eta {util.format_time(eta) if np.isfinite(eta) else "-":<10s}',
+            f'loss {collector["Loss/loss"] if collector.num("Loss/loss") else float("nan"):<9.4f}',
+            f'cpumem {collector["Resources/cpu_mem_gb"]:<5.2f}']
+        if self.device.type == 'cuda':
+            fields += [f'gpumem {collector["Resources/peak_gpu_mem_gb"]:<6.2f}']
+        dist.print0(' '.join(fields), flush=True)
+        if dist.get_rank() == 0:
+            append_stats(self.run_dir, collector.as_dict())
+            plot_loss_curve(self.run_dir)
+        self.prev_time, self.prev_nimg, self.training_time = time.time(), cur_nimg, 0.0
+
+def append_stats(run_dir, stats):
+    fmt = {'Progress/kimg': '%.3f', 'Timing/total_sec': '%.1f'}
+    items = [f'"{name}": ' + (fmt.get(name, '%g') % value['mean'] if np.isfinite(value['mean']) else 'NaN') for name, value in stats.items()]
+    with open(os.path.join(run_dir, 'stats.jsonl'), 'at') as f:
+        f.write('{' + ', '.join(items) + f', "timestamp": {time.time():.3f}' + '}\n')
 
 def plot_loss_curve(run_dir, stat='Loss/loss'):
-    import matplotlib
+    """loss.png, redrawn from stats.jsonl."""
+    import matplotlib # pylint: disable=import-outside-toplevel
     matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt # pylint: disable=import-outside-toplevel
     kimg, loss = [], []
     with open(os.path.join(run_dir, 'stats.jsonl'), 'rt') as f:
         for line in f:
@@ -154,6 +176,128 @@ def plot_loss_curve(run_dir, stat='Loss/loss'):
     plt.close(fig)
 
 #----------------------------------------------------------------------------
+# What a run builds before its first step, and the state it resumes from.
+
+def build_run(dataset_kwargs, encoder_kwargs, network_kwargs, loss_kwargs, optimizer_kwargs, ema_kwargs, device):
+    """EasyDict(dataset, encoder, net, ddp, loss_fn, optimizer, ema). The network's shape is
+    the encoder's output shape."""
+    r = util.EasyDict()
+    dist.print0('Loading dataset...')
+    r.dataset = util.construct_class_by_name(**dataset_kwargs)
+    ref_image, ref_label = r.dataset[0]
+    dist.print0('Setting up encoder...')
+    r.encoder = util.construct_class_by_name(**encoder_kwargs)
+    r.encoder.init(device)
+    ref_image = r.encoder.encode_latents(torch.as_tensor(ref_image).to(device).unsqueeze(0))
+    dist.print0('Constructing network...')
+    interface_kwargs = dict(img_resolution=ref_image.shape[-1], img_channels=ref_image.shape[1], label_dim=ref_label.shape[-1])
+    r.net = util.construct_class_by_name(**network_kwargs, **interface_kwargs)
+    r.net.train().requires_grad_(True).to(device)
+    dist.print0(f'Network: {type(r.net).__name__}, {sum(p.numel() for p in r.net.parameters()):,} parameters, '
+        f'input {list(ref_image.shape[1:])}, {interface_kwargs["label_dim"]} classes')
+    r.ddp = r.net
+    if dist.get_world_size() > 1:
+        r.ddp = torch.nn.parallel.DistributedDataParallel(r.net, device_ids=[device] if device.type == 'cuda' else None, broadcast_buffers=False)
+    r.loss_fn = util.construct_class_by_name(**loss_kwargs)
+    optimizer_kwargs = dict(optimizer_kwargs)
+    groups = param_groups(r.net, optimizer_kwargs.pop('weight_decay', 0))
+    r.optimizer = util.construct_class_by_name(groups, **optimizer_kwargs)
+    r.ema = util.construct_class_by_name(net=r.net, **ema_kwargs) if ema_kwargs is not None else None
+    return r
+
+def resume(run_dir, r):
+    """The training state {cur_nimg, total_elapsed_time}: the newest complete checkpoint's, loaded
+    into the run's network, optimizer, EMA and RNGs, or a fresh start."""
+    state = util.EasyDict(cur_nimg=0, total_elapsed_time=0.0)
+    ckpt_path, ckpt = load_latest_checkpoint(run_dir)
+    if ckpt is None:
+        return state
+    dist.print0(f'Resuming from {os.path.basename(ckpt_path)}')
+    state.update(ckpt['state'])
+    r.net.load_state_dict(ckpt['net'])
+    r.optimizer.load_state_dict(ckpt['optimizer'])
+    if r.ema is not None:
+        r.ema.load_state_dict(ckpt['ema'])
+    if len(ckpt['rng']) == dist.get_world_size():
+        misc.set_rng_state(ckpt['rng'][dist.get_rank()])
+    else:
+        dist.print0(f'WARNING: the checkpoint was written by {len(ckpt["rng"])} processes, not {dist.get_world_size()}; '
+            'continuing with fresh random streams (not bit-identical to an uninterrupted run)')
+    return state
+
+def data_iterator(dataset, start_nimg, batch_gpu, seed, data_loader_kwargs, device):
+    """An infinite, resumable stream of this rank's batches, continuing at image `start_nimg`."""
+    sampler = misc.InfiniteSampler(dataset=dataset, rank=dist.get_rank(), num_replicas=dist.get_world_size(), seed=seed,
+        start_idx=start_nimg // dist.get_world_size())
+    loader_kwargs = dict(data_loader_kwargs)
+    if loader_kwargs.get('num_workers', 0) == 0:
+        loader_kwargs.pop('prefetch_factor', None)
+    loader_kwargs.setdefault('pin_memory', device.type == 'cuda')
+    # Its own generator: creating the iterator must not draw from the global RNG (exact resumption).
+    return iter(torch.utils.data.DataLoader(dataset=dataset, sampler=sampler, batch_size=batch_gpu,
+        generator=torch.Generator().manual_seed(seed), **loader_kwargs))
+
+#----------------------------------------------------------------------------
+# Saving: network snapshots (rank 0) and training states (every rank takes part).
+
+def save_snapshots(run_dir, r, cur_nimg, dataset_kwargs):
+    """One snapshot per EMA profile (or of the network itself without EMA). Plain dicts, so that
+    EDM2 snapshots load in the official code too."""
+    for ema_net, ema_suffix in (r.ema.get() if r.ema is not None else [(r.net, '')]):
+        data = dict(ema=copy.deepcopy(ema_net).cpu().eval().requires_grad_(False), loss_fn=r.loss_fn,
+            encoder=r.encoder, dataset_kwargs=dict(dataset_kwargs))
+        fname = f'network-snapshot-{cur_nimg // 1000:07d}{ema_suffix}.pkl'
+        dist.print0(f'Saving {fname} ... ', end='', flush=True)
+        with util.atomic_path(os.path.join(run_dir, fname)) as tmp:
+            with open(tmp, 'wb') as f:
+                pickle.dump(data, f)
+        dist.print0('done')
+
+def save_state(run_dir, r, state):
+    """Every rank's RNG state goes in, so that a resumed run continues bit for bit; the ranks'
+    networks must agree (as EDM2 checks) before one copy is written."""
+    rng = [misc.get_rng_state()]
+    if dist.get_world_size() > 1:
+        misc.check_ddp_consistency(r.net)
+        rng = [None] * dist.get_world_size()
+        torch.distributed.all_gather_object(rng, misc.get_rng_state())
+    if dist.get_rank() == 0:
+        path = save_checkpoint(run_dir, dict(state=dict(state), net=r.net.state_dict(), optimizer=r.optimizer.state_dict(),
+            ema=r.ema.state_dict() if r.ema is not None else None, rng=rng))
+        dist.print0(f'Saved {os.path.basename(path)}')
+    dist.barrier()
+
+#----------------------------------------------------------------------------
+# One optimizer step: the per-process batch in accumulation rounds of batch_gpu images.
+
+def train_step(r, dataset_iterator, cur_nimg, batch_size, batch_gpu, lr_kwargs, device,
+        loss_scaling=1, force_finite=True, grad_clip=0):
+    per_process = batch_size // dist.get_world_size()
+    num_rounds = per_process // batch_gpu
+    r.optimizer.zero_grad(set_to_none=True)
+    for round_idx in range(num_rounds):
+        with misc.ddp_sync(r.ddp, (round_idx == num_rounds - 1)):
+            images, labels = next(dataset_iterator)
+            images = r.encoder.encode_latents(images.to(device))
+            loss = r.loss_fn(net=r.ddp, images=images, labels=labels.to(device))
+            training_stats.report('Loss/loss', loss)
+            loss.sum().mul(loss_scaling / per_process).backward()
+
+    lr = float(util.call_func_by_name(cur_nimg=cur_nimg, batch_size=batch_size, **lr_kwargs))
+    training_stats.report('Loss/learning_rate', lr)
+    for group in r.optimizer.param_groups:
+        group['lr'] = lr
+    if force_finite:
+        for param in r.net.parameters():
+            if param.grad is not None:
+                torch.nan_to_num(param.grad, nan=0, posinf=0, neginf=0, out=param.grad)
+    if grad_clip:
+        training_stats.report('Loss/grad_norm', torch.nn.utils.clip_grad_norm_(r.net.parameters(), grad_clip))
+    r.optimizer.step()
+    if r.ema is not None:
+        r.ema.update(cur_nimg=cur_nimg + batch_size, batch_size=batch_size)
+
+#----------------------------------------------------------------------------
 # Main training loop.
 
 def training_loop(
@@ -163,18 +307,18 @@ def training_loop(
     network_kwargs      = dict(class_name='training.networks_edm2.Precond'),
     loss_kwargs         = dict(class_name='training.networks_edm2.EDM2Loss'),
     optimizer_kwargs    = dict(class_name='torch.optim.Adam', betas=(0.9, 0.99)),
-    lr_kwargs           = dict(func_name='training.training_loop.learning_rate_schedule'),
+    lr_kwargs           = dict(func_name='training.networks_edm2.learning_rate_schedule'),
     ema_kwargs          = dict(class_name='training.phema.PowerFunctionEMA'),
 
     run_dir             = '.',      # Output directory.
     seed                = 0,        # Global random seed.
     batch_size          = 2048,     # Total batch size for one training iteration.
-    batch_gpu           = None,     # Limit batch size per GPU. None = no limit.
+    batch_gpu           = 0,        # Limit batch size per GPU (0 = no limit).
     total_nimg          = 8<<30,    # Train for a total of N training images.
-    slice_nimg          = None,     # Train for a maximum of N training images in one invocation. None = no limit.
-    status_nimg         = 128<<10,  # Report status every N training images. None = disable.
-    snapshot_nimg       = 8<<20,    # Save network snapshot every N training images. None = disable.
-    checkpoint_nimg     = 128<<20,  # Save state checkpoint every N training images. None = disable.
+    slice_nimg          = 0,        # Train for at most N images in this invocation (0 = no limit).
+    status_nimg         = 128<<10,  # Report status every N training images (0 = off).
+    snapshot_nimg       = 8<<20,    # Save network snapshots every N training images (0 = off).
+    checkpoint_nimg     = 128<<20,  # Save a training state every N training images (0 = off).
 
     loss_scaling        = 1,        # Loss scaling factor for reducing FP16 under/overflows.
     force_finite        = True,     # Replace NaN/Inf gradients with zeros.
@@ -182,7 +326,6 @@ def training_loop(
     cudnn_benchmark     = True,     # Enable torch.backends.cudnn.benchmark?
     device              = None,     # Default: torch_utils.distributed.get_device().
 ):
-    # Initialize.
     device = torch.device(device) if device is not None else dist.get_device()
     start_time = time.time()
     misc.set_seed(seed + dist.get_rank())
@@ -190,205 +333,47 @@ def training_loop(
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
-
+    batch_gpu = min(batch_gpu or batch_size, batch_size // dist.get_world_size())
+    assert batch_size % (dist.get_world_size() * batch_gpu) == 0, 'checked by training/config.py'
     if dist.get_rank() == 0:
         os.makedirs(run_dir, exist_ok=True)
 
-    # Validate batch size.
-    world_size = dist.get_world_size()
-    batch_gpu_total = batch_size // world_size
-    if batch_gpu is None or batch_gpu > batch_gpu_total:
-        batch_gpu = batch_gpu_total
-    num_accumulation_rounds = batch_gpu_total // batch_gpu
-    if batch_size != batch_gpu * num_accumulation_rounds * world_size:
-        raise ValueError(f'batch size {batch_size} is not divisible by {world_size} processes x batch_gpu {batch_gpu}')
-    for name, value in [('total_nimg', total_nimg), ('slice_nimg', slice_nimg), ('status_nimg', status_nimg),
-            ('snapshot_nimg', snapshot_nimg), ('checkpoint_nimg', checkpoint_nimg)]:
-        if value is not None and value % batch_size != 0:
-            raise ValueError(f'{name} = {value} is not a multiple of the batch size {batch_size}')
+    r = build_run(dataset_kwargs, encoder_kwargs, network_kwargs, loss_kwargs, optimizer_kwargs, ema_kwargs, device)
+    state = resume(run_dir, r)
+    start_nimg = state.cur_nimg
+    stop_at_nimg = min(total_nimg, start_nimg + slice_nimg) if slice_nimg else total_nimg
+    dist.print0(f'Training from {start_nimg // 1000} kimg to {stop_at_nimg // 1000} kimg:\n')
+    batches = data_iterator(r.dataset, start_nimg, batch_gpu, seed, data_loader_kwargs, device)
+    status = _Status(run_dir, device, start_nimg, stop_at_nimg, state.total_elapsed_time)
+    every = lambda interval: interval and state.cur_nimg % interval == 0
 
-    # Dataset, encoder and network. The network's shape is the encoder's output shape.
-    dist.print0('Loading dataset...')
-    dataset_obj = util.construct_class_by_name(**dataset_kwargs)
-    ref_image, ref_label = dataset_obj[0]
-    dist.print0('Setting up encoder...')
-    encoder = util.construct_class_by_name(**encoder_kwargs)
-    encoder.init(device)
-    ref_image = encoder.encode_latents(torch.as_tensor(ref_image).to(device).unsqueeze(0))
-    dist.print0('Constructing network...')
-    interface_kwargs = dict(img_resolution=ref_image.shape[-1], img_channels=ref_image.shape[1], label_dim=ref_label.shape[-1])
-    net = util.construct_class_by_name(**network_kwargs, **interface_kwargs)
-    net.train().requires_grad_(True).to(device)
-    dist.print0(f'Network: {type(net).__name__}, {sum(p.numel() for p in net.parameters()):,} parameters, '
-        f'input {list(ref_image.shape[1:])}, {interface_kwargs["label_dim"]} classes')
-
-    # Training state.
-    state = util.EasyDict(cur_nimg=0, total_elapsed_time=0.0)
-    ddp = net
-    if world_size > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None, broadcast_buffers=False)
-    loss_fn = util.construct_class_by_name(**loss_kwargs)
-    optimizer_kwargs = dict(optimizer_kwargs)
-    groups = param_groups(net, optimizer_kwargs.pop('weight_decay', 0))
-    optimizer = util.construct_class_by_name(groups, **optimizer_kwargs)
-    ema = util.construct_class_by_name(net=net, **ema_kwargs) if ema_kwargs is not None else None
-
-    # Resume from the newest complete training state.
-    ckpt_path, ckpt = load_latest_checkpoint(run_dir)
-    if ckpt is not None:
-        dist.print0(f'Resuming from {os.path.basename(ckpt_path)}')
-        state.update(ckpt['state'])
-        net.load_state_dict(ckpt['net'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        if ema is not None:
-            ema.load_state_dict(ckpt['ema'])
-        rng = ckpt['rng']
-        if len(rng) == world_size:
-            misc.set_rng_state(rng[dist.get_rank()])
-        else:
-            dist.print0(f'WARNING: the checkpoint was written by {len(rng)} processes, not {world_size}; '
-                'continuing with fresh random streams (not bit-identical to an uninterrupted run)')
-        del ckpt
-    stop_at_nimg = total_nimg
-    if slice_nimg is not None:
-        stop_at_nimg = min(stop_at_nimg, state.cur_nimg + slice_nimg)
-    dist.print0(f'Training from {state.cur_nimg // 1000} kimg to {stop_at_nimg // 1000} kimg:')
-    dist.print0()
-
-    # Data: an infinite, resumable stream split across ranks.
-    sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=dist.get_rank(), num_replicas=world_size, seed=seed,
-        start_idx=state.cur_nimg // world_size)
-    loader_kwargs = dict(data_loader_kwargs)
-    if loader_kwargs.get('num_workers', 0) == 0:
-        loader_kwargs.pop('prefetch_factor', None)
-    loader_kwargs.setdefault('pin_memory', device.type == 'cuda')
-    # Its own generator: creating the iterator must not draw from the global RNG (exact resumption).
-    loader = torch.utils.data.DataLoader(dataset=dataset_obj, sampler=sampler, batch_size=batch_gpu,
-        generator=torch.Generator().manual_seed(seed), **loader_kwargs)
-    dataset_iterator = iter(loader)
-
-    # Main loop.
     stop = _StopRequest()
     stop.install()
-    start_nimg = state.cur_nimg
-    prev_status_time = time.time()
-    prev_status_nimg = state.cur_nimg
-    cumulative_training_time = 0.0
-    loss_acc = torch.zeros([2], dtype=torch.float64, device=device) # Sum and count of this rank's losses since the last status.
-    stats_jsonl = None
     try:
         while True:
-            done = (state.cur_nimg >= stop_at_nimg)
+            done = state.cur_nimg >= stop_at_nimg
             signum = stop.agreed(device)
-            fresh = (state.cur_nimg != start_nimg or start_nimg == 0)
-
-            # Report status.
-            if status_nimg is not None and (done or signum or state.cur_nimg % status_nimg == 0) and fresh:
-                cur_time = time.time()
-                state.total_elapsed_time += cur_time - prev_status_time
-                tick_nimg = max(state.cur_nimg - prev_status_nimg, 1)
-                sec_per_kimg = cumulative_training_time / tick_nimg * 1e3 if state.cur_nimg > prev_status_nimg else float('nan')
-                eta = (stop_at_nimg - state.cur_nimg) / 1e3 * sec_per_kimg if np.isfinite(sec_per_kimg) else float('nan')
-                cpu_mem = psutil.Process(os.getpid()).memory_info().rss / 2**30
-                gpu_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else 0.0
-                fields = []
-                fields += [f'kimg {training_stats.report0("Progress/kimg", state.cur_nimg / 1e3):<9.1f}']
-                fields += [f'time {util.format_time(training_stats.report0("Timing/total_sec", state.total_elapsed_time)):<12s}']
-                if np.isfinite(sec_per_kimg): # NaN would poison the cumulative statistic.
-                    training_stats.report0('Timing/sec_per_kimg', sec_per_kimg)
-                fields += [f'sec/kimg {sec_per_kimg:<8.3f}']
-                fields += [f'eta {util.format_time(eta) if np.isfinite(eta) else "-":<10s}']
-                fields += [f'loss {float(loss_acc[0] / loss_acc[1]) if loss_acc[1] > 0 else float("nan"):<9.4f}']
-                fields += [f'cpumem {training_stats.report0("Resources/cpu_mem_gb", cpu_mem):<5.2f}']
-                if device.type == 'cuda':
-                    fields += [f'gpumem {training_stats.report0("Resources/peak_gpu_mem_gb", gpu_mem):<6.2f}']
-                    torch.cuda.reset_peak_memory_stats()
-                dist.print0(' '.join(fields), flush=True)
-
-                # Flush training stats.
-                training_stats.default_collector.update()
-                if dist.get_rank() == 0:
-                    if stats_jsonl is None:
-                        stats_jsonl = open(os.path.join(run_dir, 'stats.jsonl'), 'at')
-                    fmt = {'Progress/kimg': '%.3f', 'Timing/total_sec': '%.1f'}
-                    items = [(name, value['mean']) for name, value in training_stats.default_collector.as_dict().items()]
-                    items = [f'"{name}": ' + (fmt.get(name, '%g') % value if np.isfinite(value) else 'NaN') for name, value in items]
-                    stats_jsonl.write('{' + ', '.join(items) + f', "timestamp": {time.time():.3f}' + '}\n')
-                    stats_jsonl.flush()
-                    plot_loss_curve(run_dir)
-                prev_status_time = time.time()
-                prev_status_nimg = state.cur_nimg
-                cumulative_training_time = 0.0
-                loss_acc.zero_()
-
-            # Save network snapshots, one per EMA profile.
-            if snapshot_nimg is not None and state.cur_nimg % snapshot_nimg == 0 and fresh and dist.get_rank() == 0:
-                ema_list = ema.get() if ema is not None else [(net, '')]
-                for ema_net, ema_suffix in ema_list:
-                    data = util.EasyDict(encoder=encoder, dataset_kwargs=dataset_kwargs, loss_fn=loss_fn)
-                    data.ema = copy.deepcopy(ema_net).cpu().eval().requires_grad_(False)
-                    fname = f'network-snapshot-{state.cur_nimg // 1000:07d}{ema_suffix}.pkl'
-                    dist.print0(f'Saving {fname} ... ', end='', flush=True)
-                    with util.atomic_path(os.path.join(run_dir, fname)) as tmp:
-                        with open(tmp, 'wb') as f:
-                            pickle.dump(data, f)
-                    dist.print0('done')
-                    del data
-
-            # Save a training state: at the interval, at the end, and when asked to stop.
-            if (checkpoint_nimg is not None and (done or state.cur_nimg % checkpoint_nimg == 0) and state.cur_nimg != start_nimg) or signum:
-                rng = [misc.get_rng_state()]
-                if world_size > 1:
-                    rng = [None] * world_size
-                    torch.distributed.all_gather_object(rng, misc.get_rng_state())
-                if dist.get_rank() == 0:
-                    path = save_checkpoint(run_dir, dict(state=dict(state), net=net.state_dict(), optimizer=optimizer.state_dict(),
-                        ema=ema.state_dict() if ema is not None else None, rng=rng))
-                    dist.print0(f'Saved {os.path.basename(path)}')
-                dist.barrier()
-
+            fresh = state.cur_nimg != start_nimg or start_nimg == 0 # Not what the resumed state already reported and saved.
+            if status_nimg and (done or signum or every(status_nimg)) and fresh:
+                status.report(state.cur_nimg)
+                state.total_elapsed_time = status.total_elapsed_time
+            if every(snapshot_nimg) and fresh and dist.get_rank() == 0:
+                save_snapshots(run_dir, r, state.cur_nimg, dataset_kwargs)
+            if signum or (checkpoint_nimg and (done or every(checkpoint_nimg)) and state.cur_nimg != start_nimg):
+                save_state(run_dir, r, state)
             if signum:
                 dist.print0(f'Stopping on signal {signal.Signals(signum).name} at {state.cur_nimg // 1000} kimg; '
                     're-run the same command to resume.', flush=True)
                 raise SystemExit(128 + signum)
             if done:
                 break
-
-            # Evaluate loss and accumulate gradients.
-            batch_start_time = time.time()
-            optimizer.zero_grad(set_to_none=True)
-            for round_idx in range(num_accumulation_rounds):
-                with misc.ddp_sync(ddp, (round_idx == num_accumulation_rounds - 1)):
-                    images, labels = next(dataset_iterator)
-                    images = encoder.encode_latents(images.to(device))
-                    loss = loss_fn(net=ddp, images=images, labels=labels.to(device))
-                    training_stats.report('Loss/loss', loss)
-                    loss_acc += torch.stack([loss.detach().sum().double(), torch.tensor(loss.numel(), dtype=torch.float64, device=device)])
-                    loss.sum().mul(loss_scaling / batch_gpu_total).backward()
-
-            # Run optimizer and update weights.
-            lr = float(util.call_func_by_name(cur_nimg=state.cur_nimg, batch_size=batch_size, **lr_kwargs))
-            training_stats.report('Loss/learning_rate', lr)
-            for group in optimizer.param_groups:
-                group['lr'] = lr
-            if force_finite:
-                for param in net.parameters():
-                    if param.grad is not None:
-                        torch.nan_to_num(param.grad, nan=0, posinf=0, neginf=0, out=param.grad)
-            if grad_clip:
-                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-                training_stats.report('Loss/grad_norm', grad_norm)
-            optimizer.step()
-
-            # Update EMA and training state.
+            step_start = time.time()
+            train_step(r, batches, state.cur_nimg, batch_size, batch_gpu, lr_kwargs, device,
+                loss_scaling=loss_scaling, force_finite=force_finite, grad_clip=grad_clip)
             state.cur_nimg += batch_size
-            if ema is not None:
-                ema.update(cur_nimg=state.cur_nimg, batch_size=batch_size)
-            cumulative_training_time += time.time() - batch_start_time
+            status.training_time += time.time() - step_start
     finally:
         stop.uninstall()
-        if stats_jsonl is not None:
-            stats_jsonl.close()
     dist.print0(f'Done in {util.format_time(time.time() - start_time)}.')
 
 #----------------------------------------------------------------------------

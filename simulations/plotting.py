@@ -1,0 +1,107 @@
+"""Files and figures of the conditional-Gaussian study (simulations/gaussian.py): one CSV per
+grid, and one figure per grid drawn from the newest CSV. The CLIs `python -m simulations.run_gaussian`
+and `python -m simulations.plot_gaussian_{K,n,sim}` are thin layers over this module."""
+
+import csv
+import glob
+import os
+
+from simulations import gaussian as G
+from torch_utils import util
+
+#----------------------------------------------------------------------------
+# Files.
+
+def write_csv(rows, tag, path):
+    """Write rows atomically (temporary file, then rename)."""
+    with util.atomic_path(path) as tmp:
+        with open(tmp, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=G.columns(tag))
+            writer.writeheader()
+            writer.writerows(rows)
+    return path
+
+def read_csv(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+def newest_csv(results_dir, tag):
+    """Newest gaussian_{tag}_*.csv under {results_dir}/gaussian/{tag}/; FileNotFoundError naming the
+    folder when there is none."""
+    folder = os.path.join(results_dir, 'gaussian', tag)
+    found = sorted(glob.glob(os.path.join(folder, f'gaussian_{tag}_*.csv')))
+    if not found:
+        raise FileNotFoundError(f'no gaussian_{tag}_*.csv in {folder}; run '
+                                f'`python -m simulations.run_gaussian --tag {tag}` first or pass --csv')
+    return max(found, key=lambda p: (os.stat(p).st_mtime_ns, os.path.basename(p)))
+
+def unique_path(path):
+    """path, or path with -1, -2, ... before the extension when it exists (two runs in one second)."""
+    root, ext = os.path.splitext(path)
+    candidate, i = path, 0
+    while os.path.exists(candidate):
+        i += 1
+        candidate = f'{root}-{i}{ext}'
+    return candidate
+
+#----------------------------------------------------------------------------
+# Plotting.
+
+def plot_tag(csv_path, tag, outdir, log_x=None):
+    """Empirical TV (left axis, solid) and theoretical bound (right axis, dashed) for single and
+    multi against the varied parameter. Saves {outdir}/gaussian_{tag}.png and .svg; returns both paths."""
+    import matplotlib # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt # pylint: disable=import-outside-toplevel
+
+    rows = read_csv(csv_path)
+    if not rows:
+        raise ValueError(f'{csv_path} has no rows')
+    if tag not in rows[0]:
+        raise ValueError(f'{csv_path} has no column {tag!r}; columns: {list(rows[0])}')
+    rows.sort(key=lambda r: float(r[tag]))
+    xs = [float(r[tag]) for r in rows]
+    col = lambda name: [float(r[name]) for r in rows]
+    if log_x is None:
+        log_x = tag == 'n'
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax2 = ax.twinx()
+    lines = []
+    lines += ax.plot(xs, col(G.TV_SINGLE), 'o-', color='tab:blue', label='single (empirical)')
+    lines += ax.plot(xs, col(G.TV_MULTI), 's-', color='tab:orange', label='multi (empirical)')
+    lines += ax2.plot(xs, col(G.BOUND_SINGLE), 'o--', color='tab:blue', alpha=0.6, label='single (bound)')
+    lines += ax2.plot(xs, col(G.BOUND_MULTI), 's--', color='tab:orange', alpha=0.6, label='multi (bound)')
+    if log_x:
+        ax.set_xscale('log')
+    ax.set_xlabel(G.LABELS.get(tag, tag))
+    ax.set_ylabel('empirical TV error')
+    ax2.set_ylabel('theoretical TV bound')
+    ax.legend(lines, [l.get_label() for l in lines], fontsize=8, loc='best')
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths = []
+    for ext in ('png', 'svg'):
+        path = os.path.join(outdir, f'gaussian_{tag}.{ext}')
+        with util.atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=150)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+def plot_command(tag):
+    """A click command that plots one tag: the three plot scripts are this and nothing else."""
+    import click # pylint: disable=import-outside-toplevel
+
+    @click.command(help=f'Plot the conditional-Gaussian study against {tag} (newest CSV unless --csv).')
+    @click.option('--csv', 'csv_path', type=click.Path(exists=True, dir_okay=False), default=None,
+                  help='CSV to plot (default: newest of this tag under --results_dir).')
+    @click.option('--results_dir', default=os.path.join('simulations', 'results'), show_default=True)
+    @click.option('--outdir', default=os.path.join('simulations', 'figures'), show_default=True)
+    @util.one_line_errors
+    def main(csv_path, results_dir, outdir):
+        if csv_path is None:
+            csv_path = newest_csv(results_dir, tag)
+        for p in plot_tag(csv_path, tag, outdir):
+            click.echo(p)
+    return main

@@ -1,0 +1,86 @@
+"""training/presets.py and training/config.py: a preset plus overrides becomes the complete,
+checked arguments of training_loop(); every inconsistency is a ValueError naming the option,
+raised before anything is written."""
+
+import inspect
+import re
+
+import numpy as np
+import pytest
+
+from conftest import write_image_zip
+from training import config
+from training import presets
+from training import training_loop
+
+def test_build_gives_every_loop_argument(tiny_zip):
+    opts, c = config.build('edm2-digits', dict(duration='2Ki', batch=64, channels=16, channel_mult=[1, 1]), data=tiny_zip)
+    assert opts.family == 'edm2' and opts.duration == 2048 and opts.channels == 16
+    loop_params = set(inspect.signature(training_loop.training_loop).parameters)
+    assert set(c) <= loop_params and loop_params - set(c) == {'run_dir', 'slice_nimg', 'loss_scaling', 'force_finite', 'cudnn_benchmark', 'device'}
+    assert (c.total_nimg, c.batch_size, c.batch_gpu, c.status_nimg, c.snapshot_nimg) == (2048, 64, 0, 8 << 10, 64 << 10)
+    assert c.network_kwargs == dict(class_name='training.networks_edm2.Precond', model_channels=16, channel_mult=[1, 1],
+        num_blocks=2, attn_resolutions=[4], dropout=0.0, sigma_data=0.5, use_fp16=True)
+    assert c.encoder_kwargs == dict(class_name='training.encoders.StandardRGBEncoder') # uint8 data: pixels.
+    assert c.lr_kwargs == dict(func_name='training.networks_edm2.learning_rate_schedule', ref_lr=0.01, ref_batches=1000, rampup_Mimg=0.01)
+    assert c.dataset_kwargs == dict(class_name='training.dataset.ImageFolderDataset', path=tiny_zip, use_labels=True, xflip=False)
+
+def test_values_are_checked_against_the_defaults_types():
+    opts = presets.resolve('edm2-digits', dict(lr=1, dropout=0, ema_stds=[0.05, 1], duration='1.5Ki', snapshot=0))
+    assert opts.lr == 1.0 and isinstance(opts.lr, float) and opts.ema_stds == [0.05, 1.0] and opts.duration == 1536
+    for overrides, message in [
+            (dict(num_blocks='abc'), 'option "num_blocks" expects an integer'),
+            (dict(lr='fast'), 'option "lr" expects a number'),
+            (dict(channels=2.5), 'option "channels" expects an integer'),
+            (dict(channels=True), 'option "channels" expects an integer'),
+            (dict(xflip=1), 'option "xflip" expects True or False'),
+            (dict(channel_mult=3), 'option "channel_mult" expects a list'),
+            (dict(channel_mult=[1, 'x']), 'option "channel_mult" expects an integer'),
+            (dict(duration='5X'), 'option "duration": Invalid image count'),
+            (dict(levels=4), 'option "levels" does not apply to preset "edm2-digits" (family edm2)')]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            presets.resolve('edm2-digits', overrides)
+    with pytest.raises(ValueError, match='unknown preset "nope"'):
+        presets.resolve('nope')
+
+@pytest.mark.parametrize('overrides, world_size, message', [
+    (dict(batch=0), 1, 'batch and duration must be at least 1'),
+    (dict(lr=0.0), 1, 'lr must be positive'),
+    (dict(batch=100, batch_gpu=30), 1, 'batch 100 is not divisible by 1 processes x batch-gpu 30'),
+    (dict(batch=64), 3, 'batch 64 is not divisible by 3 processes'),
+    (dict(batch=64, duration=1000), 1, 'duration: 1000 images is not a multiple of the batch size 64'),
+    (dict(batch=64, checkpoint=100), 1, 'checkpoint: 100 images'),
+    (dict(channel_mult=[1, 2, 2, 2, 2]), 1, 'channel_mult has 5 resolution levels, too many for 4x4'),
+    (dict(p_uncond=1.0), 1, 'p_uncond must be in'),
+    (dict(lr_schedule='cosine'), 1, 'lr_schedule "cosine" is not an EDM2 schedule'),
+    (dict(ema_stds=[0.5]), 1, 'EMA std must be in'),
+])
+def test_inconsistent_options_are_value_errors(tiny_zip, overrides, world_size, message):
+    with pytest.raises(ValueError, match=message):
+        config.build('edm2-digits', overrides, data=tiny_zip, world_size=world_size)
+
+def test_batch_split_over_processes_and_rounds(tiny_zip):
+    _, c = config.build('edm2-digits', dict(batch=64, batch_gpu=8, duration='1Ki', status='1Ki'), data=tiny_zip, world_size=4)
+    assert c.batch_size == 64 and c.batch_gpu == 8 # 4 processes x 2 rounds x 8 images.
+    config.check_slice(128, 64)
+    with pytest.raises(ValueError, match='slice: 100 images'):
+        config.check_slice(100, 64)
+
+def test_dataset_problems_name_the_file(tmp_path, tiny_zip):
+    with pytest.raises(ValueError, match='--data .*missing.zip'):
+        config.build('edm2-digits', data=str(tmp_path / 'missing.zip'))
+    unlabeled = write_image_zip(tmp_path / 'unlabeled.zip', np.zeros([4, 4, 4], dtype=np.uint8))
+    with pytest.raises(ValueError, match='has no labels.*--uncond'):
+        config.build('edm2-digits', data=unlabeled)
+    _, c = config.build('edm2-digits', dict(cond=False), data=unlabeled)
+    assert c.dataset_kwargs['use_labels'] is False
+
+@pytest.mark.parametrize('name', sorted(presets.PRESETS))
+def test_every_preset_builds_on_digits_sized_data(name, tiny_zip):
+    # Family, loss, optimizer, schedule and EMA of every preset; the network's shape is checked
+    # on the meta device for 4x4 data when the preset's architecture fits it.
+    opts = presets.resolve(name)
+    family = presets.family_kwargs(opts)
+    assert family['network_kwargs']['class_name'] == f'training.networks_{opts.family}.' + {'edm2': 'Precond', 'ardm': 'ARDMNet', 'mar': 'MAR'}[opts.family]
+    if opts.family == 'ardm' or name.endswith('digits') or '-digits-' in name:
+        config.build(name, dict(channel_mult=[1, 1]) if opts.family == 'edm2' else {}, data=tiny_zip)

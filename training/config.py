@@ -1,0 +1,117 @@
+"""From a preset and overrides to the complete, validated arguments of training_loop().
+
+    opts, loop_kwargs = config.build('edm2-digits', dict(duration='2Ki'), data='digits.zip')
+    training_loop.training_loop(run_dir=..., **loop_kwargs)
+
+Everything a run could trip over later is checked here, before anything is written: the options
+(presets.resolve), the dataset, the batch split over the processes, the intervals, and the
+network itself (built on the `meta` device, which allocates nothing).
+"""
+
+import copy
+
+import torch
+
+from torch_utils import util
+from training import presets
+
+#----------------------------------------------------------------------------
+
+def build(preset, overrides=None, data=None, world_size=1):
+    """(resolved options, training_loop() keyword arguments without run_dir). ValueError or
+    FileNotFoundError naming the option or file on any inconsistency."""
+    opts = presets.resolve(preset, overrides)
+    check_ranges(opts)
+    dataset_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=opts.cond, xflip=opts.xflip)
+    dataset = open_dataset(dataset_kwargs, opts.cond)
+    family = presets.family_kwargs(opts)
+    c = util.EasyDict(
+        dataset_kwargs      = dataset_kwargs,
+        encoder_kwargs      = family['encoder_kwargs'] or default_encoder_kwargs(dataset, opts, data),
+        data_loader_kwargs  = dict(num_workers=opts.workers),
+        network_kwargs      = family['network_kwargs'],
+        loss_kwargs         = family['loss_kwargs'],
+        optimizer_kwargs    = family['optimizer_kwargs'],
+        lr_kwargs           = family['lr_kwargs'],
+        ema_kwargs          = family['ema_kwargs'],
+        seed                = opts.seed,
+        batch_size          = opts.batch,
+        batch_gpu           = opts.batch_gpu,
+        total_nimg          = opts.duration,
+        status_nimg         = opts.status,
+        snapshot_nimg       = opts.snapshot,
+        checkpoint_nimg     = opts.checkpoint,
+        grad_clip           = opts.grad_clip,
+    )
+    check_batch(c, world_size)
+    check_network(c, dataset)
+    return opts, c
+
+#----------------------------------------------------------------------------
+# Checks.
+
+def check_ranges(opts):
+    if opts.batch < 1 or opts.duration < 1:
+        raise ValueError(f'batch and duration must be at least 1 image, got batch {opts.batch} and duration {opts.duration}')
+    if opts.workers < 0:
+        raise ValueError(f'workers must be at least 0, got {opts.workers}')
+    if not opts.lr > 0 or opts.grad_clip < 0:
+        raise ValueError(f'lr must be positive and grad_clip at least 0, got lr {opts.lr} and grad_clip {opts.grad_clip}')
+
+def check_batch(c, world_size):
+    """The batch splits evenly into processes x accumulation rounds x batch_gpu, and every
+    interval is a whole number of batches (0 = off)."""
+    per_process = c.batch_size // world_size
+    batch_gpu = min(c.batch_gpu or per_process, per_process)
+    if c.batch_size % world_size != 0 or batch_gpu < 1 or per_process % batch_gpu != 0:
+        raise ValueError(f'batch {c.batch_size} is not divisible by {world_size} processes x batch-gpu {c.batch_gpu or per_process}')
+    for key, option in [('total_nimg', 'duration'), ('status_nimg', 'status'), ('snapshot_nimg', 'snapshot'), ('checkpoint_nimg', 'checkpoint')]:
+        if c[key] % c.batch_size != 0:
+            raise ValueError(f'{option}: {c[key]} images is not a multiple of the batch size {c.batch_size}')
+
+def check_slice(slice_nimg, batch_size):
+    if slice_nimg < 1 or slice_nimg % batch_size != 0:
+        raise ValueError(f'slice: {slice_nimg} images is not a positive multiple of the batch size {batch_size}')
+
+def open_dataset(dataset_kwargs, cond):
+    """The dataset object, or a ValueError that names the file and what is wrong with it."""
+    path = dataset_kwargs['path']
+    try:
+        dataset = util.construct_class_by_name(**dataset_kwargs)
+        dataset[0] # Decode one item: an unreadable file fails here, not in the loop.
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f'--data {path}: cannot read the dataset ({e})') from e
+    if cond and not dataset.has_labels:
+        raise ValueError(f'--data {path}: the dataset has no labels (dataset.json); train unconditionally with --uncond')
+    return dataset
+
+def default_encoder_kwargs(dataset, opts, path):
+    """EDM2's rule: 8-channel float data are VAE latents (posterior mean and std), uint8 data
+    are pixels."""
+    image, _ = dataset[0]
+    if image.dtype == 'uint8':
+        return dict(class_name='training.encoders.StandardRGBEncoder')
+    if dataset.num_channels == 8 and 'vae' in opts:
+        return dict(class_name='training.encoders.StabilityVAEEncoder', vae_name=opts.vae)
+    raise ValueError(f'the dataset {path} holds {dataset.num_channels}-channel {image.dtype} data; '
+        f'the {opts.family} family takes uint8 pixels' + (' or 8-channel VAE latents' if 'vae' in opts else ''))
+
+def check_network(c, dataset):
+    """Build the encoder (without loading weights), the loss, and the network and its EMA on the
+    meta device, so that an impossible configuration (e.g. more resolution levels than the images
+    have) fails now."""
+    encoder = util.construct_class_by_name(**c.encoder_kwargs)
+    image, label = dataset[0]
+    shape = encoder.encode_latents(torch.as_tensor(image).unsqueeze(0)).shape
+    util.construct_class_by_name(**c.loss_kwargs)
+    with torch.device('meta'):
+        try:
+            net = util.construct_class_by_name(**copy.deepcopy(c.network_kwargs), img_resolution=shape[-1],
+                img_channels=shape[1], label_dim=label.shape[-1])
+        except (ValueError, TypeError, AssertionError, RuntimeError) as e:
+            raise ValueError(f'the network cannot be built for {shape[1]}x{shape[2]}x{shape[3]} inputs '
+                f'and {label.shape[-1]} classes: {e}') from e
+        if c.ema_kwargs is not None:
+            util.construct_class_by_name(net=net, **c.ema_kwargs)
+
+#----------------------------------------------------------------------------

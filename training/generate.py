@@ -1,0 +1,133 @@
+"""Loading snapshots and generating images from them, for any model family: the library part of
+generate_images.py, shared with calculate_metrics.py (gen). Errors about the user's input are
+ValueError / FileNotFoundError; the scripts turn them into one-line messages.
+
+Seed-compatible with the official EDM2 generate_images.py: per seed, a torch.Generator on the
+sampling device seeded with seed % 2**32 draws the initial noise of one image and then its class.
+"""
+
+import os
+
+import numpy as np
+import torch
+
+from torch_utils import distributed as dist
+from torch_utils import persistence
+from torch_utils import util
+from training import encoders
+from training import presets
+from training import samplers
+
+#----------------------------------------------------------------------------
+# Loading a snapshot: ours, or an official EDM2 one. Official latent snapshots carry an encoder
+# whose embedded source loads the VAE through `dnnlib`, which does not exist here: it is replaced
+# by this project's StabilityVAEEncoder with the same VAE and the same scaling.
+
+def _local_encoder(encoder):
+    if encoder is None:
+        return encoders.StandardRGBEncoder()
+    if type(encoder).__name__ != 'StabilityVAEEncoder':
+        return encoder
+    state = encoder.__dict__
+    kwargs = dict(state.get('_init_kwargs') or {})
+    kwargs.update({k: state[k] for k in ['vae_name', 'raw_mean', 'raw_std', 'final_mean', 'final_std', 'batch_size'] if k in state})
+    local = encoders.StabilityVAEEncoder(**kwargs)
+    for key in ['scale', 'bias']: # What decode() uses, whichever arguments built it.
+        if key in state:
+            setattr(local, key, np.asarray(state[key], dtype=np.float32))
+    return local
+
+def load_snapshot(net, device=torch.device('cpu'), verbose=True):
+    """Load `net` (a path, a URL or a preset name from presets.GENERATION_PRESETS) onto `device`.
+    Returns EasyDict(net, encoder, loss_fn, dataset_kwargs, label_dim). Snapshots are pickles that
+    carry code: load only files you trust."""
+    if isinstance(net, str) and net in presets.GENERATION_PRESETS:
+        net = presets.GENERATION_PRESETS[net].net
+    if isinstance(net, str) and os.path.isdir(net):
+        raise IsADirectoryError(f'{net} is a folder, not a snapshot file (network-snapshot-*.pkl)')
+    if verbose:
+        dist.print0(f'Loading network from {net} ...')
+    try:
+        with util.open_url(net, verbose=(verbose and dist.get_rank() == 0)) as f:
+            data = persistence.load_pickle(f)
+    except OSError as e:
+        raise FileNotFoundError(f'Cannot read the snapshot {net}: {e}') from e
+    except Exception as e: # Anything unpickling can raise on a file that is not a pickle.
+        raise ValueError(f'{net} is not a readable snapshot pickle ({type(e).__name__}: {e})') from e
+    if not isinstance(data, dict) or not isinstance(data.get('ema'), torch.nn.Module):
+        raise ValueError(f'{net} is not a network snapshot: expected a pickled dict with the network under "ema"')
+    model = data['ema'].to(device).eval().requires_grad_(False)
+    encoder = _local_encoder(data.get('encoder', None))
+    encoder.init(device)
+    return util.EasyDict(net=model, encoder=encoder, loss_fn=data.get('loss_fn', None),
+        dataset_kwargs=data.get('dataset_kwargs', None), label_dim=int(getattr(model, 'label_dim', 0)))
+
+def has_unconditional_branch(loss_fn):
+    """Did training drop labels (docs/families.md)? Then the all-zero label selects the network's
+    unconditional branch. Losses declare it; official EDM2 losses (no declaration) did not."""
+    return bool(getattr(loss_fn, 'has_unconditional_branch', False))
+
+def check_guidance(snapshot, gnet=None, guidance=1.0):
+    """Guidance other than 1 needs a guiding network, or a conditional network trained with label
+    dropout (its all-zero label is then the unconditional branch)."""
+    if guidance < 0:
+        raise ValueError(f'--guidance {guidance}: guidance must be at least 0 (1 = none, 0 = the guiding model alone)')
+    if guidance == 1 or gnet is not None:
+        return
+    if snapshot.label_dim == 0 or not has_unconditional_branch(snapshot.loss_fn):
+        raise ValueError(f'--guidance {guidance} needs a guiding network (--gnet): this network '
+            f'{"is unconditional" if snapshot.label_dim == 0 else "was not trained with label dropout"}, '
+            'so it has no unconditional branch to guide itself')
+
+def check_class(label_dim, class_idx):
+    """`class_idx`: None (random), 'all', or an index 0..label_dim-1."""
+    if class_idx is None:
+        return
+    if label_dim == 0:
+        raise ValueError(f'--class {class_idx}: the network is unconditional')
+    if class_idx != 'all' and not 0 <= int(class_idx) < label_dim:
+        raise ValueError(f'--class {class_idx} is out of range: the network has {label_dim} classes (0..{label_dim - 1})')
+
+#----------------------------------------------------------------------------
+# Generate images for the given seeds, in batches, split across the ranks. Yields one EasyDict
+# per non-empty batch of this rank: images (uint8 [N, C, H, W] on device), labels (int64 class
+# indices [N], or None for unconditional networks), seeds and indices (positions in `seeds`).
+# `class_idx`: None = a random class per seed, an int = that class, 'all' = position % label_dim.
+
+def generate_images(net, encoder, seeds=range(32), class_idx=None, batch_size=32,
+    device=torch.device('cpu'), gnet=None, guidance=1.0, verbose=True, **sampler_kwargs):
+    seeds = list(seeds)
+    if len(seeds) == 0:
+        raise ValueError('No seeds to generate (the seed list is empty)')
+    label_dim = int(net.label_dim)
+    check_class(label_dim, class_idx)
+
+    # The same split as the official code: batches of at most batch_size, dealt out to the ranks.
+    world_size = dist.get_world_size()
+    num_batches = max((len(seeds) - 1) // (batch_size * world_size) + 1, 1) * world_size
+    rank_batches = np.array_split(np.arange(len(seeds)), num_batches)[dist.get_rank() :: world_size]
+    if verbose:
+        dist.print0(f'Generating {len(seeds)} images ...')
+
+    for indices in rank_batches:
+        if len(indices) == 0:
+            continue
+        batch_seeds = [seeds[idx] for idx in indices]
+        rnd = samplers.StackedRandomGenerator(device, batch_seeds)
+        noise = rnd.randn([len(batch_seeds), net.img_channels, net.img_resolution, net.img_resolution], device=device)
+        classes, labels = None, None
+        if label_dim > 0:
+            # Drawn even for a fixed class, as the official code does, so that whatever the
+            # sampler draws afterwards (churn) matches it too.
+            classes = rnd.randint(label_dim, size=[len(batch_seeds), 1], device=device)[:, 0]
+            if class_idx == 'all':
+                classes = torch.as_tensor(indices % label_dim, dtype=torch.int64, device=device)
+            elif class_idx is not None:
+                classes = torch.full_like(classes, int(class_idx))
+            labels = torch.eye(label_dim, device=device)[classes]
+        with torch.no_grad():
+            x = samplers.sample(net, noise, labels, rnd, gnet=gnet, guidance=guidance, **sampler_kwargs)
+            images = encoder.decode(x)
+        yield util.EasyDict(images=images, labels=classes, seeds=batch_seeds, indices=[int(i) for i in indices])
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,207 @@
+"""Evaluation maths and files: the Frechet distance, feature statistics accumulated in float64
+over batches and ranks, class-agreement counts, and reference-statistics files. The library part
+of calculate_metrics.py; errors about the user's input are ValueError / OSError.
+
+Reference statistics use EDM2's pickle format ({metric: {'mu', 'sigma'}}, plus 'num_images');
+EDM2's published reference pickles are accepted. They are read with a restricted unpickler that
+admits only dicts, numbers and numpy arrays, so a reference file can never run code; `.npz`
+(keys '{metric}.mu', '{metric}.sigma', 'num_images'; or plain 'mu'/'sigma' = FID) is the format
+that needs no pickle at all.
+"""
+
+import io
+import pickle
+
+import numpy as np
+import torch
+
+from torch_utils import distributed as dist
+from torch_utils import util
+
+#----------------------------------------------------------------------------
+# Frechet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2):
+#   |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)).
+# For any factor sigma1 = L L^T, sigma1 sigma2 is similar to the symmetric PSD matrix
+# L^T sigma2 L, so the trace of its square root is the sum of the square roots of that matrix's
+# eigenvalues: one symmetric eigenvalue problem instead of a general (Schur-based, complex)
+# sqrtm. L is the Cholesky factor when sigma1 is positive definite (the usual case), else
+# sigma1^(1/2) from its eigendecomposition (singular covariances: fewer images than features).
+
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, dtype=np.float64), np.asarray(sigma2, dtype=np.float64)
+    try:
+        factor = np.linalg.cholesky(sigma1)
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh(sigma1)
+        factor = v * np.sqrt(np.clip(w, 0, None))
+    s = factor.T @ sigma2 @ factor
+    eig = np.linalg.eigvalsh((s + s.T) / 2) # Symmetrize away rounding.
+    trace_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
+    fd = np.square(mu1 - mu2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt
+    return float(max(fd, 0)) # Only rounding makes it negative.
+
+def frechet_distance_sqrtm(mu1, sigma1, mu2, sigma2):
+    """The reference formula (EDM2's): scipy.linalg.sqrtm of the product. For tests and benchmarks."""
+    import scipy.linalg # pylint: disable=import-outside-toplevel
+    m = np.square(np.asarray(mu1, dtype=np.float64) - mu2).sum()
+    s, _ = scipy.linalg.sqrtm(np.dot(sigma1, sigma2), disp=False)
+    return float(np.real(m + np.trace(sigma1 + sigma2 - s * 2)))
+
+#----------------------------------------------------------------------------
+# Feature statistics as float64 sums, reduced over ranks.
+
+class FeatureStats:
+    def __init__(self, feature_dim, device=torch.device('cpu')):
+        self.count = torch.zeros([], dtype=torch.float64, device=device)
+        self.sum = torch.zeros([feature_dim], dtype=torch.float64, device=device)
+        self.sum_outer = torch.zeros([feature_dim, feature_dim], dtype=torch.float64, device=device)
+
+    def update(self, features):
+        x = features.to(self.sum.device, torch.float64).reshape(features.shape[0], -1)
+        assert x.shape[1] == self.sum.shape[0], f'features have {x.shape[1]} dimensions, expected {self.sum.shape[0]}'
+        self.count += x.shape[0]
+        self.sum += x.sum(0)
+        self.sum_outer += x.T @ x
+
+    def all_reduce(self):
+        for tensor in [self.count, self.sum, self.sum_outer]:
+            dist.all_reduce_sum(tensor)
+        return self
+
+    def mu_sigma(self):
+        """Mean and unbiased (n - 1) covariance, float64 numpy, as EDM2 stores them."""
+        n = int(self.count.item())
+        if n < 2:
+            raise ValueError(f'Need at least 2 images for a covariance, got {n}')
+        mu = self.sum / n
+        sigma = (self.sum_outer - n * torch.outer(mu, mu)) / (n - 1)
+        return dict(mu=mu.cpu().numpy(), sigma=sigma.cpu().numpy())
+
+#----------------------------------------------------------------------------
+# Every metric of one evaluation, fed batch by batch: a Frechet metric accumulates the features
+# of its detector; an accuracy metric (a classifier: image -> class) counts the images whose
+# predicted class is the one they were generated for.
+
+class Evaluation:
+    def __init__(self, detectors, device=torch.device('cpu')):
+        """detectors: {metric: detector (has feature_dim) or classifier (has none)}."""
+        self.detectors = detectors
+        self.stats = {m: FeatureStats(d.feature_dim, device) for m, d in detectors.items() if hasattr(d, 'feature_dim')}
+        self.agreement = {m: torch.zeros([2], dtype=torch.float64, device=device) for m in detectors if m not in self.stats}
+
+    @torch.no_grad()
+    def update(self, images, classes=None):
+        """uint8 images [N, C, H, W]; classes: int64 [N], the classes they should show (accuracy)."""
+        for metric, detector in self.detectors.items():
+            if metric in self.stats:
+                self.stats[metric].update(detector(images))
+                continue
+            if classes is None:
+                raise ValueError(f'{metric} needs the class of every image, but these images have none (an unconditional network?)')
+            predicted = detector(images).cpu()
+            self.agreement[metric] += torch.tensor([(predicted == classes.cpu()).sum().item(), len(predicted)],
+                dtype=torch.float64, device=self.agreement[metric].device)
+
+    def all_reduce(self):
+        for s in self.stats.values():
+            s.all_reduce()
+        for counts in self.agreement.values():
+            dist.all_reduce_sum(counts)
+        return self
+
+    def statistics(self):
+        """{metric: {'mu', 'sigma'}} of the Frechet metrics (after all_reduce)."""
+        return {metric: s.mu_sigma() for metric, s in self.stats.items()}
+
+    def results(self, ref_stats=None):
+        """{metric: value}: Frechet distances against `ref_stats`, accuracies in [0, 1]."""
+        values = {}
+        for metric, ours in self.statistics().items():
+            values[metric] = frechet_distance(ours['mu'], ours['sigma'], ref_stats[metric]['mu'], ref_stats[metric]['sigma'])
+        for metric, (correct, total) in self.agreement.items():
+            values[metric] = float(correct / total)
+        return {metric: values[metric] for metric in self.detectors}
+
+#----------------------------------------------------------------------------
+# Reference statistics files.
+
+class _ReferenceUnpickler(pickle.Unpickler):
+    """Admits dicts, numbers, strings and numpy arrays: what EDM2's reference pickles hold
+    (their EasyDicts become plain dicts). Anything else (code) is refused."""
+    _ALLOWED = {
+        ('numpy', 'ndarray'), ('numpy', 'dtype'),
+        ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+        ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+        ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
+        ('collections', 'OrderedDict'),
+    }
+    _DICTS = {('dnnlib.util', 'EasyDict'), ('dnnlib', 'EasyDict'), ('torch_utils.util', 'EasyDict')}
+
+    def find_class(self, module, name):
+        if (module, name) in self._DICTS:
+            return dict
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f'refusing to load {module}.{name}: reference statistics hold only numbers and arrays')
+
+def load_reference(ref):
+    """Statistics {metric: {'mu', 'sigma'}, ...} from an EDM2-format pickle or an .npz (path or URL)."""
+    try:
+        with util.open_url(ref, verbose=(dist.get_rank() == 0)) as f:
+            data = f.read()
+    except OSError as e:
+        raise FileNotFoundError(f'Cannot read reference statistics {ref}: {e}') from e
+    try:
+        if data[:2] == b'PK': # .npz (a zip of .npy), never pickled objects.
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                stats = _from_npz(npz)
+        else:
+            stats = _ReferenceUnpickler(io.BytesIO(data)).load()
+    except Exception as e: # pylint: disable=broad-except
+        raise ValueError(f'Cannot read reference statistics {ref}: not an EDM2 reference pickle or statistics .npz '
+            f'({type(e).__name__}: {e})') from e
+    if not isinstance(stats, dict):
+        raise ValueError(f'Cannot read reference statistics {ref}: expected a dict of metrics, got {type(stats).__name__}')
+    return stats
+
+def _from_npz(npz):
+    if 'mu' in npz.files: # A bare mu/sigma pair is FID statistics.
+        return dict(fid=dict(mu=npz['mu'], sigma=npz['sigma']))
+    stats = {}
+    for key in npz.files:
+        metric, _, field = key.rpartition('.')
+        if metric:
+            stats.setdefault(metric, {})[field] = npz[key]
+        else:
+            stats[key] = npz[key].item() if npz[key].ndim == 0 else npz[key]
+    return stats
+
+def save_reference(stats, dest):
+    """Write statistics atomically: `.npz` (no pickle) when dest ends in .npz, else EDM2's pickle."""
+    with util.atomic_path(dest) as tmp:
+        with open(tmp, 'wb') as f:
+            if dest.lower().endswith('.npz'):
+                arrays = {f'{m}.{k}': v for m, entry in stats.items() if isinstance(entry, dict) for k, v in entry.items()}
+                arrays.update({k: np.asarray(v) for k, v in stats.items() if not isinstance(v, dict)})
+                np.savez(f, **arrays)
+            else:
+                pickle.dump(stats, f)
+
+def check_reference(stats, ref, metrics, feature_dims=None):
+    """The reference has every requested Frechet metric, with mu [F] and sigma [F, F]."""
+    for metric in metrics:
+        entry = stats.get(metric)
+        if not isinstance(entry, dict) or 'mu' not in entry or 'sigma' not in entry:
+            present = [k for k, v in stats.items() if isinstance(v, dict) and 'mu' in v]
+            raise ValueError(f'Reference {ref} has no "{metric}" statistics (it has: {", ".join(present) or "none"}); '
+                f'compute them with: calculate_metrics.py ref --metrics {metric}')
+        mu, sigma = np.asarray(entry['mu']), np.asarray(entry['sigma'])
+        dim = mu.shape[0] if mu.ndim == 1 else None
+        if dim is None or sigma.shape != (dim, dim):
+            raise ValueError(f'Reference {ref}: "{metric}" has mu {list(mu.shape)} and sigma {list(sigma.shape)}, not [F] and [F, F]')
+        if feature_dims is not None and dim != feature_dims[metric]:
+            raise ValueError(f'Reference {ref}: "{metric}" statistics have {dim} features, '
+                f'but the {metric} detector gives {feature_dims[metric]}')
+
+#----------------------------------------------------------------------------
