@@ -117,6 +117,7 @@ def open_image_dataset(path, option, max_size=None, seed=0):
     try:
         dataset = ImageFolderDataset(path=path, max_size=max_size, random_seed=seed)
         image = dataset[0][0]
+        dataset.check_shapes()
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f'{option} {path}: cannot read images ({e})') from e
     if image.dtype != np.uint8:
@@ -174,13 +175,14 @@ def cmdline():
 @click.option('--class', 'class_idx', help='Only the images of this class (source)', metavar='INT', type=click.IntRange(min=0), default=None)
 @click.option('--batch', help='Images per batch per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', help='DataLoader worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
+@click.option('--overwrite', help='Replace an existing --dest', is_flag=True)
 @detector_options
 @util.one_line_errors
-def ref(data, dest, metrics, class_idx, batch, workers, detector_kwargs):
+def ref(data, dest, metrics, class_idx, batch, workers, overwrite, detector_kwargs):
     """Reference statistics of a dataset (all of it, or one class)."""
     dist.init()
     metrics = parse_metrics(metrics, detectors_lib.DETECTORS)
-    util.check_writable(dest, '--dest')
+    util.check_new_output(dest, '--dest', overwrite=overwrite)
     dataset = open_image_dataset(data, '--data')
     indices = np.arange(len(dataset)) if class_idx is None else class_indices(dataset, class_idx, data)
     if len(indices) < 2:
@@ -267,6 +269,7 @@ def gen(net, ref_path, metrics, num, seed, class_idx, guidance, gnet, steps, bat
     generate.check_class(snapshot.label_dim, class_idx)
     guide = generate.load_snapshot(gnet, device=device, verbose=(dist.get_rank() == 0)).net if gnet else None
     generate.check_guidance(snapshot, gnet=guide, guidance=guidance)
+    generate.check_guide(snapshot.net, guide)
     detectors = load_detectors(metrics, device, detector_kwargs)
     ref_stats = load_reference(ref_path, fd_metrics, detectors) if fd_metrics else None
     sampler_kwargs = {} if steps is None else dict(steps=steps)
@@ -373,9 +376,12 @@ def pivot_table(records, rows, cols):
 @click.option('--rows', help='Record key for the rows', metavar='KEY', type=str, required=True)
 @click.option('--cols', help='Record key for the columns (metric: one column per metric)', metavar='KEY', type=str, default='metric', show_default=True)
 @click.option('--dest', help='Also write the table to this Markdown file', metavar='FILE', type=str, default=None)
+@click.option('--overwrite', help='Replace an existing --dest', is_flag=True)
 @util.one_line_errors
-def table(results, rows, cols, dest):
+def table(results, rows, cols, dest, overwrite):
     """Pivot a results JSONL file into a Markdown table."""
+    if dest:
+        util.check_new_output(dest, '--dest', overwrite=overwrite)
     records = read_results(results)
     if not any(rows in r for r in records):
         raise ValueError(f'--rows {rows}: no record in {results} has that key')

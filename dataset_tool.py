@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import pickle
 import re
-import shutil
 import tarfile
 import zipfile
 import click
@@ -68,7 +67,7 @@ class FileSource(Source):
         # One channel only when the dataset starts grayscale (a converted MNIST or digits);
         # photo collections with a few grayscale images (ImageNet) stay RGB.
         self.mode = 'RGB'
-        if not self.is_latent and self._open(0).mode in ('1', 'L', 'LA'):
+        if not self.is_latent and self._open(0).mode in ('1', 'L', 'LA') + SIXTEEN_BIT_MODES:
             self.mode = 'L'
 
     def _open(self, idx): # -> PIL image, or an array for .npy
@@ -84,10 +83,24 @@ class FileSource(Source):
 
     def load(self, idx):
         data = self._open(idx)
-        return data if self.is_latent else np.array(data.convert(self.mode))
+        return data if self.is_latent else np.array(to_8bit(data, self.describe(idx)).convert(self.mode))
 
     def describe(self, idx):
         return self.files.describe(self.fnames[idx])
+
+# 16-bit grayscale images (PNG, TIFF) scale to 8 bits; PIL's own conversion would clip them to
+# 0 and 255. Floating-point images have no agreed range and are refused.
+SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
+
+def to_8bit(image, name):
+    if image.mode in SIXTEEN_BIT_MODES:
+        x = np.asarray(image, dtype=np.int64)
+        if x.size and (x.min() < 0 or x.max() > 65535):
+            raise SourceError(f'{name}: {image.mode} pixel values {x.min()}..{x.max()} are not 16-bit (0..65535)')
+        return PIL.Image.fromarray(np.round(x * (255 / 65535)).astype(np.uint8), 'L')
+    if image.mode == 'F':
+        raise SourceError(f'{name}: floating-point pixels (mode F) have no agreed range; convert them to 8 or 16 bits first')
+    return image
 
 #----------------------------------------------------------------------------
 # Opening each kind of source.
@@ -133,9 +146,10 @@ def open_file_tree(path):
         except (TypeError, ValueError, KeyError) as e:
             raise SourceError(f'{files.describe("dataset.json")}: expected {{"labels": [[name, id], ...], '
                 f'"sources": [{{"label", "name", "original_id"}}, ...]}} ({type(e).__name__}: {e})')
-        missing = [f for f in fnames if not isinstance(label_of.get(f), int)]
+        missing = [f for f in fnames if not isinstance(label_of.get(f), int) or label_of[f] < 0]
         if missing:
-            raise SourceError(f'{files.describe("dataset.json")}: no integer class id for {missing[0]}')
+            raise SourceError(f'{files.describe("dataset.json")}: no class id >= 0 for {missing[0]} '
+                f'(got {label_of.get(missing[0])!r})')
         labels = [label_of[f] for f in fnames]
     else:
         folders = [f.split('/')[0] if '/' in f else '' for f in fnames]
@@ -196,6 +210,12 @@ def open_mnist(images_path):
 #----------------------------------------------------------------------------
 # Selecting images: --classes, --per-class, --max-images.
 
+def parse_class_range(token):
+    try:
+        return util.parse_int_list(token)
+    except ValueError as e:
+        raise SourceError(f'--classes: {e}') from None
+
 def parse_classes(source, spec):
     """'3,n01440764,5-7' -> class ids, in the order given. Names win over ids when a class is
     named by a number (a folder called '3' is that folder, not class id 3)."""
@@ -204,8 +224,8 @@ def parse_classes(source, spec):
     for token in (t.strip() for t in spec.split(',')):
         if token in by_name:
             chosen.append(by_name[token])
-        elif re.fullmatch(r'\d+(-\d+)?', token) and all(c in source.classes for c in util.parse_int_list(token)):
-            chosen += util.parse_int_list(token)
+        elif re.fullmatch(r'\d+(-\d+)?', token) and all(c in source.classes for c in parse_class_range(token)):
+            chosen += parse_class_range(token)
         else:
             known = ', '.join(f'{c} ({name})' for c, (name, _) in sorted(source.classes.items())[:20])
             raise SourceError(f'--classes: unknown class "{token}" in {source.name}; its classes are {known}'
@@ -336,14 +356,16 @@ def archive_name(idx, ext='png'):
     idx_str = f'{idx:08d}'
     return f'{idx_str[:5]}/img{idx_str}.png' if ext == 'png' else f'{idx_str[:5]}/img-mean-std-{idx_str}.npy'
 
-def check_dest(dest):
+def check_dest(dest, overwrite=False):
+    """The outputs policy (README): an existing --dest is refused unless --overwrite, which
+    replaces a ZIP, or a folder that holds a dataset (dataset.json); an empty folder is filled."""
     if dest == '':
         raise SourceError('--dest must not be empty')
-    if dest.lower().endswith('.zip'):
-        if os.path.exists(dest):
-            raise SourceError(f'--dest {dest} already exists; delete it or choose another name')
-    elif os.path.exists(dest) and (not os.path.isdir(dest) or len(os.listdir(dest)) != 0):
-        raise SourceError(f'--dest {dest} exists and is not an empty folder')
+    is_dataset_folder = os.path.isdir(dest) and os.path.isfile(os.path.join(dest, 'dataset.json'))
+    if os.path.isdir(dest) and len(os.listdir(dest)) != 0 and not (overwrite and is_dataset_folder):
+        raise SourceError(f'--dest {dest} is a folder that is not empty' + ('' if is_dataset_folder else
+            ' and holds no dataset (dataset.json); --overwrite replaces datasets only') + '; choose another name')
+    util.check_new_output(dest, '--dest', overwrite=overwrite or os.path.isdir(dest), folder=not dest.lower().endswith('.zip'))
 
 @contextlib.contextmanager
 def open_dest(dest):
@@ -361,13 +383,7 @@ def open_dest(dest):
                 os.makedirs(os.path.dirname(os.path.join(tmp, fname)), exist_ok=True)
                 with open(os.path.join(tmp, fname), 'wb') as f:
                     f.write(data)
-            try:
-                yield write_file
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            if os.path.isdir(dest):
-                os.rmdir(dest) # Checked empty by check_dest(); the rename needs it gone on every OS.
+            yield write_file
 
 def write_dataset(dest, records, labels, sources, total, ext='png', desc='convert'):
     """records: iterable of file contents (bytes), one per output image, or None to skip.
@@ -440,8 +456,9 @@ def convert_image(source, transform, idx):
 @click.option('--per-class',  help='Pick this many images per class at random, without replacement', metavar='INT', type=click.IntRange(min=1))
 @click.option('--seed',       help='Random seed for --per-class', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--workers',    help='Decoding processes  [default: all cores]', metavar='INT', type=click.IntRange(min=1), default=default_workers())
+@click.option('--overwrite',  help='Replace an existing --dest', is_flag=True)
 @util.one_line_errors
-def convert(source, dest, transform, resolution, max_images, classes, per_class, seed, workers):
+def convert(source, dest, transform, resolution, max_images, classes, per_class, seed, workers, overwrite):
     """Convert images into a dataset ZIP (or folder) of PNGs with a dataset.json.
 
     Classes come from dataset.json, from the top-level subfolders (sorted: for an ImageNet
@@ -456,7 +473,7 @@ def convert(source, dest, transform, resolution, max_images, classes, per_class,
     reads train-images-idx3-ubyte.gz (or the given *-images-idx3-ubyte.gz) and its labels file.
     Folders and ZIPs give RGB images, or 1-channel ones when the first image is grayscale.
     """
-    check_dest(dest)
+    check_dest(dest, overwrite)
     width, height = resolution if resolution is not None else (None, None)
     transform_image = make_transform(transform, width, height)
     src = open_source(source)
@@ -505,6 +522,7 @@ def vae_command(source_help, batch_help):
             click.option('--model-url',  help='VAE: hub name or local folder from save_pretrained()', metavar='NAME|PATH', type=str, default='stabilityai/sd-vae-ft-mse', show_default=True),
             click.option('--max-images', help='Stop after this many images', metavar='INT', type=click.IntRange(min=1)),
             click.option('--batch',      help=batch_help, metavar='INT', type=click.IntRange(min=1), default=8, show_default=True),
+            click.option('--overwrite',  help='Replace an existing --dest', is_flag=True),
         ]
         fn = util.one_line_errors(fn)
         for option in reversed(options):
@@ -512,13 +530,13 @@ def vae_command(source_help, batch_help):
         return cmdline.command()(fn)
     return decorate
 
-def transcode(source, dest, model_url, max_images, batch, want_latents, convert_batch):
+def transcode(source, dest, model_url, max_images, batch, overwrite, want_latents, convert_batch):
     """The skeleton of encode and decode: every image (or latent) of `source`, `batch` at a time
     through convert_batch(arrays, encoder, device) -> file contents, into a dataset at `dest` with
     the source's labels and classes."""
     import torch # pylint: disable=import-outside-toplevel
     from training.encoders import StabilityVAEEncoder # pylint: disable=import-outside-toplevel
-    check_dest(dest)
+    check_dest(dest, overwrite)
     src = open_source(source)
     if getattr(src, 'is_latent', False) != want_latents:
         raise SourceError(f'--source {source}: expected a dataset of ' + ('latents (.npy)' if want_latents else 'images'))
@@ -538,10 +556,10 @@ def transcode(source, dest, model_url, max_images, batch, want_latents, convert_
     print(f'Wrote {num_written} {what} to {dest}')
 
 @vae_command(source_help='Image dataset (ZIP or folder)', batch_help='Images per VAE call')
-def encode(source, dest, model_url, max_images, batch):
+def encode(source, dest, model_url, max_images, batch, overwrite):
     """Encode images into VAE latents: float32 [8, H/8, W/8] .npy files holding the posterior
     mean and std, with the source's labels and dataset.json "sources"."""
-    transcode(source, dest, model_url, max_images, batch, want_latents=False, convert_batch=functools.partial(encode_batch, source))
+    transcode(source, dest, model_url, max_images, batch, overwrite, want_latents=False, convert_batch=functools.partial(encode_batch, source))
 
 def encode_batch(source, images, encoder, device):
     import torch # pylint: disable=import-outside-toplevel
@@ -551,9 +569,9 @@ def encode_batch(source, images, encoder, device):
     return [npy_bytes(lat.astype(np.float32)) for lat in encoder.encode_pixels(x).cpu().numpy()]
 
 @vae_command(source_help='Latent dataset (ZIP or folder) written by encode', batch_help='Latents per VAE call')
-def decode(source, dest, model_url, max_images, batch):
+def decode(source, dest, model_url, max_images, batch, overwrite):
     """Decode latents back into PNGs for inspection (the posterior mean, no sampling noise)."""
-    transcode(source, dest, model_url, max_images, batch, want_latents=True, convert_batch=functools.partial(decode_batch, source))
+    transcode(source, dest, model_url, max_images, batch, overwrite, want_latents=True, convert_batch=functools.partial(decode_batch, source))
 
 def decode_batch(source, latents, encoder, device):
     import torch # pylint: disable=import-outside-toplevel

@@ -6,12 +6,14 @@ Seed-compatible with the official EDM2 generate_images.py: per seed, a torch.Gen
 sampling device seeded with seed % 2**32 draws the initial noise of one image and then its class.
 """
 
+import json
 import math
 import os
 import re
 
 import click
 import PIL.Image
+import PIL.PngImagePlugin
 import torch
 import tqdm
 
@@ -24,12 +26,34 @@ from training import samplers
 #----------------------------------------------------------------------------
 # Output.
 
-def save_image(image, path):
+# Every PNG records the command that made it (network, guidance, class, sampler options; the
+# grid also its seeds). A file made by the same command is the same image and may be written
+# again; any other existing file is refused unless --overwrite (the outputs policy, README).
+
+RECORD_KEY = 'generated-by'
+
+def save_image(image, path, record):
     """uint8 [C, H, W] -> PNG, written atomically (RGB, or grayscale when C == 1)."""
     array = image.permute(1, 2, 0).cpu().numpy()
     pil = PIL.Image.fromarray(array[:, :, 0], 'L') if array.shape[2] == 1 else PIL.Image.fromarray(array, 'RGB')
+    info = PIL.PngImagePlugin.PngInfo()
+    info.add_text(RECORD_KEY, record)
     with util.atomic_path(path) as tmp:
-        pil.save(tmp, format='PNG')
+        pil.save(tmp, format='PNG', pnginfo=info)
+
+def check_outputs(paths, record, overwrite, what):
+    """Refuse, before any work, to replace a file that another command made."""
+    for path in paths:
+        util.check_writable(path, what)
+        if overwrite or not os.path.lexists(path):
+            continue
+        try:
+            made_by = PIL.Image.open(path).text.get(RECORD_KEY)
+        except (OSError, AttributeError):
+            made_by = None
+        if made_by != record:
+            raise FileExistsError(f'{path} exists and was not made by this command (another network or options); '
+                f'pass --overwrite to replace it, or choose another {what}')
 
 def make_grid(images, rows=None):
     """uint8 [C, H, W] images -> one [C, H * num_rows, W * num_cols] grid. `rows`: lists of
@@ -82,8 +106,9 @@ def parse_class(value):
 @click.option('--S_min', 'S_min', help='Stochastic min noise level  [default: 0]', metavar='FLOAT', type=click.FloatRange(min=0), default=None)
 @click.option('--S_max', 'S_max', help='Stochastic max noise level  [default: inf]', metavar='FLOAT', type=click.FloatRange(min=0), default=None)
 @click.option('--S_noise', 'S_noise', help='Stochastic noise inflation  [default: 1]', metavar='FLOAT', type=float, default=None)
+@click.option('--overwrite',  help='Replace images or a grid that another command made', is_flag=True)
 @util.one_line_errors
-def main(net, gnet, guidance, outdir, subdirs, seeds, class_idx, batch_size, grid, **sampler_opts):
+def main(net, gnet, guidance, outdir, subdirs, seeds, class_idx, batch_size, grid, overwrite, **sampler_opts):
     """Generate images from a snapshot (any model family) or an official EDM2 preset.
 
     Examples:
@@ -107,22 +132,28 @@ def main(net, gnet, guidance, outdir, subdirs, seeds, class_idx, batch_size, gri
     # Only the options the user set: each sampler keeps its own defaults (docs/families.md).
     sampler_kwargs = {key: value for key, value in sampler_opts.items() if value is not None}
 
+    local = lambda path: os.path.abspath(path) if path is not None and os.path.exists(path) else path
+    record = dict(net=local(net), gnet=local(gnet), guidance=guidance, class_idx=class_idx, **sampler_kwargs)
+    image_paths = [os.path.join(outdir, f'{seed // 1000 * 1000:06d}' if subdirs else '', f'{seed:06d}.png') for seed in seeds] if outdir else []
+    check_outputs(image_paths, json.dumps(record), overwrite, '--outdir')
+    check_outputs([grid] if grid else [], json.dumps(dict(record, seeds=seeds)), overwrite, '--grid')
+
     dist.init()
     device = dist.get_device()
     snapshot = generate.load_snapshot(net, device=device)
     generate.check_guidance(snapshot, gnet=gnet, guidance=guidance)
     generate.check_class(snapshot.label_dim, class_idx)
     guide = generate.load_snapshot(gnet, device=device).net if gnet is not None and guidance != 1 else None
+    generate.check_guide(snapshot.net, guide)
 
     results = []
     image_iter = generate.generate_images(snapshot.net, snapshot.encoder, seeds=seeds, class_idx=class_idx,
         batch_size=batch_size, device=device, gnet=guide, guidance=guidance, **sampler_kwargs)
     for r in tqdm.tqdm(image_iter, unit='batch', disable=(dist.get_rank() != 0)):
         images = r.images.cpu()
-        for seed, image in zip(r.seeds, images):
+        for idx, image in zip(r.indices, images):
             if outdir is not None:
-                folder = os.path.join(outdir, f'{seed // 1000 * 1000:06d}') if subdirs else outdir
-                save_image(image, os.path.join(folder, f'{seed:06d}.png'))
+                save_image(image, image_paths[idx], json.dumps(record))
         if grid is not None:
             labels = r.labels.tolist() if r.labels is not None else [None] * len(r.seeds)
             results += list(zip(r.indices, labels, images))
@@ -135,7 +166,7 @@ def main(net, gnet, guidance, outdir, subdirs, seeds, class_idx, batch_size, gri
             if class_idx == 'all':
                 rows = [[pos for pos, (_, label, _) in enumerate(results) if label == c] for c in range(snapshot.label_dim)]
                 rows = [row for row in rows if row]
-            save_image(make_grid(images, rows), grid)
+            save_image(make_grid(images, rows), grid, json.dumps(dict(record, seeds=seeds)))
             dist.print0(f'Saved the grid {grid}')
     dist.barrier()
     dist.print0('Done.')

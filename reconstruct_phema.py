@@ -32,13 +32,15 @@ MAX_STD = float(np.sqrt(1 / 12)) # A profile wider than the uniform average does
 #----------------------------------------------------------------------------
 
 def list_snapshots(indir, max_kimg=None):
-    """[(path, kimg, std)] of the power-function EMA snapshots in a run directory."""
+    """[(path, kimg, std)] of the power-function EMA snapshots in a run directory. The kimg-0
+    snapshots (the initial weights, which every profile gives zero weight) are left out: at time
+    0 a profile has no width and the fit would divide by it."""
     if not os.path.isdir(indir):
         raise NotADirectoryError(f'--indir {indir} is not a folder')
     found = []
     for name in sorted(os.listdir(indir)):
         m = SNAPSHOT_RE.fullmatch(name)
-        if m and (max_kimg is None or int(m.group(1)) <= max_kimg):
+        if m and int(m.group(1)) > 0 and (max_kimg is None or int(m.group(1)) <= max_kimg):
             found.append((os.path.join(indir, name), int(m.group(1)), float(m.group(2))))
     return found
 
@@ -62,8 +64,13 @@ def reconstruct_phema(snapshots, out_std, out_kimg, verbose=True):
     # Accumulate in float64, one input snapshot in memory at a time.
     accum = None
     last = None
+    first_run = None
     for i, (path, kimg, _std) in enumerate(tqdm.tqdm(snapshots, desc='Reading snapshots', disable=not verbose)):
         data = load_snapshot_dict(path)
+        first_run = first_run or (path, data.get('run_id'))
+        if data.get('run_id') != first_run[1]:
+            raise ValueError(f'{path} and {first_run[0]} come from different training runs '
+                f'(run ids {data.get("run_id")} and {first_run[1]}); keep one run per directory')
         params = [p.detach().to(torch.float64) for p in data['ema'].parameters()]
         if accum is None:
             accum = [[torch.zeros_like(p) for p in params] for _ in out_std]
@@ -101,12 +108,13 @@ def parse_stds(ctx, param, value):
 @click.option('--outdir',   help='Where to write phema-*.pkl', metavar='DIR', type=str, required=True)
 @click.option('--outstd',   help='Relative stds: list and/or start:stop:step ranges', metavar='LIST', type=str, required=True, callback=parse_stds)
 @click.option('--outkimg',  help='Training time of the output  [default: newest snapshot]', metavar='KIMG', type=click.IntRange(min=1), default=None)
+@click.option('--overwrite', help='Replace existing phema-*.pkl files of the same names', is_flag=True)
 @util.one_line_errors
-def main(indir, outdir, outstd, outkimg):
+def main(indir, outdir, outstd, outkimg, overwrite):
     """Reconstruct post-hoc EMA profiles from the snapshots of a training run."""
     snapshots = list_snapshots(indir, max_kimg=outkimg)
     if not snapshots:
-        raise ValueError(f'no network-snapshot-KKKKKKK-S.SSS.pkl in {indir}' + (f' at or before {outkimg} kimg' if outkimg else ''))
+        raise ValueError(f'no network-snapshot-KKKKKKK-S.SSS.pkl after kimg 0 in {indir}' + (f' at or before {outkimg} kimg' if outkimg else ''))
     in_stds = sorted({std for _path, _kimg, std in snapshots})
     if len(in_stds) < 2:
         raise ValueError(f'{indir}: post-hoc EMA needs snapshots of at least two EMA profiles, found only std {in_stds[0]:.3f}')
@@ -114,11 +122,13 @@ def main(indir, outdir, outstd, outkimg):
     outkimg = outkimg if outkimg is not None else newest
     if outkimg > newest:
         raise ValueError(f'--outkimg {outkimg} is after the newest snapshot ({newest} kimg)')
-    print(f'{len(snapshots)} snapshots (stds {", ".join(f"{s:.3f}" for s in in_stds)}, up to {newest} kimg) -> '
-        f'{len(outstd)} profiles at {outkimg} kimg')
-    os.makedirs(outdir, exist_ok=True)
+    paths = {std: os.path.join(outdir, f'phema-{outkimg:07d}-{std:.3f}.pkl') for std in outstd}
+    for path in paths.values():
+        util.check_new_output(path, '--outdir', overwrite=overwrite)
+    print(f'{len(snapshots)} snapshots (stds {", ".join(f"{s:.3f}" for s in in_stds)}, {min(k for _, k, _ in snapshots)} to '
+        f'{newest} kimg) -> {len(outstd)} profiles at {outkimg} kimg')
     for std, data in reconstruct_phema(snapshots, out_std=outstd, out_kimg=outkimg):
-        path = os.path.join(outdir, f'phema-{outkimg:07d}-{std:.3f}.pkl')
+        path = paths[std]
         with util.atomic_path(path) as tmp:
             with open(tmp, 'wb') as f:
                 pickle.dump(data, f)

@@ -16,6 +16,7 @@ import click
 from torch_utils import distributed as dist
 from torch_utils import util
 from training import config
+from training import runs
 from training import training_loop
 
 #----------------------------------------------------------------------------
@@ -31,22 +32,6 @@ def parse_set_option(text):
     except (ValueError, SyntaxError):
         value = raw
     return key, value
-
-def record_options(outdir, preset, opts, c):
-    """training_options.json on creation of the run directory; a resumed run with changed
-    options says which."""
-    options_path = os.path.join(outdir, 'training_options.json')
-    record = json.loads(json.dumps(dict(preset=preset, options=opts, config=c)))
-    if os.path.isfile(options_path):
-        with open(options_path, 'rt') as f:
-            previous = json.load(f).get('options', {})
-        changed = sorted(k for k in set(previous) | set(record['options']) if previous.get(k) != record['options'].get(k))
-        if changed:
-            print(f'Note: resuming in {outdir} with changed options: {", ".join(changed)}')
-        return
-    with util.atomic_path(options_path) as tmp:
-        with open(tmp, 'wt') as f:
-            json.dump(record, f, indent=2)
 
 #----------------------------------------------------------------------------
 
@@ -75,11 +60,16 @@ def record_options(outdir, preset, opts, c):
 @click.option('--workers',      help='DataLoader workers per process', metavar='INT', type=click.IntRange(min=0), default=None)
 @click.option('--slice',        'slice_nimg', help='Stop after this many images in this invocation (then resume)', metavar='NIMG', type=str, default=None)
 @click.option('--set',          'set_options', help='Override any preset value, e.g. --set num_blocks=2', metavar='KEY=VALUE', multiple=True)
+@click.option('--restart',      help='Move an earlier run in --outdir aside and start over', is_flag=True)
 @click.option('-n', '--dry-run', help='Print the resolved configuration and exit', is_flag=True)
 @util.one_line_errors
-def main(outdir, data, preset, slice_nimg, set_options, dry_run, **flags):
+def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, **flags):
     """Train a model from a named preset. Every preset value can be overridden: the common ones
-    with their flags, any other with --set KEY=VALUE."""
+    with their flags, any other with --set KEY=VALUE.
+
+    --outdir belongs to one run: re-running the same command resumes it; a directory holding
+    another run (another preset, or outputs without a training state) is refused unless
+    --restart moves its files into a subfolder first."""
     dist.init()
     overrides = {key: value for key, value in flags.items() if value is not None}
     overrides.update(parse_set_option(text) for text in set_options)
@@ -92,19 +82,19 @@ def main(outdir, data, preset, slice_nimg, set_options, dry_run, **flags):
     dist.print0(json.dumps(opts, indent=2))
     dist.print0('Training config:')
     dist.print0(json.dumps(c, indent=2))
-    dist.print0(f'Output directory: {outdir}')
+    action = runs.check(outdir, preset, restart=restart)
+    dist.print0(f'Output directory: {outdir} ({dict(new="new run", resume="resuming", restart="moving the earlier run aside")[action]})')
     dist.print0(f'Processes: {dist.get_world_size()}, device: {dist.get_device()}')
     if dry_run:
         dist.print0('Dry run; exiting.')
         return
 
     if dist.get_rank() == 0:
-        os.makedirs(outdir, exist_ok=True)
-        record_options(outdir, preset, opts, c)
+        runs.prepare(outdir, preset, json.loads(json.dumps(dict(options=opts, config=c))), action)
     dist.barrier()
     logger = util.Logger(file_name=os.path.join(outdir, 'log.txt'), file_mode='a') if dist.get_rank() == 0 else None
     try:
-        training_loop.training_loop(run_dir=outdir, slice_nimg=slice_nimg, **c)
+        training_loop.training_loop(run_dir=outdir, run_id=runs.run_id_of(outdir), slice_nimg=slice_nimg, **c)
     finally:
         if logger is not None:
             logger.close()

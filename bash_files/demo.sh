@@ -47,13 +47,13 @@ run "$PYTHON" generate_images.py --net "$edm2_net" --outdir "$out/samples/edm2" 
     --guidance 2 --grid "$out/samples/edm2-grid.png"
 
 step "4. Evaluate the EDM2 model against the held-out digits"
-run "$PYTHON" calculate_metrics.py ref --data "$out/data/digits-test.zip" --metrics fd_digits \
+[ -e "$out/refs/digits-test.pkl" ] || run "$PYTHON" calculate_metrics.py ref --data "$out/data/digits-test.zip" --metrics fd_digits \
     --dest "$out/refs/digits-test.pkl"
 run "$PYTHON" calculate_metrics.py gen --net "$edm2_net" --ref "$out/refs/digits-test.pkl" --metrics fd_digits,digits_acc \
     --num 1000 --guidance 2 --results "$out/metrics.jsonl" --tag model=edm2-digits
 if [ "$DRY_RUN" = 1 ] || "$PYTHON" calculate_metrics.py weights --check fid,fd_dinov2; then
-    run "$PYTHON" calculate_metrics.py ref --data "$out/data/digits-test.zip" --metrics fid,fd_dinov2 \
-        --dest "$out/refs/digits-test-fid.pkl"
+    [ -e "$out/refs/digits-test-fid.pkl" ] || run "$PYTHON" calculate_metrics.py ref --data "$out/data/digits-test.zip" \
+        --metrics fid,fd_dinov2 --dest "$out/refs/digits-test-fid.pkl"
     run "$PYTHON" calculate_metrics.py gen --net "$edm2_net" --ref "$out/refs/digits-test-fid.pkl" --metrics fid,fd_dinov2 \
         --num 359 --results "$out/metrics.jsonl" --tag model=edm2-digits
 else
@@ -72,7 +72,7 @@ run "$PYTHON" generate_images.py --net "$ardm_net" --outdir "$out/samples/ardm" 
 step "6. Gaussian simulations of multi-source learning"
 run "$PYTHON" -m simulations.run_gaussian --tag all --results_dir "$out/simulations/results"
 for tag in K n sim; do
-    run "$PYTHON" -m "simulations.plot_gaussian_$tag" --results_dir "$out/simulations/results" --outdir "$out/simulations/figures"
+    run "$PYTHON" -m "simulations.plot_gaussian_$tag" --results_dir "$out/simulations/results" --outdir "$out/simulations/figures" --overwrite
 done
 
 step "Done in $(( $(date +%s) - start ))s. Outputs:"

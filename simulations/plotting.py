@@ -47,6 +47,9 @@ def unique_path(path):
 #----------------------------------------------------------------------------
 # Plotting.
 
+def figure_paths(outdir, tag):
+    return [os.path.join(outdir, f'gaussian_{tag}.{ext}') for ext in ('png', 'svg')]
+
 def plot_tag(csv_path, tag, outdir, log_x=None):
     """Empirical TV (left axis, solid) and theoretical bound (right axis, dashed) for single and
     multi against the varied parameter. Saves {outdir}/gaussian_{tag}.png and .svg; returns both paths."""
@@ -80,12 +83,10 @@ def plot_tag(csv_path, tag, outdir, log_x=None):
     ax.legend(lines, [l.get_label() for l in lines], fontsize=8, loc='best')
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    paths = []
-    for ext in ('png', 'svg'):
-        path = os.path.join(outdir, f'gaussian_{tag}.{ext}')
+    paths = figure_paths(outdir, tag)
+    for path in paths:
         with util.atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=150)
-        paths.append(path)
+            fig.savefig(tmp, format=path.rsplit('.', 1)[1], dpi=150)
     plt.close(fig)
     return paths
 
@@ -98,8 +99,11 @@ def plot_command(tag):
                   help='CSV to plot (default: newest of this tag under --results_dir).')
     @click.option('--results_dir', default=os.path.join('simulations', 'results'), show_default=True)
     @click.option('--outdir', default=os.path.join('simulations', 'figures'), show_default=True)
+    @click.option('--overwrite', help='Replace existing figures', is_flag=True)
     @util.one_line_errors
-    def main(csv_path, results_dir, outdir):
+    def main(csv_path, results_dir, outdir, overwrite):
+        for path in figure_paths(outdir, tag):
+            util.check_new_output(path, '--outdir', overwrite=overwrite)
         if csv_path is None:
             csv_path = newest_csv(results_dir, tag)
         for p in plot_tag(csv_path, tag, outdir):

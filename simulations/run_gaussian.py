@@ -69,6 +69,7 @@ def format_table(rows, tag):
 def main(tag, seeds, K, D, sim, n, values, num_test, results_dir):
     if tag == 'all' and values is not None:
         raise click.BadParameter('--values needs a single --tag', param_hint='--values')
+    util.check_writable(os.path.join(results_dir, 'gaussian', 'results.csv'), '--results_dir')
     tags = G.TAGS if tag == 'all' else (tag,)
     defaults = {'K': K, 'D': D, 'sim': sim, 'n': n}
     stamp = time.strftime('%Y%m%d-%H%M%S')

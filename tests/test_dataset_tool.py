@@ -308,12 +308,12 @@ def test_existing_destination_is_kept(tmp_path):
     (tmp_path / 'full').mkdir()
     (tmp_path / 'full' / 'keep.txt').write_text('user data')
     (tmp_path / 'exists.zip').write_bytes(b'user data')
-    for dest, expected in [('full', 'not an empty folder'), ('exists.zip', 'already exists')]:
+    for dest, expected in [('full', 'is a folder that is not empty'), ('exists.zip', 'already exists')]:
         result = run('convert', f'--source={src}', f'--dest={tmp_path / dest}')
         assert result.exit_code != 0 and expected in result.output
     assert listing(tmp_path / 'full') == ['keep.txt'] and (tmp_path / 'exists.zip').read_bytes() == b'user data'
     result = run('convert', f'--source={src}', f'--dest={tmp_path / "exists.zip" / "out.zip"}')
-    assert result.exit_code != 0 and 'Cannot write --dest' in result.output
+    assert result.exit_code != 0 and 'is a file, not a folder' in result.output
 
 #----------------------------------------------------------------------------
 # encode / decode with a tiny VAE saved by the test.

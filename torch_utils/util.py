@@ -4,11 +4,14 @@ and atomic output paths."""
 
 import contextlib
 import functools
+import glob
 import hashlib
 import importlib
 import io
 import os
 import re
+import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -139,20 +142,62 @@ def format_time(seconds):
 
 #----------------------------------------------------------------------------
 # Atomic outputs: write to a temporary name in the destination folder, rename when complete,
-# delete on error. Nothing half-written is ever visible under the final name.
+# delete on error. Nothing half-written is ever visible under the final name. A temporary is
+# named after its target, host and process, so that the next write of the same target removes
+# what a killed process left behind (never the temporary of a live process, e.g. another rank).
+
+_HOST = re.sub(r'[^0-9A-Za-z]', '', socket.gethostname())[:32] or 'host'
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+def remove_stale_temporaries(path):
+    """Delete the temporaries of `path` (its name may be a glob pattern) that dead processes of
+    this host left behind."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for stale in glob.glob(os.path.join(glob.escape(folder), f'.{os.path.basename(path)}.tmp-*')):
+        match = re.fullmatch(r'(\w+)-(\d+)-[0-9a-f]+', stale.rsplit('.tmp-', 1)[1])
+        if match and match.group(1) == _HOST and not _process_alive(int(match.group(2))):
+            _remove(stale)
 
 @contextlib.contextmanager
 def atomic_path(path):
+    """Yields a temporary path to write; it becomes `path` when the block succeeds (replacing a
+    file or, for an explicit overwrite, a folder)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}')
+    remove_stale_temporaries(glob.escape(path))
+    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}')
     try:
         yield tmp
-        os.replace(tmp, path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.replace(path, tmp + '-old') # A folder cannot be replaced in one rename.
+            os.replace(tmp, path)
+            _remove(tmp + '-old')
+        else:
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove(tmp)
+
+def check_new_output(path, what, overwrite=False, folder=False):
+    """The outputs policy of every tool: an existing output is refused unless `overwrite`; the
+    place must be writable. Checked before any work. `what` names the option."""
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f'{what} {path} already exists; pass --overwrite to replace it, or choose another name')
+    check_writable(path, what, folder=folder)
 
 #----------------------------------------------------------------------------
 # Cache directory for downloaded files. Compatible with dnnlib's layout, so files that the
@@ -299,9 +344,10 @@ def one_line_errors(fn):
             raise SystemExit(1) from e
     return wrapper
 
-def check_writable(path, what):
+def check_writable(path, what, folder=False):
     """Fail before any work when `path` could not be created: its nearest existing folder is
-    read-only or a file, or the path itself is a folder. `what` names the option."""
+    read-only or a file, or the path itself is a folder (unless `folder` outputs are meant).
+    `what` names the option."""
     existing = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -309,7 +355,7 @@ def check_writable(path, what):
         raise NotADirectoryError(f'{what} {path}: {existing} is a file, not a folder')
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f'{what} {path}: the folder {existing} is not writable')
-    if os.path.isdir(path):
+    if os.path.isdir(path) and not folder:
         raise IsADirectoryError(f'{what} {path} is a folder')
 
 #----------------------------------------------------------------------------

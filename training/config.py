@@ -68,6 +68,8 @@ def check_batch(c, world_size):
     for key, option in [('total_nimg', 'duration'), ('status_nimg', 'status'), ('snapshot_nimg', 'snapshot'), ('checkpoint_nimg', 'checkpoint')]:
         if c[key] % c.batch_size != 0:
             raise ValueError(f'{option}: {c[key]} images is not a multiple of the batch size {c.batch_size}')
+    if 0 < c.snapshot_nimg < 1000: # Two snapshots in one thousand images would get the same name.
+        raise ValueError(f'snapshot: {c.snapshot_nimg} images is below 1000; snapshot names count thousands of images (kimg)')
 
 def check_slice(slice_nimg, batch_size):
     if slice_nimg < 1 or slice_nimg % batch_size != 0:
@@ -78,7 +80,8 @@ def open_dataset(dataset_kwargs, cond):
     path = dataset_kwargs['path']
     try:
         dataset = util.construct_class_by_name(**dataset_kwargs)
-        dataset[0] # Decode one item: an unreadable file fails here, not in the loop.
+        dataset[0] # Decode one item and the labels: an unreadable file fails here, not in the loop.
+        dataset.check_shapes()
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f'--data {path}: cannot read the dataset ({e})') from e
     if cond and not dataset.has_labels:

@@ -62,6 +62,9 @@ class Dataset(torch.utils.data.Dataset):
     def close(self): # to be overridden by subclass
         pass
 
+    def describe(self, raw_idx): # How error messages name an image; to be overridden by subclass.
+        return f'{self._name} image {raw_idx}'
+
     def __getstate__(self):
         return dict(self.__dict__, _raw_labels=None)
 
@@ -81,7 +84,9 @@ class Dataset(torch.utils.data.Dataset):
             image = self._load_raw_image(raw_idx)
             if self._cache:
                 self._cached_images[raw_idx] = image
-        assert list(image.shape) == self._raw_shape[1:]
+        if list(image.shape) != self._raw_shape[1:]:
+            raise ValueError(f'{self.describe(raw_idx)} has shape {list(image.shape)}, but the first image has {self._raw_shape[1:]}: '
+                'every image of a dataset must have the same size and channels')
         if self._xflip[idx]:
             image = image[:, :, ::-1]
         return image.copy(), self.get_label(idx)
@@ -167,13 +172,33 @@ class ImageFolderDataset(Dataset):
             image = np.array(PIL.Image.open(f))
         return image.reshape(*image.shape[:2], -1).transpose(2, 0, 1)
 
+    def describe(self, raw_idx):
+        return self._files.describe(self._image_fnames[raw_idx])
+
     def _load_raw_labels(self):
         labels = load_metadata(self._files).get('labels')
         if labels is None:
             return None
+        where = self._files.describe('dataset.json')
         labels = dict(labels)
+        missing = [fname for fname in self._image_fnames if fname not in labels]
+        if missing:
+            raise ValueError(f'{where} has no label for {missing[0]}')
         labels = np.array([labels[fname] for fname in self._image_fnames])
+        if labels.ndim == 1 and (labels.dtype.kind != 'i' or labels.min() < 0):
+            bad = int(np.flatnonzero((labels < 0) if labels.dtype.kind in 'iuf' else np.ones(len(labels), bool))[0])
+            raise ValueError(f'{where}: the label of {self._image_fnames[bad]} is {labels[bad]!r}; class labels are integers >= 0')
         return labels.astype({1: np.int64, 2: np.float32}[labels.ndim])
+
+    def check_shapes(self):
+        """Read every image's header (not its pixels) and fail, naming the file, on the first
+        one whose shape differs from the first image's: before training or evaluation starts."""
+        for raw_idx, fname in enumerate(self._image_fnames):
+            with self._files.open(fname) as f:
+                shape = _header_shape(f, fname)
+            if shape != self._raw_shape[1:]:
+                raise ValueError(f'{self.describe(raw_idx)} has shape {shape}, but the first image has {self._raw_shape[1:]}: '
+                    'every image of a dataset must have the same size and channels')
 
     @property
     def source_names(self):
@@ -227,6 +252,18 @@ class FileTree:
 
     def __getstate__(self):
         return dict(self.__dict__, _zipfile=None)
+
+_MODE_CHANNELS = {'1': 1, 'L': 1, 'P': 1, 'I': 1, 'F': 1, 'I;16': 1, 'I;16B': 1, 'I;16L': 1, 'LA': 2, 'RGB': 3, 'YCbCr': 3, 'RGBA': 4, 'CMYK': 4}
+
+def _header_shape(f, fname):
+    """[C, H, W] as _load_raw_image would return it, from the file header alone."""
+    if fname.lower().endswith('.npy'):
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape = list(read_header(f)[0])
+        return [int(np.prod(shape[:-2]))] + shape[-2:]
+    image = PIL.Image.open(f)
+    return [_MODE_CHANNELS.get(image.mode, len(image.getbands())), image.size[1], image.size[0]]
 
 def is_image_file(fname): # An image PIL can read, or a .npy latent.
     PIL.Image.init()

@@ -79,6 +79,16 @@ def check_guidance(snapshot, gnet=None, guidance=1.0):
             f'{"is unconditional" if snapshot.label_dim == 0 else "was not trained with label dropout"}, '
             'so it has no unconditional branch to guide itself')
 
+def check_guide(net, gnet):
+    """A guiding network must be of the same family and work on the same images and classes."""
+    if gnet is None:
+        return
+    ours = (type(net).__name__, net.img_channels, net.img_resolution, net.label_dim)
+    theirs = (type(gnet).__name__, gnet.img_channels, gnet.img_resolution, gnet.label_dim)
+    if ours != theirs:
+        raise ValueError(f'--gnet is a {theirs[0]} on {theirs[1]}x{theirs[2]}x{theirs[2]} inputs with {theirs[3]} classes, but the '
+            f'network is a {ours[0]} on {ours[1]}x{ours[2]}x{ours[2]} inputs with {ours[3]} classes: guide with a network of the same kind')
+
 def check_class(label_dim, class_idx):
     """`class_idx`: None (random), 'all', or an index 0..label_dim-1."""
     if class_idx is None:

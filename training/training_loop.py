@@ -205,19 +205,31 @@ def build_run(dataset_kwargs, encoder_kwargs, network_kwargs, loss_kwargs, optim
     r.ema = util.construct_class_by_name(net=r.net, **ema_kwargs) if ema_kwargs is not None else None
     return r
 
-def resume(run_dir, r):
+def resume(run_dir, r, run_id=None):
     """The training state {cur_nimg, total_elapsed_time}: the newest complete checkpoint's, loaded
-    into the run's network, optimizer, EMA and RNGs, or a fresh start."""
+    into the run's network, optimizer, EMA and RNGs, or a fresh start when there is none. A run
+    directory whose training states are all damaged, or belong to another run, is refused."""
     state = util.EasyDict(cur_nimg=0, total_elapsed_time=0.0)
     ckpt_path, ckpt = load_latest_checkpoint(run_dir)
     if ckpt is None:
+        damaged = [os.path.basename(path) for path in list_checkpoints(run_dir)]
+        if damaged:
+            raise ValueError(f'--outdir {run_dir}: no training state loads ({", ".join(damaged)} damaged); starting over '
+                'would mix two runs: choose another --outdir, or pass --restart to move the old files aside')
         return state
+    if run_id is not None and ckpt.get('run_id', run_id) != run_id:
+        raise ValueError(f'{ckpt_path} belongs to run {ckpt["run_id"]}, not to the run {run_id} recorded in {run_dir}')
     dist.print0(f'Resuming from {os.path.basename(ckpt_path)}')
     state.update(ckpt['state'])
-    r.net.load_state_dict(ckpt['net'])
-    r.optimizer.load_state_dict(ckpt['optimizer'])
-    if r.ema is not None:
-        r.ema.load_state_dict(ckpt['ema'])
+    try:
+        r.net.load_state_dict(ckpt['net'])
+        r.optimizer.load_state_dict(ckpt['optimizer'])
+        if r.ema is not None:
+            r.ema.load_state_dict(ckpt['ema'])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f'{ckpt_path} does not fit this network (an architecture option changed since the run '
+            f'started?): {first}') from e
     if len(ckpt['rng']) == dist.get_world_size():
         misc.set_rng_state(ckpt['rng'][dist.get_rank()])
     else:
@@ -240,12 +252,12 @@ def data_iterator(dataset, start_nimg, batch_gpu, seed, data_loader_kwargs, devi
 #----------------------------------------------------------------------------
 # Saving: network snapshots (rank 0) and training states (every rank takes part).
 
-def save_snapshots(run_dir, r, cur_nimg, dataset_kwargs):
+def save_snapshots(run_dir, r, cur_nimg, dataset_kwargs, run_id=None):
     """One snapshot per EMA profile (or of the network itself without EMA). Plain dicts, so that
-    EDM2 snapshots load in the official code too."""
+    EDM2 snapshots load in the official code too; `run_id` ties them to their run."""
     for ema_net, ema_suffix in (r.ema.get() if r.ema is not None else [(r.net, '')]):
         data = dict(ema=copy.deepcopy(ema_net).cpu().eval().requires_grad_(False), loss_fn=r.loss_fn,
-            encoder=r.encoder, dataset_kwargs=dict(dataset_kwargs))
+            encoder=r.encoder, dataset_kwargs=dict(dataset_kwargs), run_id=run_id)
         fname = f'network-snapshot-{cur_nimg // 1000:07d}{ema_suffix}.pkl'
         dist.print0(f'Saving {fname} ... ', end='', flush=True)
         with util.atomic_path(os.path.join(run_dir, fname)) as tmp:
@@ -253,7 +265,7 @@ def save_snapshots(run_dir, r, cur_nimg, dataset_kwargs):
                 pickle.dump(data, f)
         dist.print0('done')
 
-def save_state(run_dir, r, state):
+def save_state(run_dir, r, state, run_id=None):
     """Every rank's RNG state goes in, so that a resumed run continues bit for bit; the ranks'
     networks must agree (as EDM2 checks) before one copy is written."""
     rng = [misc.get_rng_state()]
@@ -263,7 +275,7 @@ def save_state(run_dir, r, state):
         torch.distributed.all_gather_object(rng, misc.get_rng_state())
     if dist.get_rank() == 0:
         path = save_checkpoint(run_dir, dict(state=dict(state), net=r.net.state_dict(), optimizer=r.optimizer.state_dict(),
-            ema=r.ema.state_dict() if r.ema is not None else None, rng=rng))
+            ema=r.ema.state_dict() if r.ema is not None else None, rng=rng, run_id=run_id))
         dist.print0(f'Saved {os.path.basename(path)}')
     dist.barrier()
 
@@ -311,6 +323,7 @@ def training_loop(
     ema_kwargs          = dict(class_name='training.phema.PowerFunctionEMA'),
 
     run_dir             = '.',      # Output directory.
+    run_id              = None,     # Identity of the run (training/runs.py), kept in its snapshots and states.
     seed                = 0,        # Global random seed.
     batch_size          = 2048,     # Total batch size for one training iteration.
     batch_gpu           = 0,        # Limit batch size per GPU (0 = no limit).
@@ -337,9 +350,11 @@ def training_loop(
     assert batch_size % (dist.get_world_size() * batch_gpu) == 0, 'checked by training/config.py'
     if dist.get_rank() == 0:
         os.makedirs(run_dir, exist_ok=True)
+        for pattern in ['network-snapshot-*.pkl', 'training-state-*.pt']: # Left by a killed run.
+            util.remove_stale_temporaries(os.path.join(run_dir, pattern))
 
     r = build_run(dataset_kwargs, encoder_kwargs, network_kwargs, loss_kwargs, optimizer_kwargs, ema_kwargs, device)
-    state = resume(run_dir, r)
+    state = resume(run_dir, r, run_id)
     start_nimg = state.cur_nimg
     stop_at_nimg = min(total_nimg, start_nimg + slice_nimg) if slice_nimg else total_nimg
     dist.print0(f'Training from {start_nimg // 1000} kimg to {stop_at_nimg // 1000} kimg:\n')
@@ -358,9 +373,9 @@ def training_loop(
                 status.report(state.cur_nimg)
                 state.total_elapsed_time = status.total_elapsed_time
             if every(snapshot_nimg) and fresh and dist.get_rank() == 0:
-                save_snapshots(run_dir, r, state.cur_nimg, dataset_kwargs)
+                save_snapshots(run_dir, r, state.cur_nimg, dataset_kwargs, run_id)
             if signum or (checkpoint_nimg and (done or every(checkpoint_nimg)) and state.cur_nimg != start_nimg):
-                save_state(run_dir, r, state)
+                save_state(run_dir, r, state, run_id)
             if signum:
                 dist.print0(f'Stopping on signal {signal.Signals(signum).name} at {state.cur_nimg // 1000} kimg; '
                     're-run the same command to resume.', flush=True)
