@@ -155,10 +155,20 @@ def open_file_tree(path):
         folders = [f.split('/')[0] if '/' in f else '' for f in fnames]
         folder_names = sorted(set(folders))
         if len(folder_names) >= 2:
-            index = {folder: i for i, folder in enumerate(folder_names)}
+            index = folder_class_ids(folder_names)
             labels = [index[folder] for folder in folders]
-            classes = {i: (folder, i) for i, folder in enumerate(folder_names)}
+            classes = {i: (folder, i) for folder, i in index.items()}
     return FileSource(files, fnames, labels, classes)
+
+def folder_class_ids(folder_names):
+    """Class id of each class folder: for ImageNet synset folders (n01440764, ...) the official
+    ILSVRC-2012 id, which is the position in the sorted list of all 1000 synsets, so that a tree
+    holding only some of the classes keeps their ids; otherwise the position in sorted order."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'training', 'imagenet_synsets.txt')) as f:
+        synsets = {name: i for i, name in enumerate(f.read().split())}
+    if all(name in synsets for name in folder_names):
+        return {name: synsets[name] for name in folder_names}
+    return {name: i for i, name in enumerate(sorted(folder_names))}
 
 def open_builtin(source):
     """scikit-learn's 8x8 digits, all of them or the fixed train/test split (training/digits.py)."""

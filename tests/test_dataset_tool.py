@@ -349,3 +349,18 @@ def test_encode_offline_error(tmp_path, monkeypatch):
     assert listing(tmp_path) == ['cache', 'img.zip'] or listing(tmp_path) == ['img.zip']
 
 #----------------------------------------------------------------------------
+
+def test_imagenet_synset_folders_keep_their_official_ids(tmp_path):
+    # A tree with only some ImageNet classes: the ids are ILSVRC-2012's (the position among all
+    # 1000 synsets: n01443537 goldfish = 1, n02091032 Italian greyhound = 171), not 0 and 1.
+    for synset in ['n02091032', 'n01443537']:
+        (tmp_path / 'src' / synset).mkdir(parents=True)
+        for idx in range(2):
+            PIL.Image.fromarray(np.full([8, 8, 3], idx * 50, dtype=np.uint8)).save(tmp_path / 'src' / synset / f'{idx}.jpg')
+    ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "all.zip"}')
+    _, labels, metadata = read_zip(tmp_path / 'all.zip')
+    assert sorted(set(labels)) == [1, 171]
+    assert metadata['sources'] == [dict(label=1, name='n01443537', original_id=1), dict(label=171, name='n02091032', original_id=171)]
+    ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "two.zip"}', '--classes=171,n01443537')
+    _, labels, metadata = read_zip(tmp_path / 'two.zip')
+    assert labels == [1, 1, 0, 0] and [s['original_id'] for s in metadata['sources']] == [171, 1]
