@@ -32,7 +32,10 @@ def test_multisource_presets_table():
     opts = presets.resolve('edm2-img256-xs-5c-500')
     assert (opts.duration, opts.lr, opts.decay, opts.channels, opts.batch) == (128 << 20, 0.006, 4000, 128, 2048)
     assert (opts.P_mean, opts.P_std, opts.dropout, opts.lr_schedule) == (-0.4, 1.0, 0.0, 'multisource')
-    assert len([n for n in presets.PRESETS if n.startswith('edm2-img256-xs-')]) == 12
+    assert len([n for n in presets.PRESETS if n.startswith('edm2-img256-xs-')]) == 13
+    nlr = presets.resolve('edm2-img256-xs-10c-1000-nlr') # The study's train_1c_1000.sh.
+    assert (nlr.duration, nlr.lr, nlr.decay, nlr.batch, nlr.channels) == ((2048 << 19) + (2048 << 18), 0.004, 6000, 2048, 128)
+    assert (nlr.dropout, nlr.P_mean, nlr.P_std, nlr.lr_schedule) == (0.0, -0.4, 1.0, 'multisource')
     official = presets.resolve('edm2-img512-xxl')
     assert (official.duration, official.channels, official.lr, official.dropout) == (896 << 20, 448, 0.0065, 0.1)
 
