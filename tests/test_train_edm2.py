@@ -47,7 +47,17 @@ def test_dry_run_applies_overrides(digits_zip, tmp_path):
     assert '"ref_lr": 0.02' in result.output and '"num_blocks": 1' in result.output
     assert not os.path.exists(tmp_path / 'run') # A dry run writes nothing.
 
+@pytest.mark.parametrize('args, cond', [([], True), (['--cond'], True), (['--cond=True'], True), (['--cond=False'], False),
+    (['--cond', 'false'], False), (['--uncond'], False), (['--cond=False', '--uncond'], False)])
+def test_cond_flag_spellings(digits_zip, tmp_path, args, cond):
+    """EDM2 and the multi-source code write --cond=True/False; --cond/--uncond work too."""
+    result = invoke(['--preset', 'edm2-digits', '--data', digits_zip, '--outdir', str(tmp_path / 'run'), '--dry-run'] + args)
+    assert result.exit_code == 0, result.output
+    assert f'"cond": {str(cond).lower()}' in result.output
+
 @pytest.mark.parametrize('args, message', [
+    (['--preset', 'edm2-digits', '--cond=True', '--uncond'], 'contradict'),
+    (['--preset', 'edm2-digits', '--cond=maybe'], 'not a valid boolean'),
     (['--preset', 'no-such-preset'], 'unknown preset'),
     (['--preset', 'edm2-digits', '--batch', '100', '--batch-gpu', '30'], 'not divisible'),
     (['--preset', 'edm2-digits', '--duration', '1000'], 'not a multiple of the batch size'),
