@@ -113,7 +113,7 @@ def test_outputs_and_snapshots(tmp_path):
     assert all(np.isfinite(l['Loss/loss']) for l in lines[1:])
     with open(tmp_path / 'network-snapshot-0000008-0.100.pkl', 'rb') as f:
         snap = persistence.load_pickle(f)
-    assert set(snap) == {'ema', 'encoder', 'loss_fn', 'dataset_kwargs'}
+    assert set(snap) == {'ema', 'encoder', 'loss_fn', 'dataset_kwargs', 'sources'}
     assert not snap['ema'].training and not any(p.requires_grad for p in snap['ema'].parameters())
 
 def test_resume_is_bit_identical(tmp_path):
