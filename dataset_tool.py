@@ -244,13 +244,13 @@ def choose_classes(source, spec=None, level=None):
     original ids) are the default selection, and which --classes must then stay within."""
     if level is None:
         return parse_classes(source, spec) if spec is not None else None
-    by_original_id = {original_id: c for c, (_, original_id) in source.classes.items()}
     if spec is not None:
         chosen = parse_classes(source, spec)
         outside = [source.classes[c][1] for c in chosen if source.classes[c][1] not in SIMILARITY_LEVELS[level]]
         if outside:
             raise SourceError(f'--classes {spec}: class id {outside[0]} is not one of the {level} classes {SIMILARITY_LEVELS[level]}')
         return chosen
+    by_original_id = {original_id: c for c, (_, original_id) in source.classes.items()}
     missing = [i for i in SIMILARITY_LEVELS[level] if i not in by_original_id]
     if missing:
         raise SourceError(f'--sim_name {level}: {source.name} has no class with the ImageNet id {missing[0]}')
@@ -286,8 +286,11 @@ def select_images(source, classes=None, per_class=None, seed=0, max_images=None,
         return indices, None, None
 
     chosen = choose_classes(source, classes, level)
-    new_label = {c: i for i, c in enumerate(chosen)} if chosen is not None else {c: c for c in source.classes}
-    chosen = chosen if chosen is not None else sorted(source.classes)
+    if chosen is None: # Every class, keeping its id.
+        chosen = sorted(source.classes)
+        new_label = {c: c for c in chosen}
+    else:
+        new_label = {c: i for i, c in enumerate(chosen)}
     indices = []
     for c in chosen:
         members = np.flatnonzero(source.labels == c)
