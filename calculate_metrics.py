@@ -135,14 +135,14 @@ def iterate_images(dataset, indices, batch_size, workers, all_ranks_same=False):
             yield idx, images, labels
             progress.update(len(idx))
 
-def class_indices(dataset, class_idx, path):
-    """Indices of the images of class `class_idx` in a labelled dataset."""
-    if not dataset.has_labels:
-        raise ValueError(f'--class {class_idx}: dataset {path} has no labels')
-    if not 0 <= class_idx < dataset.label_dim:
-        raise ValueError(f'--class {class_idx}: dataset {path} has classes 0..{dataset.label_dim - 1}')
+def class_indices(dataset, class_spec, path):
+    """(class index, indices of its images) for --class as written (an index or a source, see
+    generate.resolve_class) in a labelled dataset."""
+    class_idx = generate.resolve_class(class_spec, dataset.label_dim, dataset.sources, what=f'dataset {path}')
+    if class_idx == 'all':
+        raise ValueError('--class all: statistics are of one class, or of the whole dataset without --class')
     labels = np.array([np.argmax(dataset.get_label(i)) for i in range(len(dataset))])
-    return np.flatnonzero(labels == class_idx)
+    return class_idx, np.flatnonzero(labels == class_idx)
 
 def report(records, results_path, tags):
     """Print one JSON line per result (rank 0) and append them to results_path. A tag may not
@@ -172,19 +172,19 @@ def cmdline():
 @click.option('--data', help='Dataset of images: ZIP or folder', metavar='ZIP|DIR', type=str, required=True)
 @click.option('--dest', help='Destination statistics: .pkl (EDM2 format) or .npz (no pickle)', metavar='PKL|NPZ', type=str, required=True)
 @click.option('--metrics', help='Comma-separated metrics', metavar='LIST', type=str, default='fid,fd_dinov2', show_default=True)
-@click.option('--class', 'class_idx', help='Only the images of this class (source)', metavar='INT', type=click.IntRange(min=0), default=None)
+@click.option('--class', 'class_spec', help='Only the images of this class: index 0..K-1, or a source: id:N (original class id), name:NAME or NAME', metavar='INT|id:N|NAME', type=str, default=None)
 @click.option('--batch', help='Images per batch per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', help='DataLoader worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
 @click.option('--overwrite', help='Replace an existing --dest', is_flag=True)
 @detector_options
 @util.one_line_errors
-def ref(data, dest, metrics, class_idx, batch, workers, overwrite, detector_kwargs):
+def ref(data, dest, metrics, class_spec, batch, workers, overwrite, detector_kwargs):
     """Reference statistics of a dataset (all of it, or one class)."""
     dist.init()
     metrics = parse_metrics(metrics, detectors_lib.DETECTORS)
     util.check_new_output(dest, '--dest', overwrite=overwrite)
     dataset = open_image_dataset(data, '--data')
-    indices = np.arange(len(dataset)) if class_idx is None else class_indices(dataset, class_idx, data)
+    class_idx, indices = (None, np.arange(len(dataset))) if class_spec is None else class_indices(dataset, class_spec, data)
     if len(indices) < 2:
         raise ValueError(f'--data {data}: {len(indices)} image(s){"" if class_idx is None else f" of class {class_idx}"}, '
             'need at least 2 for a covariance')
@@ -243,7 +243,7 @@ def calc(images, ref_path, metrics, num, seed, batch, workers, results, tag, det
 @click.option('--metrics', help='Comma-separated metrics', metavar='LIST', type=str, default='fid,fd_dinov2', show_default=True)
 @click.option('--num', help='Number of generated images', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
 @click.option('--seed', help='First seed (seeds seed..seed+num-1)', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
-@click.option('--class', 'class_idx', help='Generate only this class (source)  [default: random classes]', metavar='INT', type=click.IntRange(min=0), default=None)
+@click.option('--class', 'class_spec', help='Generate only this class: index 0..K-1, or a source: id:N (original class id), name:NAME or NAME  [default: random classes]', metavar='INT|id:N|NAME', type=str, default=None)
 @click.option('--guidance', help='Guidance strength', metavar='FLOAT', type=float, default=1.0, show_default=True)
 @click.option('--gnet', help='Guiding network snapshot', metavar='PKL|URL', type=str, default=None)
 @click.option('--steps', help='Sampling steps  [default: the family\'s own]', metavar='INT', type=click.IntRange(min=1), default=None)
@@ -252,7 +252,7 @@ def calc(images, ref_path, metrics, num, seed, batch, workers, results, tag, det
 @click.option('--tag', help='Extra result fields, "key=value key2=value2"', metavar='STR', type=str, default=None)
 @detector_options
 @util.one_line_errors
-def gen(net, ref_path, metrics, num, seed, class_idx, guidance, gnet, steps, batch, results, tag, detector_kwargs):
+def gen(net, ref_path, metrics, num, seed, class_spec, guidance, gnet, steps, batch, results, tag, detector_kwargs):
     """Generate images in memory and calculate their metrics."""
     dist.init()
     metrics = parse_metrics(metrics, {**detectors_lib.DETECTORS, **detectors_lib.CLASSIFIERS})
@@ -266,7 +266,7 @@ def gen(net, ref_path, metrics, num, seed, class_idx, guidance, gnet, steps, bat
         load_reference(ref_path, fd_metrics)
     device = dist.get_device()
     snapshot = generate.load_snapshot(net, device=device, verbose=(dist.get_rank() == 0))
-    generate.check_class(snapshot.label_dim, class_idx)
+    class_idx = generate.resolve_class(class_spec, snapshot.label_dim, snapshot.sources)
     guide = generate.load_snapshot(gnet, device=device, verbose=(dist.get_rank() == 0)).net if gnet else None
     generate.check_guidance(snapshot, gnet=guide, guidance=guidance)
     generate.check_guide(snapshot.net, guide)

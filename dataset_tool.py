@@ -108,6 +108,8 @@ def to_8bit(image, name):
 def open_source(source):
     if source.startswith('builtin:'):
         return open_builtin(source)
+    if is_imagenet_root(source):
+        return open_file_tree(os.path.join(source, 'train'))
     if os.path.isdir(source):
         mnist_images = os.path.join(source, 'train-images-idx3-ubyte.gz')
         return open_mnist(mnist_images) if os.path.isfile(mnist_images) else open_file_tree(source)
@@ -122,6 +124,12 @@ def open_source(source):
         return open_mnist(source)
     raise SourceError(f'--source {source}: unsupported file; expected a folder, a .zip, the CIFAR-10 '
         'python tarball, an MNIST *-images-idx3-ubyte.gz file or builtin:digits[-train|-test]')
+
+def is_imagenet_root(path):
+    """The root that torchvision's ImageNet reads (the multi-source code passes it as --source):
+    a train/ folder beside the devkit or the meta.bin parsed from it. Its train/ is the source."""
+    markers = ['meta.bin', 'ILSVRC2012_devkit_t12.tar.gz']
+    return os.path.isdir(os.path.join(path, 'train')) and any(os.path.isfile(os.path.join(path, m)) for m in markers)
 
 def open_file_tree(path):
     """A folder or ZIP of images. Classes come from its dataset.json, or else from the top-level
@@ -218,7 +226,59 @@ def open_mnist(images_path):
     return ArraySource(images_path, images, labels, [str(c) for c in range(int(labels.max()) + 1)])
 
 #----------------------------------------------------------------------------
-# Selecting images: --classes, --per-class, --max-images.
+# Selecting images: --classes, --per-class, --max-images, --sim_name.
+
+# The multi-source study's similarity levels: ten ImageNet class ids each, 171 (Italian
+# greyhound, the shared target source) first. Its scripts call them sim3/sim2/sim1 (higher =
+# more similar to 171), its Python code level1/level2/level3 (the same lists, numbered the other
+# way round). bash_files/common.sh holds the same lists (a test checks that they agree).
+SIMILARITY_LEVELS = {
+    'sim3': [171, 182, 198, 208, 215, 231, 236, 244, 245, 258], # ten dog breeds
+    'sim2': [171, 269, 279, 283, 294, 330, 340, 366, 370, 386], # mammals
+    'sim1': [171, 1, 18, 31, 46, 532, 579, 609, 849, 980],      # diverse
+}
+LEVEL_NAMES = {'level1': 'sim3', 'level2': 'sim2', 'level3': 'sim1'} | {name: name for name in SIMILARITY_LEVELS}
+
+def similarity_level(flag, name):
+    """A level's canonical name (sim1..sim3) from either spelling, any case (the study's
+    scripts write both sim3 and Sim3)."""
+    if name.lower() not in LEVEL_NAMES:
+        raise SourceError(f'{flag} {name}: unknown similarity level; choose from {", ".join(LEVEL_NAMES)}')
+    return LEVEL_NAMES[name.lower()]
+
+def class_list(_flag, spec): # '171, 182' -> '171,182', so that two spellings of one list agree.
+    return ','.join(token.strip() for token in spec.split(','))
+
+def images_per_class(_flag, count): # The multi-source code's --nums: 0 or less = every image.
+    return count if count > 0 else 'all'
+
+def one_value(values, canonical):
+    """The value of an option that has several spellings: `values` = {flag: value as given,
+    None = not given}, `canonical(flag, value)` the value in one form. None when no spelling
+    was given; an error when two spellings disagree."""
+    given = {flag: value for flag, value in values.items() if value is not None}
+    forms = {flag: canonical(flag, value) for flag, value in given.items()}
+    if len(set(forms.values())) > 1:
+        raise SourceError(' and '.join(f'{flag} {value}' for flag, value in given.items()) + ' disagree; give one of them')
+    return next(iter(forms.values()), None)
+
+def choose_classes(source, spec=None, level=None):
+    """The class ids to keep, in label order, or None for all of them (keeping their ids).
+    `spec`: --classes; `level`: a SIMILARITY_LEVELS name, whose ImageNet ids (the classes'
+    original ids) are the default selection, and which --classes must then stay within."""
+    if level is None:
+        return parse_classes(source, spec) if spec is not None else None
+    if spec is not None:
+        chosen = parse_classes(source, spec)
+        outside = [source.classes[c][1] for c in chosen if source.classes[c][1] not in SIMILARITY_LEVELS[level]]
+        if outside:
+            raise SourceError(f'--classes {spec}: class id {outside[0]} is not one of the {level} classes {SIMILARITY_LEVELS[level]}')
+        return chosen
+    by_original_id = {original_id: c for c, (_, original_id) in source.classes.items()}
+    missing = [i for i in SIMILARITY_LEVELS[level] if i not in by_original_id]
+    if missing:
+        raise SourceError(f'--sim_name {level}: {source.name} has no class with the ImageNet id {missing[0]}')
+    return [by_original_id[i] for i in SIMILARITY_LEVELS[level]]
 
 def parse_class_range(token):
     try:
@@ -244,24 +304,30 @@ def parse_classes(source, spec):
         raise SourceError(f'--classes {spec}: a class is listed twice')
     return chosen
 
-def select_images(source, classes=None, per_class=None, seed=0, max_images=None):
+def select_images(source, classes=None, per_class=None, seed=0, max_images=None, level=None):
     """Returns (image indices into the source, output label per image or None, [(class id, name,
-    original id)] per output label or None). Chosen classes become labels 0..K-1 in the order
-    given; each class's sample depends only on (seed, class), not on the other classes chosen."""
+    original id)] per output label or None). Chosen classes (choose_classes) become labels
+    0..K-1 in the order given; each class's sample depends only on (seed, class), not on the
+    other classes chosen."""
     if source.labels is None:
-        if classes is not None or per_class is not None:
-            raise SourceError(f'--classes/--per-class: {source.name} has no class labels')
+        if classes is not None or per_class is not None or level is not None:
+            raise SourceError(f'--classes/--per-class/--sim_name: {source.name} has no class labels')
         indices = np.arange(source.size)[:max_images]
         return indices, None, None
 
-    chosen = parse_classes(source, classes) if classes is not None else sorted(source.classes)
-    new_label = {c: i for i, c in enumerate(chosen)} if classes is not None else {c: c for c in chosen}
+    chosen = choose_classes(source, classes, level)
+    if chosen is None: # Every class, keeping its id.
+        chosen = sorted(source.classes)
+        new_label = {c: c for c in chosen}
+    else:
+        new_label = {c: i for i, c in enumerate(chosen)}
     indices = []
     for c in chosen:
         members = np.flatnonzero(source.labels == c)
         if per_class is not None:
             if len(members) < per_class:
-                raise SourceError(f'--per-class {per_class}: class {c} ({source.classes[c][0]}) has only {len(members)} images')
+                raise SourceError(f'--per-class {per_class}: class {c} ({source.classes[c][0]}) has only {len(members)} images '
+                    '(images are drawn without repeats; leave --per-class out, or --nums -1, for every image)')
             members = members[np.random.RandomState([seed, c]).choice(len(members), per_class, replace=False)]
         indices.append(members)
     indices = np.sort(np.concatenate(indices))[:max_images]
@@ -466,9 +532,13 @@ def convert_image(source, transform, idx):
 @click.option('--per-class',  help='Pick this many images per class at random, without replacement', metavar='INT', type=click.IntRange(min=1))
 @click.option('--seed',       help='Random seed for --per-class', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--workers',    help='Decoding processes  [default: all cores]', metavar='INT', type=click.IntRange(min=1), default=default_workers())
+@click.option('--sim_name',   help='Similarity level of the multi-source study (sim1..3, or level3..1): its ImageNet classes, or a check of --classes', metavar='NAME', type=str)
+@click.option('--level_name', help='Same as --sim_name', metavar='NAME', type=str)
+@click.option('--class_labels', help='Same as --classes', metavar='LIST', type=str)
+@click.option('--nums',       help='Same as --per-class; 0 or -1 = every image of each class', metavar='INT', type=int)
 @click.option('--overwrite',  help='Replace an existing --dest', is_flag=True)
 @util.one_line_errors
-def convert(source, dest, transform, resolution, max_images, classes, per_class, seed, workers, overwrite):
+def convert(source, dest, transform, resolution, max_images, classes, per_class, seed, workers, sim_name, level_name, class_labels, nums, overwrite):
     """Convert images into a dataset ZIP (or folder) of PNGs with a dataset.json.
 
     Classes come from dataset.json, from the top-level subfolders (sorted: for an ImageNet
@@ -482,14 +552,22 @@ def convert(source, dest, transform, resolution, max_images, classes, per_class,
     80/20 split of it (1438 and 359 images). CIFAR-10 gives its 50,000 training images; MNIST
     reads train-images-idx3-ubyte.gz (or the given *-images-idx3-ubyte.gz) and its labels file.
     Folders and ZIPs give RGB images, or 1-channel ones when the first image is grayscale.
+
+    The multi-source study's flags work too: --class_labels (= --classes), --nums
+    (= --per-class; -1 = all), --sim_name/--level_name, and an ImageNet root as torchvision
+    reads it (its train/ folder is the source).
     """
+    classes = one_value({'--classes': classes, '--class_labels': class_labels}, class_list)
+    per_class = one_value({'--per-class': per_class, '--nums': nums}, images_per_class)
+    per_class = None if per_class == 'all' else per_class
+    level = one_value({'--sim_name': sim_name, '--level_name': level_name}, similarity_level)
     check_dest(dest, overwrite)
     width, height = resolution if resolution is not None else (None, None)
     transform_image = make_transform(transform, width, height)
     src = open_source(source)
     if getattr(src, 'is_latent', False):
         raise SourceError(f'--source {source} holds latents (.npy); use `dataset_tool.py decode`')
-    indices, labels, sources = select_images(src, classes, per_class, seed, max_images)
+    indices, labels, sources = select_images(src, classes, per_class, seed, max_images, level)
     results = map_ordered(functools.partial(convert_image, src, transform_image), indices, workers)
 
     def records():

@@ -9,7 +9,6 @@ sampling device seeded with seed % 2**32 draws the initial noise of one image an
 import json
 import math
 import os
-import re
 
 import click
 import PIL.Image
@@ -80,13 +79,6 @@ def _gather(items):
 #----------------------------------------------------------------------------
 # Command line.
 
-def parse_class(value):
-    if value is None or value == 'all':
-        return value
-    if re.fullmatch(r'\d+', value.strip()):
-        return int(value)
-    raise ValueError(f'--class "{value}" is not a class index or "all"')
-
 @click.command()
 @click.option('--net',        help='Snapshot: path, URL or preset name', metavar='PATH|URL|PRESET', type=str, required=True)
 @click.option('--gnet',       help='Guiding network: path, URL or preset  [default: the preset\'s, or none]', metavar='PATH|URL', type=str, default=None)
@@ -94,7 +86,7 @@ def parse_class(value):
 @click.option('--outdir',     help='Where to save the images', metavar='DIR', type=str, default=None)
 @click.option('--subdirs',    help='Save images in subdirectories of 1000 seeds', is_flag=True)
 @click.option('--seeds',      help='Random seeds (e.g. 1,2,5-10)', metavar='LIST', type=str, default='0-63', show_default=True)
-@click.option('--class', 'class_idx', help='Class index, or "all" to cycle through the classes  [default: random]', metavar='INT|all', type=str, default=None)
+@click.option('--class', 'class_spec', help='Class index 0..K-1, "all" to cycle through the classes, or a source: id:N (original class id, e.g. id:171), name:NAME or NAME  [default: random]', metavar='INT|all|id:N|NAME', type=str, default=None)
 @click.option('--batch', 'batch_size', help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=32, show_default=True)
 @click.option('--grid',       help='Also save one image grid (rows per class with --class all)', metavar='PNG', type=str, default=None)
 @click.option('--solver',     help='ODE/SDE solver (EDM2 networks)  [default: heun]', type=click.Choice(samplers.SOLVERS), default=None)
@@ -108,7 +100,7 @@ def parse_class(value):
 @click.option('--S_noise', 'S_noise', help='Stochastic noise inflation  [default: 1]', metavar='FLOAT', type=float, default=None)
 @click.option('--overwrite',  help='Replace images or a grid that another command made', is_flag=True)
 @util.one_line_errors
-def main(net, gnet, guidance, outdir, subdirs, seeds, class_idx, batch_size, grid, overwrite, **sampler_opts):
+def main(net, gnet, guidance, outdir, subdirs, seeds, class_spec, batch_size, grid, overwrite, **sampler_opts):
     """Generate images from a snapshot (any model family) or an official EDM2 preset.
 
     Examples:
@@ -118,12 +110,15 @@ def main(net, gnet, guidance, outdir, subdirs, seeds, class_idx, batch_size, gri
     python generate_images.py --net run/network-snapshot-0000256-0.100.pkl --class 3 --outdir out --grid grid.png
 
     \b
+    # 5000 images of the source with ImageNet id 171 of a multi-source model
+    python generate_images.py --net run/network-snapshot-0134217-0.050.pkl --class id:171 --seeds 0-4999 --outdir out
+
+    \b
     # 50000 images on 8 GPUs with an official EDM2 preset
     torchrun --standalone --nproc_per_node=8 generate_images.py \\
         --net edm2-img512-xs-guid-fid --outdir out --subdirs --seeds 0-49999
     """
     seeds = util.parse_int_list(seeds)
-    class_idx = parse_class(class_idx)
     if outdir is None and grid is None:
         raise ValueError('Nothing to write: give --outdir and/or --grid')
     preset = presets.GENERATION_PRESETS.get(net, util.EasyDict())
@@ -133,7 +128,7 @@ def main(net, gnet, guidance, outdir, subdirs, seeds, class_idx, batch_size, gri
     sampler_kwargs = {key: value for key, value in sampler_opts.items() if value is not None}
 
     local = lambda path: os.path.abspath(path) if path is not None and os.path.exists(path) else path
-    record = dict(net=local(net), gnet=local(gnet), guidance=guidance, class_idx=class_idx, **sampler_kwargs)
+    record = dict(net=local(net), gnet=local(gnet), guidance=guidance, class_spec=class_spec, **sampler_kwargs)
     image_paths = [os.path.join(outdir, f'{seed // 1000 * 1000:06d}' if subdirs else '', f'{seed:06d}.png') for seed in seeds] if outdir else []
     check_outputs(image_paths, json.dumps(record), overwrite, '--outdir')
     check_outputs([grid] if grid else [], json.dumps(dict(record, seeds=seeds)), overwrite, '--grid')
@@ -142,7 +137,7 @@ def main(net, gnet, guidance, outdir, subdirs, seeds, class_idx, batch_size, gri
     device = dist.get_device()
     snapshot = generate.load_snapshot(net, device=device)
     generate.check_guidance(snapshot, gnet=gnet, guidance=guidance)
-    generate.check_class(snapshot.label_dim, class_idx)
+    class_idx = generate.resolve_class(class_spec, snapshot.label_dim, snapshot.sources)
     guide = generate.load_snapshot(gnet, device=device).net if gnet is not None and guidance != 1 else None
     generate.check_guide(snapshot.net, guide)
 

@@ -33,13 +33,23 @@ def parse_set_option(text):
         value = raw
     return key, value
 
+def combine_cond(cond, uncond):
+    """--cond[=BOOL] (EDM2's and the multi-source code's spelling) and --uncond: None = the
+    preset's choice; both given must agree."""
+    if not uncond:
+        return cond
+    if cond:
+        raise ValueError('--cond=True and --uncond contradict each other; give one of them')
+    return False
+
 #----------------------------------------------------------------------------
 
 @click.command(context_settings=dict(show_default=True))
 @click.option('--outdir',       help='Run directory (created; re-running resumes in it)', metavar='DIR', type=str, required=True)
 @click.option('--data',         help='Dataset ZIP or folder (dataset_tool.py)', metavar='ZIP|DIR', type=str, required=True)
 @click.option('--preset',       help='Configuration preset (training/presets.py)', metavar='NAME', type=str, required=True)
-@click.option('--cond/--uncond', help='Class-conditional training', default=None)
+@click.option('--cond',         help='Class-conditional training (--cond alone, or =True/False as in EDM2)', metavar='[BOOL]', type=bool, is_flag=False, flag_value=True, default=None)
+@click.option('--uncond',       help='Unconditional training (same as --cond=False)', is_flag=True, default=False)
 @click.option('--duration',     help='Training duration (images; Ki/Mi/Gi)', metavar='NIMG', type=str, default=None)
 @click.option('--batch',        help='Total batch size', metavar='NIMG', type=str, default=None)
 @click.option('--batch-gpu',    help='Limit batch size per GPU/process (gradient accumulation)', metavar='NIMG', type=str, default=None)
@@ -63,7 +73,7 @@ def parse_set_option(text):
 @click.option('--restart',      help='Move an earlier run in --outdir aside and start over', is_flag=True)
 @click.option('-n', '--dry-run', help='Print the resolved configuration and exit', is_flag=True)
 @util.one_line_errors
-def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, **flags):
+def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, uncond, **flags):
     """Train a model from a named preset. Every preset value can be overridden: the common ones
     with their flags, any other with --set KEY=VALUE.
 
@@ -71,6 +81,7 @@ def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, **flag
     another run (another preset, or outputs without a training state) is refused unless
     --restart moves its files into a subfolder first."""
     dist.init()
+    flags['cond'] = combine_cond(flags['cond'], uncond)
     overrides = {key: value for key, value in flags.items() if value is not None}
     overrides.update(parse_set_option(text) for text in set_options)
     opts, c = config.build(preset, overrides, data=data, world_size=dist.get_world_size())

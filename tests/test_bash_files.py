@@ -37,6 +37,13 @@ def test_shellcheck(script):
     result = subprocess.run([shellcheck(), '-x', '--source-path=SCRIPTDIR', script], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
+def test_similarity_levels_agree_with_dataset_tool():
+    import dataset_tool # pylint: disable=import-outside-toplevel
+    for level, ids in dataset_tool.SIMILARITY_LEVELS.items():
+        result = subprocess.run(['bash', '-c', f'source bash_files/common.sh && sources_of_level {level}'], cwd=ROOT,
+            capture_output=True, text=True, timeout=60)
+        assert result.stdout.strip() == ','.join(map(str, ids)), level
+
 def test_build_multisource_dry_run():
     result = bash('convert/build_multisource.sh', '--imagenet', '/data/train', '--out', '/tmp/o', '--level', 'sim3',
         '--sources', '3', '--per-class', '500', '--dry-run')

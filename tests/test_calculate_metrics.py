@@ -142,6 +142,11 @@ def test_ref_and_calc(digits):
     with open(dest, 'rb') as f:
         ref3 = pickle.load(f)
     assert ref3['num_images'] == (labels == 3).sum()
+    for spec in ['id:3', 'name:3']: # The digits' sources: name '3', original id 3.
+        again = str(digits['root'] / 'refs' / f'class3-{spec[:2]}.pkl')
+        assert invoke(['ref', '--data', digits['test'], '--metrics', 'fd_digits', '--class', spec, '--dest', again, '--workers', '0']).exit_code == 0
+        with open(again, 'rb') as f:
+            np.testing.assert_array_equal(pickle.load(f)['fd_digits']['mu'], ref3['fd_digits']['mu'])
     np.testing.assert_allclose(ref3['fd_digits']['mu'], features[labels == 3].mean(0), rtol=1e-10, atol=1e-12)
 
 def test_two_gloo_processes_equal_one(digits, tmp_path):
@@ -288,7 +293,8 @@ def snapshots(digits):
     for name, net in [('means', ClassMeans(means)), ('uncond', NoLikelihood())]:
         paths[name] = str(digits['root'] / f'network-snapshot-{name}.pkl')
         with open(paths[name], 'wb') as f:
-            pickle.dump(dict(ema=net.eval().requires_grad_(False), encoder=encoders.StandardRGBEncoder(), loss_fn=None, dataset_kwargs={}), f)
+            pickle.dump(dict(ema=net.eval().requires_grad_(False), encoder=encoders.StandardRGBEncoder(), loss_fn=None, dataset_kwargs={},
+                sources=[dict(label=c, name=f'digit{c}', original_id=100 + c) for c in range(10)]), f)
     return paths
 
 def test_gen(digits, snapshots, tmp_path):
@@ -311,6 +317,11 @@ def test_gen(digits, snapshots, tmp_path):
     assert record['class'] == 3 and record['steps'] == 2 and record['value'] == 1.0
     expect_error(['gen', '--net', snapshots['uncond'], '--metrics', 'digits_acc', '--num', '4'], 'digits_acc needs the class of every image')
     expect_error(base[:-4] + ['--num', '4', '--class', '12', '--metrics', 'digits_acc'], '--class 12')
+    # A source by its identity: the same class, the same images.
+    for spec in ['id:103', 'digit3']:
+        by_identity = invoke(base[:-4] + ['--num', '20', '--class', spec, '--metrics', 'digits_acc', '--steps', '2'])
+        assert json.loads(by_identity.output.strip().splitlines()[-1]) == record
+    expect_error(base[:-4] + ['--num', '4', '--class', '103', '--metrics', 'digits_acc'], 'write --class id:103')
 
 def test_bpd(digits, snapshots, tmp_path):
     results = str(tmp_path / 'metrics.jsonl')

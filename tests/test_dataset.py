@@ -60,7 +60,7 @@ def test_reads_pixels_and_labels(tmp_path, where, channels):
     assert len(ds) == 12
     assert ds.image_shape == [channels, 8, 8] and ds.num_channels == channels and ds.resolution == 8
     assert ds.label_shape == [3] and ds.label_dim == 3 and ds.has_labels
-    assert ds.source_names == ['cat', 'dog', 'emu']
+    assert ds.sources == sorted(sources, key=lambda s: s['label'])
     assert ds.name == os.path.splitext(where)[0]
     for idx in range(12):
         image, label = ds[idx]
@@ -71,9 +71,9 @@ def test_reads_pixels_and_labels(tmp_path, where, channels):
 def test_without_labels(tmp_path):
     path = str(write_dataset(tmp_path / 'd.zip', make_images(), np.zeros(12)))
     ds = ImageFolderDataset(path, use_labels=False)
-    assert ds.label_dim == 0 and not ds.has_labels and ds[0][1].shape == (0,)
+    assert ds.label_dim == 0 and not ds.has_labels and ds[0][1].shape == (0,) and ds.sources is None
     ds = ImageFolderDataset(str(write_dataset(tmp_path / 'u.zip', make_images())))
-    assert ds.label_dim == 0 and ds.source_names is None
+    assert ds.label_dim == 0 and ds.sources is None
 
 def test_max_size_and_xflip(tmp_path):
     images = make_images(n=20)

@@ -191,6 +191,56 @@ def test_imagenet_synset_ids_and_chained_selection(tmp_path):
     assert identities(images) == [(1, 0), (1, 1)] and labels == [0, 0]
     assert metadata['sources'] == sources((0, 'n01443537', 1))
 
+#----------------------------------------------------------------------------
+# The multi-source study's command lines (its convert_inet_*.sh scripts): --class_labels,
+# --nums, --sim_name/--level_name, and the ImageNet root that torchvision reads as --source.
+
+@pytest.fixture(scope='module')
+def imagenet_root(tmp_path_factory):
+    """torchvision's layout: devkit beside train/ with one folder per synset, in id order; the
+    ten sim3 dog breeds have three images each, every other class one."""
+    root = tmp_path_factory.mktemp('imagenet')
+    (root / 'ILSVRC2012_devkit_t12.tar.gz').write_bytes(b'')
+    for class_id in range(260):
+        for j in range(3 if class_id in dataset_tool.SIMILARITY_LEVELS['sim3'] else 1):
+            save_png(str(root / 'train' / f'n{class_id:08d}' / f'{j}.png'), np.full([8, 8, 3], [class_id % 256, j, 200], dtype=np.uint8))
+    return str(root)
+
+def test_multisource_study_commands(imagenet_root, tmp_path):
+    # convert_inet_5c.sh sim3, with --nums and the root as the study writes them; then ours.
+    ok('convert', f'--source={imagenet_root}/', f'--dest={tmp_path / "fork.zip"}', '--resolution=8x8',
+        '--class_labels=171,182,198,208,215', '--nums=2', '--sim_name=sim3')
+    ok('convert', f'--source={imagenet_root}/train', f'--dest={tmp_path / "ours.zip"}', '--resolution=8x8',
+        '--classes=171,182,198,208,215', '--per-class=2')
+    assert (tmp_path / 'fork.zip').read_bytes() == (tmp_path / 'ours.zip').read_bytes()
+    images, labels, metadata = read_zip(tmp_path / 'fork.zip')
+    assert sorted(labels) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert [(s['label'], s['original_id']) for s in metadata['sources']] == list(enumerate([171, 182, 198, 208, 215]))
+
+    # A level alone: its ten classes, labelled in its order (as the study's level maps do); -1 = every image.
+    ok('convert', f'--source={imagenet_root}', f'--dest={tmp_path / "level.zip"}', '--level_name=level1', '--nums=-1')
+    images, labels, metadata = read_zip(tmp_path / 'level.zip')
+    assert len(images) == 30 and [s['original_id'] for s in metadata['sources']] == dataset_tool.SIMILARITY_LEVELS['sim3']
+    assert collections.Counter(labels) == {label: 3 for label in range(10)}
+    # convert_inet_1c.sh: one class, the level named Sim3.
+    ok('convert', f'--source={imagenet_root}', f'--dest={tmp_path / "one.zip"}', '--class_labels=182', '--nums=-1', '--sim_name=Sim3')
+    assert read_zip(tmp_path / 'one.zip')[2]['sources'] == sources((0, 'n00000182', 182))
+
+@pytest.mark.parametrize('args, message', [
+    (['--classes=171,182', '--class_labels=171,198'], '--classes 171,182 and --class_labels 171,198 disagree'),
+    (['--per-class=2', '--nums=-1'], '--per-class 2 and --nums -1 disagree'),
+    (['--sim_name=sim3', '--level_name=level2'], '--sim_name sim3 and --level_name level2 disagree'),
+    (['--sim_name=sim4'], 'unknown similarity level'),
+    (['--class_labels=171,1', '--sim_name=sim3'], 'class id 1 is not one of the sim3 classes'),
+    (['--sim_name=sim2'], 'no class with the ImageNet id 269'),
+    (['--class_labels=182', '--nums=5'], 'class 182 (n00000182) has only 3 images'),
+])
+def test_multisource_study_flag_errors(imagenet_root, tmp_path, args, message):
+    result = run('convert', f'--source={imagenet_root}', f'--dest={tmp_path / "out.zip"}', *args)
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
+    assert message in result.output, result.output
+    assert not os.listdir(tmp_path)
+
 def test_labels_from_dataset_json_in_folder(tmp_path):
     for name in ['x.png', 'y.png', 'z.png']:
         save_png(str(tmp_path / 'src' / name), np.full([4, 4, 3], ord(name[0]), dtype=np.uint8))

@@ -59,10 +59,10 @@ class Dropout:
     def has_unconditional_branch(self):
         return self.p_uncond > 0
 
-def write_snapshot(path, net, p_uncond=None, encoder=None):
+def write_snapshot(path, net, p_uncond=None, encoder=None, sources=None):
     torch.manual_seed(0)
     data = dict(ema=net.eval().requires_grad_(False), encoder=encoder or encoders.StandardRGBEncoder(),
-        loss_fn=Dropout(p_uncond) if p_uncond is not None else None, dataset_kwargs={})
+        loss_fn=Dropout(p_uncond) if p_uncond is not None else None, dataset_kwargs={}, sources=sources)
     with open(path, 'wb') as f:
         pickle.dump(data, f)
     return str(path)
@@ -191,6 +191,35 @@ def test_family_net_samples_itself(tmp_path):
         assert image.shape == (4, 4) # Grayscale, 'L'.
         expected = (((seed % 3) * 0.25 + 20 * 0.01) * 127.5 + 128)
         assert np.abs(image.astype(float) - expected).max() <= 1
+
+# Three dog breeds of the multi-source study, as dataset_tool.py records them (label, synset, ImageNet id).
+DOGS = [dict(label=0, name='n02091032', original_id=171), dict(label=1, name='n02093754', original_id=182),
+    dict(label=2, name='n02097209', original_id=198)]
+
+def test_class_by_source_identity(tmp_path):
+    path = write_snapshot(tmp_path / 'dogs.pkl', TinyFamily(), sources=DOGS)
+    def class_of_images(spec):
+        result = invoke('--net', path, '--outdir', tmp_path / spec.replace(':', '_'), '--seeds', '0-2', '--class', spec, '--steps', 4)
+        assert result.exit_code == 0, result.output
+        values = {int(np.asarray(PIL.Image.open(tmp_path / spec.replace(':', '_') / f'{seed:06d}.png')).mean()) for seed in range(3)}
+        return [round(((v - 128) / 127.5 - 0.04) / 0.25) for v in values]
+    assert class_of_images('id:182') == class_of_images('1') == [1] # What the study's `--class=182` meant.
+    assert class_of_images('n02097209') == class_of_images('name:n02097209') == [2]
+    assert class_of_images('id:171') == [0]
+
+@pytest.mark.parametrize('spec, sources, message', [
+    ('171', DOGS, 'is a class index (0..2); for the source with the original class id 171, write --class id:171'),
+    ('3', DOGS, 'out of range'),
+    ('id:999', DOGS, 'no source of the network has the original id 999; its sources: 0 = id:171 name:n02091032'),
+    ('id:n02091032', DOGS, 'expected id:N'),
+    ('name:171', DOGS, 'has the name 171'),
+    ('id:171', None, 'records no source names or ids'),
+    ('n02091032', DOGS + [dict(label=1, name='n02091032', original_id=5)], 'more than one source'),
+])
+def test_class_identity_errors(spec, sources, message):
+    with pytest.raises(ValueError) as error:
+        generate.resolve_class(spec, 3, sources)
+    assert message in str(error.value)
 
 def test_official_presets_table():
     table = presets.GENERATION_PRESETS

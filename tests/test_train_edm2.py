@@ -32,7 +32,10 @@ def test_multisource_presets_table():
     opts = presets.resolve('edm2-img256-xs-5c-500')
     assert (opts.duration, opts.lr, opts.decay, opts.channels, opts.batch) == (128 << 20, 0.006, 4000, 128, 2048)
     assert (opts.P_mean, opts.P_std, opts.dropout, opts.lr_schedule) == (-0.4, 1.0, 0.0, 'multisource')
-    assert len([n for n in presets.PRESETS if n.startswith('edm2-img256-xs-')]) == 12
+    assert len([n for n in presets.PRESETS if n.startswith('edm2-img256-xs-')]) == 13
+    nlr = presets.resolve('edm2-img256-xs-10c-1000-nlr') # The study's train_1c_1000.sh.
+    assert (nlr.duration, nlr.lr, nlr.decay, nlr.batch, nlr.channels) == ((2048 << 19) + (2048 << 18), 0.004, 6000, 2048, 128)
+    assert (nlr.dropout, nlr.P_mean, nlr.P_std, nlr.lr_schedule) == (0.0, -0.4, 1.0, 'multisource')
     official = presets.resolve('edm2-img512-xxl')
     assert (official.duration, official.channels, official.lr, official.dropout) == (896 << 20, 448, 0.0065, 0.1)
 
@@ -44,7 +47,17 @@ def test_dry_run_applies_overrides(digits_zip, tmp_path):
     assert '"ref_lr": 0.02' in result.output and '"num_blocks": 1' in result.output
     assert not os.path.exists(tmp_path / 'run') # A dry run writes nothing.
 
+@pytest.mark.parametrize('args, cond', [([], True), (['--cond'], True), (['--cond=True'], True), (['--cond=False'], False),
+    (['--cond', 'false'], False), (['--uncond'], False), (['--cond=False', '--uncond'], False)])
+def test_cond_flag_spellings(digits_zip, tmp_path, args, cond):
+    """EDM2 and the multi-source code write --cond=True/False; --cond/--uncond work too."""
+    result = invoke(['--preset', 'edm2-digits', '--data', digits_zip, '--outdir', str(tmp_path / 'run'), '--dry-run'] + args)
+    assert result.exit_code == 0, result.output
+    assert f'"cond": {str(cond).lower()}' in result.output
+
 @pytest.mark.parametrize('args, message', [
+    (['--preset', 'edm2-digits', '--cond=True', '--uncond'], 'contradict'),
+    (['--preset', 'edm2-digits', '--cond=maybe'], 'not a valid boolean'),
     (['--preset', 'no-such-preset'], 'unknown preset'),
     (['--preset', 'edm2-digits', '--batch', '100', '--batch-gpu', '30'], 'not divisible'),
     (['--preset', 'edm2-digits', '--duration', '1000'], 'not a multiple of the batch size'),

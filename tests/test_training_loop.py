@@ -17,6 +17,7 @@ import torch
 
 from torch_utils import persistence
 from training import networks_edm2
+from training import presets
 from training import training_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,12 +64,33 @@ def test_learning_rate_schedules():
     assert lr(cur_nimg=4 * 70e3 * 100, batch_size=100, ref_lr=0.01, ref_batches=70e3, rampup_Mimg=1) == pytest.approx(0.005)
     ms = networks_edm2.multisource_lr_schedule
     t_ref = 2000 * 2048
-    assert ms(cur_nimg=t_ref - 2048, batch_size=2048, ref_lr=0.004, ref_batches=2000, rampup_Mimg=0) == pytest.approx(0.004)
-    assert ms(cur_nimg=t_ref, batch_size=2048, ref_lr=0.004, ref_batches=2000, rampup_Mimg=0) == pytest.approx(0.002)
+    assert ms(cur_nimg=t_ref, batch_size=2048, ref_lr=0.004, ref_batches=2000, rampup_Mimg=0) == 0.004
+    assert ms(cur_nimg=t_ref + 2048, batch_size=2048, ref_lr=0.004, ref_batches=2000, rampup_Mimg=0) == pytest.approx(0.002, rel=1e-3)
     assert ms(cur_nimg=4 * t_ref, batch_size=2048, ref_lr=0.004, ref_batches=2000, rampup_Mimg=0) == pytest.approx(0.001)
     c = training_loop.constant_lr
     assert c(cur_nimg=10, batch_size=8, ref_lr=1e-4, rampup_Mimg=0) == 1e-4
     assert c(cur_nimg=250, batch_size=8, ref_lr=1e-4, rampup_Mimg=0.001) == pytest.approx(0.25e-4)
+
+def multisource_study_lr(cur_nimg, batch_size, ref_lr, ref_batches, rampup_Mimg):
+    """The multi-source study's schedule as its code states it: the rate is divided by
+    sqrt(4 t / (decay * batch)) once t / (decay * batch) > 1, then scaled by the linear warm-up."""
+    lr = ref_lr
+    if cur_nimg / (ref_batches * batch_size) > 1:
+        lr = ref_lr / np.sqrt(cur_nimg * 4 / (ref_batches * batch_size))
+    return lr * min(cur_nimg / (rampup_Mimg * 1e6), 1)
+
+@pytest.mark.parametrize('preset', ['edm2-img256-xs-10c-1000-nlr', 'edm2-img256-xs-1c-500', 'edm2-img256-xs-5c-100'])
+@pytest.mark.parametrize('batch_size', [2048, 6144]) # The preset's batch; the study's scripts ran 6144 and 8192.
+def test_multisource_lr_matches_the_study_around_decay(preset, batch_size):
+    lr_kwargs = presets.family_kwargs(presets.resolve(preset))['lr_kwargs']
+    assert lr_kwargs['func_name'] == 'training.networks_edm2.multisource_lr_schedule'
+    kwargs = {k: v for k, v in lr_kwargs.items() if k != 'func_name'}
+    decay = kwargs['ref_batches']
+    for step in [1, decay - 1, decay, decay + 1, decay + 2, 2 * decay, 10 * decay]:
+        ours = networks_edm2.multisource_lr_schedule(cur_nimg=step * batch_size, batch_size=batch_size, **kwargs)
+        assert ours == multisource_study_lr(cur_nimg=step * batch_size, batch_size=batch_size, **kwargs), step
+    full = kwargs['ref_lr'] * min(decay * batch_size / (kwargs['rampup_Mimg'] * 1e6), 1)
+    assert networks_edm2.multisource_lr_schedule(cur_nimg=decay * batch_size, batch_size=batch_size, **kwargs) == full
 
 def test_param_groups_skip_vectors_and_listed_names():
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
@@ -91,7 +113,7 @@ def test_outputs_and_snapshots(tmp_path):
     assert all(np.isfinite(l['Loss/loss']) for l in lines[1:])
     with open(tmp_path / 'network-snapshot-0000008-0.100.pkl', 'rb') as f:
         snap = persistence.load_pickle(f)
-    assert set(snap) == {'ema', 'encoder', 'loss_fn', 'dataset_kwargs', 'run_id'}
+    assert set(snap) == {'ema', 'encoder', 'loss_fn', 'dataset_kwargs', 'run_id', 'sources'}
     assert not snap['ema'].training and not any(p.requires_grad for p in snap['ema'].parameters())
 
 def test_resume_is_bit_identical(tmp_path):

@@ -136,7 +136,7 @@ class Dataset(torch.utils.data.Dataset):
         return any(x != 0 for x in self.label_shape)
 
     @property
-    def source_names(self): # Class names by label, when the dataset records them; else None.
+    def sources(self): # [{label, name, original_id}] by label, when the dataset records them; else None.
         return None
 
 #----------------------------------------------------------------------------
@@ -201,11 +201,12 @@ class ImageFolderDataset(Dataset):
                     'every image of a dataset must have the same size and channels')
 
     @property
-    def source_names(self):
-        sources = load_metadata(self._files).get('sources')
+    def sources(self):
+        sources = load_metadata(self._files).get('sources') if self._use_labels else None
         if not sources:
             return None
-        return [s['name'] for s in sorted(sources, key=lambda s: s['label'])]
+        return [dict(label=s['label'], name=s['name'], original_id=s.get('original_id', s['label']))
+            for s in sorted(sources, key=lambda s: s['label'])]
 
 #----------------------------------------------------------------------------
 # The files of a folder or of a ZIP archive, named by '/'-separated paths relative to the root,

@@ -7,6 +7,7 @@ sampling device seeded with seed % 2**32 draws the initial noise of one image an
 """
 
 import os
+import re
 
 import numpy as np
 import torch
@@ -39,8 +40,9 @@ def _local_encoder(encoder):
 
 def load_snapshot(net, device=torch.device('cpu'), verbose=True):
     """Load `net` (a path, a URL or a preset name from presets.GENERATION_PRESETS) onto `device`.
-    Returns EasyDict(net, encoder, loss_fn, dataset_kwargs, label_dim). Snapshots are pickles that
-    carry code: load only files you trust."""
+    Returns EasyDict(net, encoder, loss_fn, dataset_kwargs, sources, label_dim); `sources`
+    ([{label, name, original_id}]) is None for snapshots that do not record them (official ones,
+    unlabelled datasets). Snapshots are pickles that carry code: load only files you trust."""
     if isinstance(net, str) and net in presets.GENERATION_PRESETS:
         net = presets.GENERATION_PRESETS[net].net
     if isinstance(net, str) and os.path.isdir(net):
@@ -60,7 +62,8 @@ def load_snapshot(net, device=torch.device('cpu'), verbose=True):
     encoder = _local_encoder(data.get('encoder', None))
     encoder.init(device)
     return util.EasyDict(net=model, encoder=encoder, loss_fn=data.get('loss_fn', None),
-        dataset_kwargs=data.get('dataset_kwargs', None), label_dim=int(getattr(model, 'label_dim', 0)))
+        dataset_kwargs=data.get('dataset_kwargs', None), sources=data.get('sources', None),
+        label_dim=int(getattr(model, 'label_dim', 0)))
 
 def has_unconditional_branch(loss_fn):
     """Did training drop labels (docs/families.md)? Then the all-zero label selects the network's
@@ -89,14 +92,54 @@ def check_guide(net, gnet):
         raise ValueError(f'--gnet is a {theirs[0]} on {theirs[1]}x{theirs[2]}x{theirs[2]} inputs with {theirs[3]} classes, but the '
             f'network is a {ours[0]} on {ours[1]}x{ours[2]}x{ours[2]} inputs with {ours[3]} classes: guide with a network of the same kind')
 
-def check_class(label_dim, class_idx):
-    """`class_idx`: None (random), 'all', or an index 0..label_dim-1."""
+def check_class(label_dim, class_idx, what='the network'):
+    """`class_idx`: None (random), 'all', or an index 0..label_dim-1 of `what`'s classes."""
     if class_idx is None:
         return
     if label_dim == 0:
-        raise ValueError(f'--class {class_idx}: the network is unconditional')
+        raise ValueError(f'--class {class_idx}: {what} is unconditional (no classes)')
     if class_idx != 'all' and not 0 <= int(class_idx) < label_dim:
-        raise ValueError(f'--class {class_idx} is out of range: the network has {label_dim} classes (0..{label_dim - 1})')
+        raise ValueError(f'--class {class_idx} is out of range: {what} has {label_dim} classes (0..{label_dim - 1})')
+
+def resolve_class(spec, label_dim, sources=None, what='the network'):
+    """--class as written -> None (random), 'all' or an index 0..label_dim-1 (checked).
+
+    A plain integer is always the index, as in EDM2. A source identity is spelled out, so that
+    `171` never has to be guessed between an index and an id: `id:N` is the source whose
+    original class id is N (e.g. the ImageNet id that the multi-source code's --class takes),
+    `name:NAME` or a bare NAME that is not an integer the source of that name (e.g. n02091032).
+    `sources`: [{label, name, original_id}] from dataset.json, carried in the snapshot."""
+    text = None if spec is None else str(spec).strip()
+    if text is None or text == 'all' or label_dim == 0:
+        check_class(label_dim, text, what) # Any class of an unconditional network is an error.
+        return text
+    if re.fullmatch(r'\d+', text):
+        index = int(text)
+        if index >= label_dim and any(s['original_id'] == index for s in sources or []):
+            raise ValueError(f'--class {index} is a class index (0..{label_dim - 1}); for the source '
+                f'with the original class id {index}, write --class id:{index}')
+        check_class(label_dim, index, what)
+        return index
+    index = find_source(text, sources, what)
+    check_class(label_dim, index, what)
+    return index
+
+def find_source(text, sources, what):
+    """The label of the source named by `id:N`, `name:NAME` or a bare NAME."""
+    key, value = 'name', text.removeprefix('name:')
+    if text.startswith('id:'):
+        if not re.fullmatch(r'\d+', text[3:]):
+            raise ValueError(f'--class {text}: expected id:N with N a class id, e.g. id:171')
+        key, value = 'original_id', int(text[3:])
+    if not sources:
+        raise ValueError(f'--class {text}: {what} records no source names or ids (datasets written by '
+            'dataset_tool.py and the snapshots trained on them do); give the class index instead')
+    matches = [s['label'] for s in sources if s[key] == value]
+    if len(matches) != 1:
+        known = ', '.join(f'{s["label"]} = id:{s["original_id"]} name:{s["name"]}' for s in sources)
+        raise ValueError(f'--class {text}: {"no" if not matches else "more than one"} source of {what} '
+            f'has the {key.replace("_", " ")} {value}; its sources: {known}')
+    return matches[0]
 
 #----------------------------------------------------------------------------
 # Generate images for the given seeds, in batches, split across the ranks. Yields one EasyDict

@@ -361,11 +361,13 @@ def learning_rate_schedule(cur_nimg, batch_size, ref_lr=100e-4, ref_batches=70e3
     return lr
 
 def multisource_lr_schedule(cur_nimg, batch_size, ref_lr=100e-4, ref_batches=70e3, rampup_Mimg=10):
-    """The multi-source study's variant: ref_lr until decay*batch images t_ref, then
-    ref_lr / sqrt(4 t / t_ref) (a step down by half at t_ref, then inverse square root)."""
+    """The multi-source study's variant: ref_lr up to and including t_ref = decay*batch images,
+    then ref_lr / sqrt(4 t / t_ref) (a step down by half just after t_ref, then inverse square
+    root). Strictly after t_ref, as the study's code has it, so that runs resumed from its
+    settings follow the same learning rates step for step."""
     lr = ref_lr
     t_ref = ref_batches * batch_size
-    if ref_batches > 0 and cur_nimg >= t_ref:
+    if ref_batches > 0 and cur_nimg > t_ref:
         lr /= np.sqrt(4 * cur_nimg / t_ref)
     if rampup_Mimg > 0:
         lr *= min(cur_nimg / (rampup_Mimg * 1e6), 1)

@@ -122,6 +122,9 @@ MULTISOURCE_GRID = {
 for (_k, _n), (_dur, _lr, _decay) in MULTISOURCE_GRID.items():
     preset(f'edm2-img256-xs-{_k}c-{_n}', family='edm2', duration=_dur, batch=2048, channels=128, lr=_lr,
         decay=_decay, dropout=0.0, P_mean=-0.4, P_std=1.0, lr_schedule='multisource')
+# The study's long 10-source, 1000-image run (its train_1c_1000.sh): 1536Mi images, a lower
+# learning rate and a later decay than edm2-img256-xs-10c-1000.
+preset('edm2-img256-xs-10c-1000-nlr', **(PRESETS['edm2-img256-xs-10c-1000'] | dict(duration='1536Mi', lr=0.004, decay=6000)))
 
 # Small enough to train on the built-in 8x8 digits on a laptop CPU in minutes (4.4 minutes on two
 # cores; 1.0M parameters). Label dropout lets the same network guide itself (classifier-free

@@ -11,7 +11,8 @@ import torch
 
 #----------------------------------------------------------------------------
 # One torch.Generator per seed: draws for a batch are the stack of each seed's own draws.
-# The same interface as the official EDM2 class (randn/randint with the batch size first).
+# The same interface as the official EDM2 class (randn/randint with the batch size first), and
+# bit for bit the same numbers: that is what makes a seed give the official code's image.
 
 class StackedRandomGenerator:
     def __init__(self, device, seeds):
@@ -40,7 +41,8 @@ class StackedRandomGenerator:
 
 #----------------------------------------------------------------------------
 # Noise levels sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min, then sigma_N = 0, spaced
-# uniformly in sigma^(1/rho) (Karras et al. 2022, eq. 5). The arithmetic is the official one.
+# uniformly in sigma^(1/rho) (Karras et al. 2022, eq. 5). The arithmetic is the official one, so
+# that the steps, and the images, match the official sampler's bit for bit.
 
 def karras_sigmas(num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, dtype=torch.float32, device=None):
     if num_steps < 1:

@@ -253,11 +253,15 @@ def data_iterator(dataset, start_nimg, batch_gpu, seed, data_loader_kwargs, devi
 # Saving: network snapshots (rank 0) and training states (every rank takes part).
 
 def save_snapshots(run_dir, r, cur_nimg, dataset_kwargs, run_id=None):
-    """One snapshot per EMA profile (or of the network itself without EMA). Plain dicts, so that
-    EDM2 snapshots load in the official code too; `run_id` ties them to their run."""
+    """One snapshot per EMA profile (or of the network itself without EMA). Plain dicts and
+    lists, so that EDM2 snapshots load in the official code too (it reads only `ema` and
+    `encoder`). `sources` ([{label, name, original_id}] from dataset.json, or None) lets the
+    generator choose a class by its identity once the dataset is gone; `run_id` ties the
+    snapshot to its run."""
     for ema_net, ema_suffix in (r.ema.get() if r.ema is not None else [(r.net, '')]):
         data = dict(ema=copy.deepcopy(ema_net).cpu().eval().requires_grad_(False), loss_fn=r.loss_fn,
-            encoder=r.encoder, dataset_kwargs=dict(dataset_kwargs), run_id=run_id)
+            encoder=r.encoder, dataset_kwargs=dict(dataset_kwargs), run_id=run_id,
+            sources=getattr(r.dataset, 'sources', None)) # Optional for dataset classes other than ours.
         fname = f'network-snapshot-{cur_nimg // 1000:07d}{ema_suffix}.pkl'
         dist.print0(f'Saving {fname} ... ', end='', flush=True)
         with util.atomic_path(os.path.join(run_dir, fname)) as tmp:
