@@ -244,6 +244,7 @@ def calc(images, ref_path, metrics, num, seed, batch, workers, results, tag, det
 @click.option('--num', help='Number of generated images', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
 @click.option('--seed', help='First seed (seeds seed..seed+num-1)', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--class', 'class_spec', help='Generate only this class: index 0..K-1, or a source: id:N (original class id), name:NAME or NAME  [default: random classes]', metavar='INT|id:N|NAME', type=str, default=None)
+@click.option('--per-class', help='Score every class separately (--num images each); --ref may name a file per class with {source} (its original id) or {class} (its index)', is_flag=True)
 @click.option('--guidance', help='Guidance strength', metavar='FLOAT', type=float, default=1.0, show_default=True)
 @click.option('--gnet', help='Guiding network snapshot', metavar='PKL|URL', type=str, default=None)
 @click.option('--steps', help='Sampling steps  [default: the family\'s own]', metavar='INT', type=click.IntRange(min=1), default=None)
@@ -252,38 +253,57 @@ def calc(images, ref_path, metrics, num, seed, batch, workers, results, tag, det
 @click.option('--tag', help='Extra result fields, "key=value key2=value2"', metavar='STR', type=str, default=None)
 @detector_options
 @util.one_line_errors
-def gen(net, ref_path, metrics, num, seed, class_spec, guidance, gnet, steps, batch, results, tag, detector_kwargs):
-    """Generate images in memory and calculate their metrics."""
+def gen(net, ref_path, metrics, num, seed, class_spec, per_class, guidance, gnet, steps, batch, results, tag, detector_kwargs):
+    """Generate images in memory and calculate their metrics: of random classes, of one class,
+    or of every class separately (--per-class, e.g. each source of a multi-source model against
+    that source's reference). Accuracy metrics compare the predicted class with the class's
+    original id when the snapshot records its sources (dataset.json), else with its index."""
     dist.init()
     metrics = parse_metrics(metrics, {**detectors_lib.DETECTORS, **detectors_lib.CLASSIFIERS})
     tags = parse_tags(tag)
     fd_metrics = [m for m in metrics if m in detectors_lib.DETECTORS]
     if fd_metrics and ref_path is None:
         raise ValueError(f'--ref: needed for {", ".join(fd_metrics)}')
+    if per_class and class_spec is not None:
+        raise ValueError('--per-class scores every class; it does not go with --class')
     if results:
         util.check_writable(results, '--results')
-    if fd_metrics:
-        load_reference(ref_path, fd_metrics)
     device = dist.get_device()
     snapshot = generate.load_snapshot(net, device=device, verbose=(dist.get_rank() == 0))
-    class_idx = generate.resolve_class(class_spec, snapshot.label_dim, snapshot.sources)
+    classes = range(snapshot.label_dim) if per_class else [generate.resolve_class(class_spec, snapshot.label_dim, snapshot.sources)]
+    if per_class and snapshot.label_dim == 0:
+        raise ValueError('--per-class: the network is unconditional')
+    ids = [s['original_id'] for s in sorted(snapshot.sources, key=lambda s: s['label'])] if snapshot.sources else None
+    refs = {c: class_reference(ref_path, c, ids) for c in classes} if fd_metrics else {}
+    for ref in dict.fromkeys(refs.values()):
+        load_reference(ref, fd_metrics) # Every file readable before any work.
     guide = generate.load_snapshot(gnet, device=device, verbose=(dist.get_rank() == 0)).net if gnet else None
     generate.check_guidance(snapshot, gnet=guide, guidance=guidance)
     generate.check_guide(snapshot.net, guide)
     detectors = load_detectors(metrics, device, detector_kwargs)
-    ref_stats = load_reference(ref_path, fd_metrics, detectors) if fd_metrics else None
     sampler_kwargs = {} if steps is None else dict(steps=steps)
 
-    dist.print0(f'Generating {num} images from {net} and calculating {", ".join(metrics)}')
-    evaluation = metrics_lib.Evaluation(detectors, device)
-    for r in generate.generate_images(snapshot.net, snapshot.encoder, seeds=range(seed, seed + num), class_idx=class_idx,
-            batch_size=batch, device=device, gnet=guide, guidance=guidance, verbose=(dist.get_rank() == 0), **sampler_kwargs):
-        evaluation.update(r.images.to(device), r.labels)
-    values = evaluation.all_reduce().results(ref_stats)
-    base = dict(net=net, num=num, seed=seed, **{'class': class_idx}, guidance=guidance)
-    if steps is not None:
-        base['steps'] = steps
-    report([dict(metric=m, value=v, **base) for m, v in values.items()], results, tags)
+    records = []
+    for class_idx in classes:
+        dist.print0(f'Generating {num} images of {"random classes" if class_idx is None else f"class {class_idx}"} '
+            f'from {net} and calculating {", ".join(metrics)}')
+        evaluation = metrics_lib.Evaluation(detectors, device)
+        for r in generate.generate_images(snapshot.net, snapshot.encoder, seeds=range(seed, seed + num), class_idx=class_idx,
+                batch_size=batch, device=device, gnet=guide, guidance=guidance, verbose=(dist.get_rank() == 0), **sampler_kwargs):
+            evaluation.update(r.images.to(device), r.labels if ids is None or r.labels is None else torch.as_tensor(ids)[r.labels.cpu()])
+        ref_stats = load_reference(refs[class_idx], fd_metrics, detectors) if fd_metrics else None
+        base = dict(net=net, num=num, seed=seed, **{'class': class_idx}, guidance=guidance)
+        base.update(dict(source=ids[class_idx]) if ids is not None and isinstance(class_idx, int) else {})
+        base.update(dict(steps=steps) if steps is not None else {})
+        base.update(dict(ref=refs[class_idx]) if fd_metrics else {})
+        records += [dict(metric=m, value=v, **base) for m, v in evaluation.all_reduce().results(ref_stats).items()]
+    report(records, results, tags)
+
+def class_reference(ref_path, class_idx, ids):
+    """--ref for one class: {source} becomes the class's original id (its index without recorded
+    sources), {class} its index."""
+    source = ids[class_idx] if ids is not None and isinstance(class_idx, int) else class_idx
+    return ref_path.replace('{source}', str(source)).replace('{class}', str(class_idx))
 
 #----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from torch_utils import util
 from training import digits
+from training import study
 from training.dataset import FileTree, is_image_file, load_metadata
 
 TRANSFORMS = ['none', 'center-crop', 'center-crop-wide', 'center-crop-dhariwal']
@@ -228,16 +229,10 @@ def open_mnist(images_path):
 #----------------------------------------------------------------------------
 # Selecting images: --classes, --per-class, --max-images, --sim_name.
 
-# The multi-source study's similarity levels: ten ImageNet class ids each, 171 (Italian
-# greyhound, the shared target source) first. Its scripts call them sim3/sim2/sim1 (higher =
-# more similar to 171), its Python code level1/level2/level3 (the same lists, numbered the other
-# way round). bash_files/common.sh holds the same lists (a test checks that they agree).
-SIMILARITY_LEVELS = {
-    'sim3': [171, 182, 198, 208, 215, 231, 236, 244, 245, 258], # ten dog breeds
-    'sim2': [171, 269, 279, 283, 294, 330, 340, 366, 370, 386], # mammals
-    'sim1': [171, 1, 18, 31, 46, 532, 579, 609, 849, 980],      # diverse
-}
-LEVEL_NAMES = {'level1': 'sim3', 'level2': 'sim2', 'level3': 'sim1'} | {name: name for name in SIMILARITY_LEVELS}
+# The multi-source study's similarity levels (training/study.py): ten ImageNet class ids each.
+# Its scripts call them sim3/sim2/sim1, its Python code level1/level2/level3.
+SIMILARITY_LEVELS = study.IMAGENET_LEVELS
+LEVEL_NAMES = study.LEVEL_ALIASES | {name: name for name in SIMILARITY_LEVELS}
 
 def similarity_level(flag, name):
     """A level's canonical name (sim1..sim3) from either spelling, any case (the study's

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Shared helpers for the launch scripts (sourced, not run).
-#   run CMD...     print the command; execute it unless DRY_RUN=1 (set by --dry-run)
-#   die MSG        print the usage of the calling script and MSG, exit 2
-#   need_value     check that an option got a value
+# Shared helpers for the launch scripts (sourced, not run). Every script runs in the caller's
+# directory: relative paths mean what they mean to the caller; the project's own scripts are
+# called by their absolute path.
+#   parse_options "$@"   set one variable per option of $OPTIONS (--per-class -> per_class), the
+#                        flags of $FLAGS to 1, collect --set KEY=VALUE into SET_ARGS; --dry-run
+#   run CMD...           print the command; execute it unless DRY_RUN=1
+#   py SCRIPT ARGS...    run one of the project's Python scripts
+#   torchrun_py N SCRIPT ARGS...  the same under torchrun with N processes
+#   die MSG              print the usage of the calling script and MSG, exit 2
 # Every script documents its usage in its header comment; `usage` prints that header.
 
-# Repository root, so the scripts work from any directory.
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export REPO_ROOT
 # The project's packages import from anywhere (python -m simulations.run_gaussian, ...).
 export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON="${PYTHON:-python}"
 DRY_RUN="${DRY_RUN:-0}"
+SET_ARGS=()
 
 usage() {
     # The header comment of the calling script (lines starting with '#', after the shebang).
@@ -25,9 +30,41 @@ die() {
     exit 2
 }
 
-need_value() {
-    # need_value OPTION VALUE
-    [ -n "${2:-}" ] && [ "${2#--}" = "$2" ] || die "$1 needs a value"
+parse_options() {
+    while [ $# -gt 0 ]; do
+        local name="${1#--}"
+        case "$1" in
+            -h|--help) usage; exit 0 ;;
+            --dry-run) DRY_RUN=1; shift; continue ;;
+            --set) [ -n "${2:-}" ] || die "--set needs KEY=VALUE"; SET_ARGS+=(--set "$2"); shift 2; continue ;;
+        esac
+        [[ "$1" == --* ]] || die "unknown argument '$1'"
+        if [[ " ${FLAGS:-} " == *" $name "* ]]; then
+            printf -v "${name//-/_}" '%s' 1
+            shift
+        elif [[ " ${OPTIONS:-} " == *" $name "* ]]; then
+            [ -n "${2:-}" ] && [ "${2#--}" = "$2" ] || die "$1 needs a value"
+            printf -v "${name//-/_}" '%s' "$2"
+            shift 2
+        else
+            die "unknown argument '$1'"
+        fi
+    done
+    echo "Working directory: $PWD"
+}
+
+require() {
+    # require OPTION...: each named option was given
+    local name
+    for name in "$@"; do
+        local var="${name//-/_}"
+        [ -n "${!var:-}" ] || die "--$name is required"
+    done
+}
+
+check_int() {
+    # check_int OPTION VALUE: a positive integer
+    [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "--$1 must be a positive integer, got '$2'"
 }
 
 run() {
@@ -42,29 +79,18 @@ run() {
     fi
 }
 
-# ImageNet class ids of the study's three similarity levels (10 sources each).
-sources_of_level() {
-    case "$1" in
-        sim3) echo "171,182,198,208,215,231,236,244,245,258" ;; # ten dog breeds
-        sim2) echo "171,269,279,283,294,330,340,366,370,386" ;; # mammals
-        sim1) echo "171,1,18,31,46,532,579,609,849,980" ;;      # diverse
-        *) die "unknown similarity level '$1' (sim1, sim2 or sim3)" ;;
-    esac
+py() {
+    local script="$1"
+    shift
+    run "$PYTHON" "$REPO_ROOT/$script" "$@"
 }
 
-# The first K ids of a comma-separated list.
-first_k() {
-    echo "$1" | cut -d, -f"1-$2"
-}
-
-check_choice() {
-    # check_choice OPTION VALUE CHOICES...
-    local option="$1" value="$2"
+torchrun_py() {
+    # `--` keeps the script's own options (e.g. --num) away from torchrun's option parser,
+    # which takes a prefix like --num for its --numa-binding.
+    local procs="$1" script="$2"
     shift 2
-    for choice in "$@"; do
-        [ "$value" = "$choice" ] && return 0
-    done
-    die "$option must be one of: $*"
+    run "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$procs" -- "$REPO_ROOT/$script" "$@"
 }
 
 newest_file() {
@@ -77,4 +103,11 @@ newest_file() {
         found="$1/$2"
     fi
     echo "$found"
+}
+
+level_classes() {
+    # level_classes LEVEL K: the ImageNet class ids of the level's first K sources
+    # (training/study.py, the one table of the study's similarity levels).
+    "$PYTHON" -c 'import sys; from training import study; print(",".join(map(str, study.level_classes("imagenet", sys.argv[1], int(sys.argv[2])))))' "$1" "$2" \
+        || die "unknown level '$1' or number of sources '$2'"
 }

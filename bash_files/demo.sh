@@ -24,12 +24,12 @@ done
 out="${out:-demo-out}"
 edm2_duration="${EDM2_DURATION:-128Ki}"
 ardm_duration="${ARDM_DURATION:-96Ki}"
-cd "$REPO_ROOT"
+echo "Working directory: $PWD"
 start=$(date +%s)
 
 step() { echo; echo "=== $* ($(( $(date +%s) - start ))s)"; }
 convert() { # convert SOURCE DEST, unless DEST exists
-    if [ -e "$2" ]; then echo "(exists: $2)"; else run "$PYTHON" dataset_tool.py convert --source "$1" --dest "$2"; fi
+    if [ -e "$2" ]; then echo "(exists: $2)"; else py dataset_tool.py convert --source "$1" --dest "$2"; fi
 }
 
 step "1. Datasets: built-in digits, fixed train/test split"
@@ -38,35 +38,35 @@ convert builtin:digits-train "$out/data/digits-train.zip"
 convert builtin:digits-test "$out/data/digits-test.zip"
 
 step "2. Train a class-conditional EDM2 model (preset edm2-digits, $edm2_duration images)"
-run "$PYTHON" train_edm2.py --preset edm2-digits --data "$out/data/digits-train.zip" --outdir "$out/edm2-digits" \
+py train_edm2.py --preset edm2-digits --data "$out/data/digits-train.zip" --outdir "$out/edm2-digits" \
     --duration "$edm2_duration" --snapshot "$edm2_duration"
 edm2_net="$(newest_file "$out/edm2-digits" 'network-snapshot-*-0.100.pkl')"
 
 step "3. Generate a grid of every class (rows: classes 0-9, guidance 2 from the model's own unconditional branch)"
-run "$PYTHON" generate_images.py --net "$edm2_net" --outdir "$out/samples/edm2" --seeds 0-99 --class all \
+py generate_images.py --net "$edm2_net" --outdir "$out/samples/edm2" --seeds 0-99 --class all \
     --guidance 2 --grid "$out/samples/edm2-grid.png"
 
 step "4. Evaluate the EDM2 model against the held-out digits"
-[ -e "$out/refs/digits-test.pkl" ] || run "$PYTHON" calculate_metrics.py ref --data "$out/data/digits-test.zip" --metrics fd_digits \
+[ -e "$out/refs/digits-test.pkl" ] || py calculate_metrics.py ref --data "$out/data/digits-test.zip" --metrics fd_digits \
     --dest "$out/refs/digits-test.pkl"
-run "$PYTHON" calculate_metrics.py gen --net "$edm2_net" --ref "$out/refs/digits-test.pkl" --metrics fd_digits,digits_acc \
+py calculate_metrics.py gen --net "$edm2_net" --ref "$out/refs/digits-test.pkl" --metrics fd_digits,digits_acc \
     --num 1000 --guidance 2 --results "$out/metrics.jsonl" --tag model=edm2-digits
-if [ "$DRY_RUN" = 1 ] || "$PYTHON" calculate_metrics.py weights --check fid,fd_dinov2; then
-    [ -e "$out/refs/digits-test-fid.pkl" ] || run "$PYTHON" calculate_metrics.py ref --data "$out/data/digits-test.zip" \
+if [ "$DRY_RUN" = 1 ] || "$PYTHON" "$REPO_ROOT/calculate_metrics.py" weights --check fid,fd_dinov2; then
+    [ -e "$out/refs/digits-test-fid.pkl" ] || py calculate_metrics.py ref --data "$out/data/digits-test.zip" \
         --metrics fid,fd_dinov2 --dest "$out/refs/digits-test-fid.pkl"
-    run "$PYTHON" calculate_metrics.py gen --net "$edm2_net" --ref "$out/refs/digits-test-fid.pkl" --metrics fid,fd_dinov2 \
+    py calculate_metrics.py gen --net "$edm2_net" --ref "$out/refs/digits-test-fid.pkl" --metrics fid,fd_dinov2 \
         --num 359 --results "$out/metrics.jsonl" --tag model=edm2-digits
 else
     echo "FID/FD-DINOv2 skipped: their weights are not on this machine (see the message above and README, 'Offline weights')."
 fi
 
 step "5. Train an ARDM (preset ardm-digits, $ardm_duration images) and measure test bits/dim"
-run "$PYTHON" train_edm2.py --preset ardm-digits --data "$out/data/digits-train.zip" --outdir "$out/ardm-digits" \
+py train_edm2.py --preset ardm-digits --data "$out/data/digits-train.zip" --outdir "$out/ardm-digits" \
     --duration "$ardm_duration" --snapshot "$ardm_duration"
 ardm_net="$(newest_file "$out/ardm-digits" 'network-snapshot-*.pkl')"
-run "$PYTHON" calculate_metrics.py bpd --net "$ardm_net" --data "$out/data/digits-test.zip" \
+py calculate_metrics.py bpd --net "$ardm_net" --data "$out/data/digits-test.zip" \
     --results "$out/metrics.jsonl" --tag "model=ardm-digits"
-run "$PYTHON" generate_images.py --net "$ardm_net" --outdir "$out/samples/ardm" --seeds 0-99 --class all \
+py generate_images.py --net "$ardm_net" --outdir "$out/samples/ardm" --seeds 0-99 --class all \
     --grid "$out/samples/ardm-grid.png"
 
 step "6. Gaussian simulations of multi-source learning"
@@ -85,4 +85,4 @@ cat <<TXT
   metrics              $out/metrics.jsonl
   simulation results   $out/simulations/results/  figures: $out/simulations/figures/
 TXT
-[ "$DRY_RUN" = 1 ] || "$PYTHON" calculate_metrics.py table --results "$out/metrics.jsonl" --rows model --cols metric
+[ "$DRY_RUN" = 1 ] || "$PYTHON" "$REPO_ROOT/calculate_metrics.py" table --results "$out/metrics.jsonl" --rows model --cols metric

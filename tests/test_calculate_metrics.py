@@ -288,13 +288,14 @@ def snapshots(digits):
     pytest.importorskip('generate_images')
     from training import encoders
     x_train, y_train = digits_data.pixels('train')
-    means = torch.stack([torch.as_tensor(x_train[y_train == c].mean(0), dtype=torch.float32) for c in range(10)]).reshape(10, 1, 8, 8) * 2 - 1
+    # Label c of the model is the digit 9 - c (a dataset converted with --classes 9,8,...,0).
+    means = torch.stack([torch.as_tensor(x_train[y_train == 9 - c].mean(0), dtype=torch.float32) for c in range(10)]).reshape(10, 1, 8, 8) * 2 - 1
     paths = {}
     for name, net in [('means', ClassMeans(means)), ('uncond', NoLikelihood())]:
         paths[name] = str(digits['root'] / f'network-snapshot-{name}.pkl')
         with open(paths[name], 'wb') as f:
             pickle.dump(dict(ema=net.eval().requires_grad_(False), encoder=encoders.StandardRGBEncoder(), loss_fn=None, dataset_kwargs={},
-                sources=[dict(label=c, name=f'digit{c}', original_id=100 + c) for c in range(10)]), f)
+                sources=[dict(label=c, name=f'digit{9 - c}', original_id=9 - c) for c in range(10)]), f)
     return paths
 
 def test_gen(digits, snapshots, tmp_path):
@@ -308,20 +309,26 @@ def test_gen(digits, snapshots, tmp_path):
     # A tag may not replace what the result itself says.
     expect_error(base + ['--tag', 'guidance=2'], '--tag guidance', 'already has')
     fd, acc = lines[0]['value'], lines[1]['value']
-    assert acc > 0.9 and 0 < fd < 10
+    assert acc > 0.9 and 0 < fd < 10 # Accuracy against the digits the labels stand for (label c = digit 9 - c).
     # Batch-size invariance (per-seed generators), and what was printed is what was written.
     again = invoke(base + ['--batch', '60'])
     assert [json.loads(line)['value'] for line in again.output.strip().splitlines()[-2:]] == pytest.approx([fd, acc], rel=1e-9)
     one_class = invoke(base[:-4] + ['--num', '20', '--class', '3', '--metrics', 'digits_acc', '--steps', '2'])
     record = json.loads(one_class.output.strip().splitlines()[-1])
-    assert record['class'] == 3 and record['steps'] == 2 and record['value'] == 1.0
+    assert record['class'] == 3 and record['source'] == 6 and record['steps'] == 2 and record['value'] == 1.0
     expect_error(['gen', '--net', snapshots['uncond'], '--metrics', 'digits_acc', '--num', '4'], 'digits_acc needs the class of every image')
     expect_error(base[:-4] + ['--num', '4', '--class', '12', '--metrics', 'digits_acc'], '--class 12')
     # A source by its identity: the same class, the same images.
-    for spec in ['id:103', 'digit3']:
+    for spec in ['id:6', 'digit6']:
         by_identity = invoke(base[:-4] + ['--num', '20', '--class', spec, '--metrics', 'digits_acc', '--steps', '2'])
         assert json.loads(by_identity.output.strip().splitlines()[-1]) == record
-    expect_error(base[:-4] + ['--num', '4', '--class', '103', '--metrics', 'digits_acc'], 'write --class id:103')
+    expect_error(base[:-4] + ['--num', '4', '--class', 'id:12', '--metrics', 'digits_acc'], 'no source', 'original id 12')
+    # Every class on its own: one record per (class, metric), each against its own reference.
+    per_class = invoke(base[:-4] + ['--num', '20', '--per-class', '--metrics', 'digits_acc', '--steps', '2'])
+    records = [json.loads(line) for line in per_class.output.strip().splitlines()[-10:]]
+    assert [(r['class'], r['source']) for r in records] == [(c, 9 - c) for c in range(10)] and records[3] == record
+    expect_error(base[:-4] + ['--num', '4', '--per-class', '--class', '3'], 'does not go with --class')
+    expect_error(base[:-4] + ['--num', '4', '--per-class', '--ref', str(tmp_path / 'digit{source}.pkl')], 'digit9.pkl')
 
 def test_bpd(digits, snapshots, tmp_path):
     results = str(tmp_path / 'metrics.jsonl')

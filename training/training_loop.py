@@ -186,8 +186,7 @@ def build_run(dataset_kwargs, encoder_kwargs, network_kwargs, loss_kwargs, optim
     r.dataset = util.construct_class_by_name(**dataset_kwargs)
     ref_image, ref_label = r.dataset[0]
     dist.print0('Setting up encoder...')
-    r.encoder = util.construct_class_by_name(**encoder_kwargs)
-    r.encoder.init(device)
+    r.encoder = util.construct_class_by_name(**encoder_kwargs) # Training needs no VAE weights: they load when first used.
     ref_image = r.encoder.encode_latents(torch.as_tensor(ref_image).to(device).unsqueeze(0))
     dist.print0('Constructing network...')
     interface_kwargs = dict(img_resolution=ref_image.shape[-1], img_channels=ref_image.shape[1], label_dim=ref_label.shape[-1])
@@ -197,7 +196,12 @@ def build_run(dataset_kwargs, encoder_kwargs, network_kwargs, loss_kwargs, optim
         f'input {list(ref_image.shape[1:])}, {interface_kwargs["label_dim"]} classes')
     r.ddp = r.net
     if dist.get_world_size() > 1:
+        # DDP copies rank 0's parameters to every rank but, without broadcast_buffers (buffers
+        # such as ARDM's running loss are kept in step by the family), not the buffers: random
+        # ones (EDM2's Fourier frequencies) would differ per rank. Copy them once here.
         r.ddp = torch.nn.parallel.DistributedDataParallel(r.net, device_ids=[device] if device.type == 'cuda' else None, broadcast_buffers=False)
+        for buffer in r.net.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     r.loss_fn = util.construct_class_by_name(**loss_kwargs)
     optimizer_kwargs = dict(optimizer_kwargs)
     groups = param_groups(r.net, optimizer_kwargs.pop('weight_decay', 0))

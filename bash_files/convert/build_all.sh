@@ -1,25 +1,16 @@
 #!/usr/bin/env bash
-# Build the whole dataset grid of the multi-source study: similarity levels sim1..sim3,
-# K in 1, 3, 5, 10 sources and N in 100, 500, 1000 images per source (36 datasets).
+# Build the whole dataset grid of the ImageNet multi-source study: similarity levels sim1..sim3,
+# K in 1, 3, 5, 10 sources and N in 100, 500, 1000 images per source (36 datasets), and the
+# references of every source (each built once).
 #
 # Usage: bash_files/convert/build_all.sh --imagenet DIR --out DIR [--vae DIR_OR_NAME] [--dry-run]
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 
+OPTIONS="imagenet out vae"
 imagenet="" out="" vae="stabilityai/sd-vae-ft-mse"
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --imagenet) need_value "$1" "${2:-}"; imagenet="$2"; shift 2 ;;
-        --out)      need_value "$1" "${2:-}"; out="$2"; shift 2 ;;
-        --vae)      need_value "$1" "${2:-}"; vae="$2"; shift 2 ;;
-        --dry-run)  DRY_RUN=1; shift ;;
-        -h|--help)  usage; exit 0 ;;
-        *) die "unknown argument '$1'" ;;
-    esac
-done
-[ -n "$imagenet" ] || die "--imagenet is required"
-[ -n "$out" ] || die "--out is required"
-
+parse_options "$@"
+require imagenet out
 extra=()
 [ "$DRY_RUN" = 1 ] && extra+=(--dry-run)
 for level in sim1 sim2 sim3; do

@@ -3,36 +3,31 @@
 # edm2-img256-xs-{K}c-{N}) on a latent dataset from convert/build_multisource.sh, with torchrun.
 # Re-running the same command resumes from the newest training state in --outdir.
 #
-# Usage: bash_files/train/train_multisource.sh --data LATENTS.zip --sources 1|3|5|10
-#            --per-class 100|500|1000 --outdir DIR [--gpus INT] [--batch-gpu INT] [--dry-run]
+# Usage: bash_files/train/train_multisource.sh --data LATENTS.zip --sources K --per-class N
+#            --outdir DIR [--gpus INT] [--batch-gpu INT] [--preset NAME] [--duration NIMG]
+#            [--seed INT] [--set KEY=VALUE]... [--restart] [--dry-run]
 #
 #   --gpus        processes (GPUs) on this node (default 8)
 #   --batch-gpu   images per GPU and step; the batch of 2048 is reached by gradient accumulation
 #                 (default 32: fits an 80 GB GPU comfortably)
+#   --preset      another preset (default edm2-img256-xs-{K}c-{N}, which exists for K in 1, 3,
+#                 5, 10 and N in 100, 500, 1000)
+#   --duration, --seed, --set, --restart   passed to train_edm2.py (e.g. a shorter trial run)
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 
-data="" sources="" per_class="" outdir="" gpus=8 batch_gpu=32
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --data)      need_value "$1" "${2:-}"; data="$2"; shift 2 ;;
-        --sources)   need_value "$1" "${2:-}"; sources="$2"; shift 2 ;;
-        --per-class) need_value "$1" "${2:-}"; per_class="$2"; shift 2 ;;
-        --outdir)    need_value "$1" "${2:-}"; outdir="$2"; shift 2 ;;
-        --gpus)      need_value "$1" "${2:-}"; gpus="$2"; shift 2 ;;
-        --batch-gpu) need_value "$1" "${2:-}"; batch_gpu="$2"; shift 2 ;;
-        --dry-run)   DRY_RUN=1; shift ;;
-        -h|--help)   usage; exit 0 ;;
-        *) die "unknown argument '$1'" ;;
-    esac
-done
-[ -n "$data" ] || die "--data is required"
-[ -n "$outdir" ] || die "--outdir is required"
-check_choice --sources "$sources" 1 3 5 10
-check_choice --per-class "$per_class" 100 500 1000
-[[ "$gpus" =~ ^[1-9][0-9]*$ ]] || die "--gpus must be a positive integer"
-[[ "$batch_gpu" =~ ^[1-9][0-9]*$ ]] || die "--batch-gpu must be a positive integer"
+OPTIONS="data sources per-class outdir gpus batch-gpu preset duration seed"
+FLAGS="restart"
+data="" sources="" per_class="" outdir="" gpus=8 batch_gpu=32 preset="" duration="" seed=0 restart=""
+parse_options "$@"
+require data sources per-class outdir
+check_int sources "$sources"
+check_int per-class "$per_class"
+check_int gpus "$gpus"
+check_int batch-gpu "$batch_gpu"
 
-cd "$REPO_ROOT"
-run torchrun --standalone --nproc_per_node="$gpus" train_edm2.py \
-    --preset "edm2-img256-xs-${sources}c-${per_class}" --data "$data" --outdir "$outdir" --batch-gpu "$batch_gpu"
+args=(--preset "${preset:-edm2-img256-xs-${sources}c-${per_class}}" --data "$data" --outdir "$outdir"
+    --batch-gpu "$batch_gpu" --seed "$seed" "${SET_ARGS[@]}")
+[ -z "$duration" ] || args+=(--duration "$duration")
+[ -z "$restart" ] || args+=(--restart)
+torchrun_py "$gpus" train_edm2.py "${args[@]}"
