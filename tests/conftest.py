@@ -1,10 +1,13 @@
 """Shared pytest set-up (pytest.ini puts the repository root and tests/ on the import path):
 keep torch single-threaded and quiet."""
 import os
+import subprocess
+import sys
 
 import pytest
 
 os.environ.setdefault('OMP_NUM_THREADS', '1')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def pytest_collection_modifyitems(items):
     """The 10-minute per-test timeout (pytest.ini) guards the fast suite; a `slow` quality run
@@ -20,6 +23,31 @@ def digits_classifier():
     from sklearn.svm import SVC # pylint: disable=import-outside-toplevel
     from training import digits # pylint: disable=import-outside-toplevel
     return SVC(gamma='scale').fit(*digits.pixels('train'))
+
+def torchrun(args, nproc=2, timeout=300):
+    """Run `python -m torch.distributed.run --standalone` with `nproc` Gloo processes on the
+    command `args` (a script and its options) from the repository root, one thread each, with
+    tests/ on the import path (snapshots pickled by a test module embed its source, which may
+    import from here). Asserts success; returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')]), OMP_NUM_THREADS='1',
+        CUDA_VISIBLE_DEVICES='')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', *[str(a) for a in args]]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+def expect_cli_error(result, *fragments, exit_code=1):
+    """A command that failed the way the scripts promise (torch_utils.util.one_line_errors, or
+    click's own usage errors with exit_code=2): that exit code, a SystemExit rather than an
+    escaped exception (CliRunner never prints tracebacks, so only result.exception tells), and
+    one 'Error:' line naming every fragment. Returns that line."""
+    assert result.exit_code == exit_code, (result.exit_code, repr(result.exception), result.output)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    errors = [line for line in result.output.splitlines() if line.startswith('Error')]
+    assert len(errors) == 1, result.output
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, result.output)
+    return errors[0]
 
 def write_image_zip(path, images, labels=None):
     """A dataset ZIP in EDM2's layout, written by hand (independently of dataset_tool.py):

@@ -6,7 +6,6 @@ weights) and its one-line errors, which leave nothing half-written."""
 import json
 import os
 import pickle
-import subprocess
 import sys
 
 import numpy as np
@@ -15,13 +14,12 @@ import torch
 from click.testing import CliRunner
 
 import calculate_metrics
+from conftest import expect_cli_error, torchrun
 from torch_utils import persistence
 from training import detectors
 from training import digits as digits_data
 from training import metrics
 from training.metrics import FeatureStats, frechet_distance, frechet_distance_sqrtm
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #----------------------------------------------------------------------------
 # Frechet distance.
@@ -88,12 +86,8 @@ def test_stats_match_numpy_and_are_invariant():
 def invoke(args, env=None):
     return CliRunner().invoke(calculate_metrics.cmdline, args, env=env)
 
-def expect_error(args, *fragments):
-    result = invoke(args)
-    assert result.exit_code != 0 and not isinstance(result.exception, (AssertionError, TypeError, KeyError, AttributeError)), result.output
-    for fragment in fragments:
-        assert fragment in result.output, result.output
-    return result
+def expect_error(args, *fragments, exit_code=1):
+    return expect_cli_error(invoke(args), *fragments, exit_code=exit_code)
 
 @pytest.fixture(scope='module')
 def digits(tmp_path_factory):
@@ -146,11 +140,7 @@ def test_ref_and_calc(digits):
 
 def test_two_gloo_processes_equal_one(digits, tmp_path):
     dest = str(tmp_path / 'ref2.pkl')
-    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'calculate_metrics.py',
-        'ref', '--data', digits['test'], '--metrics', 'fd_digits', '--dest', dest, '--batch', '32', '--workers', '0']
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    torchrun(['calculate_metrics.py', 'ref', '--data', digits['test'], '--metrics', 'fd_digits', '--dest', dest, '--batch', '32', '--workers', '0'])
     with open(dest, 'rb') as f:
         two = pickle.load(f)
     with open(digits['ref'], 'rb') as f:
@@ -328,7 +318,7 @@ def test_bpd(digits, snapshots, tmp_path):
     assert exact.exit_code == 0 and json.loads(exact.output.strip().splitlines()[-1])['num'] == 359
     expect_error(['bpd', '--net', snapshots['uncond'], '--data', digits['test']], 'has no likelihood')
     expect_error(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--policy', 'naive'], '--mode exact with --steps')
-    expect_error(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--mode', 'exact', '--policy', 'fast', '--steps', '4'], "'fast' is not one of")
+    expect_error(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--mode', 'exact', '--policy', 'fast', '--steps', '4'], "'fast' is not one of", exit_code=2)
 
 #----------------------------------------------------------------------------
 

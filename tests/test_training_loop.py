@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import torchrun
 from torch_utils import persistence
 from training import networks_edm2
 from training import training_loop
@@ -150,9 +151,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     training_loop.training_loop(**loop_kwargs(one, **short))
     kwargs = loop_kwargs(two, **short)
     kwargs['device'] = None
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', RUNNER, json.dumps(kwargs)]
-    result = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+    torchrun([RUNNER, json.dumps(kwargs)])
     a, b = final_state(one), final_state(two)
     assert a['state']['cur_nimg'] == b['state']['cur_nimg'] == 800
     for key in a['net']:
