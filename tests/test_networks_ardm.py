@@ -86,26 +86,47 @@ def test_naive_policy_and_budget_errors():
 #----------------------------------------------------------------------------
 # Network.
 
-@pytest.mark.parametrize('branch', [None, 2])
-def test_network_sees_only_revealed_digits(branch):
-    net = make_net(img_resolution=3, levels=4, branch=branch)
+def digits_of(x, branch, num_stages):
+    """[S, ...] int64: the base-`branch` digits of the levels x, most significant first."""
+    return torch.stack([x.long() // branch ** (num_stages - 1 - s) % branch for s in range(num_stages)])
+
+def compose(digits, branch):
+    num_stages = len(digits)
+    return sum(d * branch ** (num_stages - 1 - s) for s, d in enumerate(digits)).float()
+
+@pytest.mark.parametrize('levels, branch, num_stages', [(4, None, 1), (4, 2, 2), (9, 3, 2), (5, 2, 3)])
+def test_network_sees_only_revealed_digits(levels, branch, num_stages):
+    net = make_net(img_resolution=3, levels=levels, branch=branch)
+    assert net.num_stages == num_stages
+    b = branch or levels
     torch.manual_seed(1)
-    x = torch.randint(0, 4, [6, 1, 3, 3]).float()
+    x = torch.randint(0, levels, [6, 1, 3, 3]).float()
     mask = torch.rand([6, 1, 3, 3]) < 0.5
-    step = torch.randint(0, net.num_steps, [6])
-    other = torch.randint(0, 4, x.shape).float()
-    # Keep what the step may see (earlier digits everywhere, this stage's digit where revealed).
+    step = torch.arange(6) * net.num_steps // 6 # Every stage, early and late steps.
     stage = step // net.num_dims
-    other = torch.where(net.visible(x, mask, stage) == net.visible(other, mask, stage), other, x)
-    changed = (other != x).any()
-    visible_other = net.visible(other, mask, stage)
-    assert torch.equal(visible_other, net.visible(x, mask, stage))
-    assert changed or branch is None
+    # Visible: the digits of earlier stages everywhere, this stage's digit where `mask` is set;
+    # everything else reads as 0, the absorbing value.
+    digits = digits_of(x, b, num_stages)
+    shown = torch.stack([(s < stage.reshape(-1, 1, 1, 1)) | ((s == stage.reshape(-1, 1, 1, 1)) & mask) for s in range(num_stages)])
+    assert torch.equal(net.visible(x, mask, stage), compose(torch.where(shown, digits, 0), b))
+    # Another image with the same visible digits and other hidden ones gives the same logits.
+    visible_only = compose(torch.where(shown, digits, 0), b)
+    other = compose(torch.where(shown, digits, torch.randint(0, b, digits.shape)), b)
+    other = torch.where(other < levels, other, visible_only) # A level that exists (hidden digits 0 if not).
+    assert (other != x).sum() >= 10
     assert torch.equal(net(x, mask, step), net(other, mask, step))
-    # Digits recompose the levels.
-    units = [net.digit_unit(torch.tensor(s)) for s in range(net.num_stages)]
-    recomposed = sum(net.target_digit(x, torch.full([6], s)) * u for s, u in enumerate(units))
-    assert torch.equal(recomposed.float(), x)
+    # One visible digit changed (to another level that exists): that image's logits change.
+    for s, n, c, h, w in shown.nonzero().tolist():
+        changed = digits.clone()
+        changed[s, n, c, h, w] = (changed[s, n, c, h, w] + 1) % b
+        changed = compose(changed, b)
+        if changed.max() < levels:
+            break
+    assert (changed != x).sum() == 1
+    assert not torch.allclose(net(changed, mask, step)[n], net(x, mask, step)[n])
+    # The target digit of each stage recomposes the levels.
+    targets = [net.target_digit(x, torch.full([6], s)) for s in range(num_stages)]
+    assert torch.equal(torch.stack(targets), digits_of(x, b, num_stages))
 
 def test_initial_loss_is_uniform():
     x = torch.randint(0, 256, [5, 1, 4, 4]).float()

@@ -14,19 +14,7 @@ import torch
 from torch_utils import persistence
 from training import networks_mar
 from training.networks_mar import MAR, MARLoss, DiffusionHead, FlowHead, unmasking_schedule
-
-try:
-    from training.samplers import StackedRandomGenerator
-except ImportError: # Stand-in with the same methods until training/samplers.py lands.
-    class StackedRandomGenerator:
-        def __init__(self, device, seeds):
-            self.generators = [torch.Generator(device).manual_seed(int(seed) % (1 << 32)) for seed in seeds]
-
-        def randn(self, size, **kwargs):
-            return torch.stack([torch.randn(size[1:], generator=gen, **kwargs) for gen in self.generators])
-
-        def rand(self, size, **kwargs):
-            return torch.stack([torch.rand(size[1:], generator=gen, **kwargs) for gen in self.generators])
+from training.samplers import StackedRandomGenerator
 
 def tiny_net(head='diffusion', label_dim=10, **kwargs):
     torch.manual_seed(0)
@@ -53,6 +41,9 @@ def test_unmasking_schedule_reveals_all_at_least_one_per_step(num_tokens):
         assert min(counts) >= 1
 
 def test_unmasking_schedule_follows_cosine():
+    # With few steps no constraint binds: the tokens still masked after step k are exactly
+    # floor(N cos(pi/2 (k+1)/K)) (MaskGIT, MAR), here for N = 256, K = 8.
+    assert (256 - np.cumsum(unmasking_schedule(256, 8))).tolist() == [251, 236, 212, 181, 142, 97, 49, 0]
     # Where the constraints do not bind, the tokens still masked after step k are floor(N cos(pi/2 (k+1)/K)).
     counts = unmasking_schedule(256, 64)
     masked = 256 - np.cumsum(counts)
@@ -153,9 +144,29 @@ def test_no_weight_decay_is_the_head():
 #----------------------------------------------------------------------------
 # Diffusion head against oracles.
 
+def cosine_alphas_cumprod(num_steps=1000, s=0.008, max_beta=0.999):
+    """Improved DDPM's cosine schedule in closed form (Nichol & Dhariwal 2021, Eq. 17):
+    alpha_bar_t = f(t) / f(0), f(t) = cos^2((t / T + s) / (1 + s) * pi / 2), at t = 1..T, with
+    beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} clipped at 0.999: only the last step, where f = 0."""
+    f = lambda t: np.cos((t / num_steps + s) / (1 + s) * np.pi / 2) ** 2
+    alpha_bar = f(np.arange(1, num_steps + 1)) / f(0)
+    assert (1 - alpha_bar[1:-1] / alpha_bar[:-2]).max() < max_beta
+    alpha_bar[-1] = alpha_bar[-2] * (1 - max_beta)
+    return alpha_bar
+
+def test_diffusion_schedule_is_the_closed_form_cosine():
+    head = DiffusionHead(token_dim=2, cond_dim=2, width=8, depth=1)
+    expected = cosine_alphas_cumprod()
+    np.testing.assert_allclose(head.alphas_cumprod, expected, rtol=1e-9, atol=0)
+    torch.testing.assert_close(head.sqrt_acp, torch.as_tensor(np.sqrt(head.alphas_cumprod), dtype=torch.float32))
+    # The posterior variance of q(x_{t-1} | x_t, x_0): beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t),
+    # with t = 0 (variance 0) clipped to t = 1's.
+    beta = 1 - expected[1] / expected[0]
+    assert head.post_log_var[0].item() == pytest.approx(np.log(beta * (1 - expected[0]) / (1 - expected[1])), rel=1e-5)
+
 class OracleEps(torch.nn.Module):
     """The exact noise of a point mass at the conditioning vector c (token space), and a fixed
-    variance interpolation v."""
+    variance interpolation v; sqrt_acp from the closed-form schedule, not from the head."""
     def __init__(self, sqrt_acp, v=0.0):
         super().__init__()
         self.sqrt_acp = sqrt_acp
@@ -167,11 +178,11 @@ class OracleEps(torch.nn.Module):
         return torch.cat([eps, torch.full_like(eps, self.v)], dim=-1)
 
 def oracle_head(token_dim, v):
-    """A float64 diffusion head whose network is OracleEps."""
+    """A float64 diffusion head (its own coefficients, in float64) whose network is OracleEps."""
     head = DiffusionHead(token_dim=token_dim, cond_dim=token_dim, width=8, depth=1)
     for name, value in networks_mar.diffusion_coefficients(head.alphas_cumprod).items():
         setattr(head, name, torch.as_tensor(value))
-    head.net = OracleEps(head.sqrt_acp, v=v)
+    head.net = OracleEps(torch.as_tensor(np.sqrt(cosine_alphas_cumprod())), v=v)
     return head
 
 def float64_rnd(seeds):
