@@ -24,6 +24,28 @@ def digits_classifier():
     from training import digits # pylint: disable=import-outside-toplevel
     return SVC(gamma='scale').fit(*digits.pixels('train'))
 
+@pytest.fixture(scope='session')
+def digits_zips(tmp_path_factory):
+    """The built-in digits' train and test splits as dataset ZIPs: {'train': path, 'test': path}."""
+    from click.testing import CliRunner # pylint: disable=import-outside-toplevel
+    import dataset_tool # pylint: disable=import-outside-toplevel
+    root = tmp_path_factory.mktemp('digits')
+    paths = {}
+    for split in ['train', 'test']:
+        paths[split] = str(root / f'digits-{split}.zip')
+        result = CliRunner().invoke(dataset_tool.cmdline, ['convert', '--source', f'builtin:digits-{split}', '--dest', paths[split]])
+        assert result.exit_code == 0, result.output
+    return paths
+
+@pytest.fixture(scope='session')
+def tiny_vae(tmp_path_factory):
+    """A folder holding a tiny random AutoencoderKL (test_encoders.save_tiny_vae): 3 -> 4 channels,
+    8x downsampling, as Stable Diffusion's VAE."""
+    from test_encoders import save_tiny_vae # pylint: disable=import-outside-toplevel
+    folder = tmp_path_factory.mktemp('vae') / 'vae'
+    save_tiny_vae(folder)
+    return str(folder)
+
 def torchrun(args, nproc=2, timeout=300):
     """Run `python -m torch.distributed.run --standalone` with `nproc` Gloo processes on the
     command `args` (a script and its options) from the repository root, one thread each, with

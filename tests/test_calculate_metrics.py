@@ -90,14 +90,9 @@ def expect_error(args, *fragments, exit_code=1):
     return expect_cli_error(invoke(args), *fragments, exit_code=exit_code)
 
 @pytest.fixture(scope='module')
-def digits(tmp_path_factory):
-    import dataset_tool
-    root = tmp_path_factory.mktemp('digits')
-    paths = {}
-    for split in ['train', 'test']:
-        paths[split] = str(root / f'digits-{split}.zip')
-        result = CliRunner().invoke(dataset_tool.cmdline, ['convert', '--source', f'builtin:digits-{split}', '--dest', paths[split]])
-        assert result.exit_code == 0, result.output
+def digits(digits_zips, tmp_path_factory):
+    root = tmp_path_factory.mktemp('metrics')
+    paths = dict(digits_zips)
     paths['ref'] = str(root / 'refs' / 'digits-test.pkl')
     result = invoke(['ref', '--data', paths['test'], '--metrics', 'fd_digits', '--dest', paths['ref'], '--batch', '50', '--workers', '0'])
     assert result.exit_code == 0, result.output

@@ -190,14 +190,6 @@ def test_family_net_samples_itself(tmp_path):
         expected = (((seed % 3) * 0.25 + 20 * 0.01) * 127.5 + 128)
         assert np.abs(image.astype(float) - expected).max() <= 1
 
-def test_official_presets_table():
-    table = presets.GENERATION_PRESETS
-    root = 'https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions'
-    assert table['edm2-img512-xs-fid'] == dict(net=f'{root}/edm2-img512-xs-2147483-0.135.pkl')
-    assert table['edm2-img512-xs-guid-fid'] == dict(net=f'{root}/edm2-img512-xs-2147483-0.045.pkl',
-        gnet=f'{root}/edm2-img512-xs-uncond-2147483-0.045.pkl', guidance=1.4)
-    assert len(table) == 36 and all(p.net.startswith(root) for p in table.values())
-
 def test_torchrun_two_processes_match_one(snapshot, tmp_path):
     args = ['generate_images.py', '--net', snapshot, '--seeds', '0-6', '--steps', '3', '--class', 'all']
     torchrun([*args, '--outdir', tmp_path / 'two', '--batch', '2', '--grid', tmp_path / 'two.png'])

@@ -114,6 +114,9 @@ class _Status:
     def __init__(self, run_dir, device, start_nimg, stop_at_nimg, total_elapsed_time):
         self.run_dir, self.device, self.stop_at_nimg = run_dir, device, stop_at_nimg
         self.total_elapsed_time = total_elapsed_time
+        # This run's statistics only: another run earlier in the same process (tests, notebooks)
+        # must not show up in this run's first status line.
+        self.collector = training_stats.Collector()
         self.prev_time, self.prev_nimg = time.time(), start_nimg
         self.training_time = 0.0 # Seconds spent in training steps since the previous report.
 
@@ -130,7 +133,7 @@ class _Status:
         if self.device.type == 'cuda':
             training_stats.report0('Resources/peak_gpu_mem_gb', torch.cuda.max_memory_allocated(self.device) / 2**30)
             torch.cuda.reset_peak_memory_stats()
-        collector = training_stats.default_collector
+        collector = self.collector
         collector.update()
         fields = [f'kimg {cur_nimg / 1e3:<9.1f}', f'time {util.format_time(self.total_elapsed_time):<12s}',
             f'sec/kimg {sec_per_kimg:<8.3f}', f'eta {util.format_time(eta) if np.isfinite(eta) else "-":<10s}',
