@@ -190,6 +190,42 @@ def test_family_net_samples_itself(tmp_path):
         expected = (((seed % 3) * 0.25 + 20 * 0.01) * 127.5 + 128)
         assert np.abs(image.astype(float) - expected).max() <= 1
 
+def read_pngs(folder):
+    return {name: np.asarray(PIL.Image.open(os.path.join(folder, name))) for name in sorted(os.listdir(folder))}
+
+def test_official_preset_fills_in_gnet_and_guidance(tmp_path, monkeypatch):
+    # --net PRESET: the preset's snapshot, guiding network and guidance, found in the download
+    # cache where dnnlib puts a downloaded file ($EDM2_CACHE_DIR/downloads/<md5 of URL>_<name>),
+    # so nothing is downloaded.
+    import hashlib
+    import urllib.request
+    monkeypatch.setattr(urllib.request, 'urlopen', lambda *args, **kwargs: pytest.fail('tried to download'))
+    monkeypatch.setenv('EDM2_CACHE_DIR', str(tmp_path / 'cache'))
+    (tmp_path / 'cache' / 'downloads').mkdir(parents=True)
+    preset = presets.GENERATION_PRESETS['edm2-img512-xs-guid-fid']
+    files = {}
+    for seed, key in enumerate(['net', 'gnet']):
+        torch.manual_seed(seed) # Two different networks.
+        files[key] = write_snapshot(tmp_path / f'{key}.pkl', TinyDenoiser())
+        cached = tmp_path / 'cache' / 'downloads' / f'{hashlib.md5(preset[key].encode()).hexdigest()}_{os.path.basename(preset[key])}'
+        cached.write_bytes((tmp_path / f'{key}.pkl').read_bytes())
+    common = ['--seeds', '0-3', '--steps', 4]
+    runs = {
+        'preset': ['--net', 'edm2-img512-xs-guid-fid'],
+        'explicit': ['--net', files['net'], '--gnet', files['gnet'], '--guidance', 1.4],
+        'preset-unguided': ['--net', 'edm2-img512-xs-guid-fid', '--guidance', 1], # The user's option wins.
+        'plain': ['--net', files['net']],
+    }
+    for name, args in runs.items():
+        result = invoke(*args, *common, '--outdir', tmp_path / name)
+        assert result.exit_code == 0, result.output
+    images = {name: read_pngs(tmp_path / name) for name in runs}
+    assert len(images['preset']) == 4 and preset.guidance == 1.4
+    for key in images['preset']:
+        assert np.array_equal(images['preset'][key], images['explicit'][key])
+        assert np.array_equal(images['preset-unguided'][key], images['plain'][key])
+    assert any(not np.array_equal(images['preset'][key], images['plain'][key]) for key in images['plain']) # Guidance shows.
+
 def test_torchrun_two_processes_match_one(snapshot, tmp_path):
     args = ['generate_images.py', '--net', snapshot, '--seeds', '0-6', '--steps', '3', '--class', 'all']
     torchrun([*args, '--outdir', tmp_path / 'two', '--batch', '2', '--grid', tmp_path / 'two.png'])

@@ -34,6 +34,36 @@ def test_dry_run_applies_overrides(digits_zip, tmp_path):
     assert '"ref_lr": 0.02' in result.output and '"num_blocks": 1' in result.output
     assert not os.path.exists(tmp_path / 'run') # A dry run writes nothing.
 
+def loop_arguments(monkeypatch, args):
+    """The keyword arguments train_edm2.py hands to training_loop(), flattened to
+    {'section.key': value} (JSON types), for the command line `args`."""
+    captured = {}
+    monkeypatch.setattr(train_edm2.training_loop, 'training_loop', lambda **kwargs: captured.update(kwargs))
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    flat = {}
+    for key, value in json.loads(json.dumps(captured)).items():
+        flat.update({f'{key}.{k}': v for k, v in value.items()} if isinstance(value, dict) else {key: value})
+    return flat
+
+@pytest.mark.parametrize('flags, changes', [
+    (['--uncond'], {'dataset_kwargs.use_labels': False}),
+    (['--cond'], {}), # The preset's own choice.
+    (['--xflip', 'true'], {'dataset_kwargs.xflip': True}),
+    (['--lr-schedule', 'multisource'], {'lr_kwargs.func_name': 'training.networks_edm2.multisource_lr_schedule'}),
+    (['--P_mean', '-1.2', '--P_std', '0.7'], {'loss_kwargs.P_mean': -1.2, 'loss_kwargs.P_std': 0.7}),
+    (['--decay', '123'], {'lr_kwargs.ref_batches': 123}),
+    (['--fp16', 'false'], {'network_kwargs.use_fp16': False}),
+    (['--batch-gpu', '16'], {'batch_gpu': 16}),
+    (['--p-uncond', '0.2', '--dropout', '0.05'], {'loss_kwargs.p_uncond': 0.2, 'network_kwargs.dropout': 0.05}),
+])
+def test_each_flag_changes_what_the_loop_receives(digits_zip, tmp_path, monkeypatch, flags, changes):
+    base = ['--preset', 'edm2-digits', '--data', digits_zip, '--duration', '1Ki', '--batch', '64']
+    before = loop_arguments(monkeypatch, base + ['--outdir', str(tmp_path / 'a')])
+    after = loop_arguments(monkeypatch, base + flags + ['--outdir', str(tmp_path / 'b')])
+    assert {key: after[key] for key in after if after[key] != before.get(key)} == dict(changes, run_dir=str(tmp_path / 'b'))
+    assert set(after) == set(before)
+
 @pytest.mark.parametrize('args, message', [
     (['--preset', 'no-such-preset'], 'unknown preset'),
     (['--preset', 'edm2-digits', '--batch', '100', '--batch-gpu', '30'], 'not divisible'),
