@@ -145,6 +145,42 @@ def test_center_crop_wide_skips_small_images(tmp_path):
     assert 'Skipped 1' in result.output and len(read_zip(tmp_path / 'out.zip')[0]) == 1
 
 #----------------------------------------------------------------------------
+# Image modes and formats: JPEG input, grayscale and RGB mixed in one source.
+
+def test_jpeg_input(tmp_path):
+    # Photos usually come as JPEG (ImageNet): decoded as PIL decodes them, RGB and grayscale files alike.
+    rnd = np.random.RandomState(0)
+    files = ['0.jpg', '1.JPEG', '2.jpeg', '3.jpg']
+    (tmp_path / 'src').mkdir()
+    for name, shape in zip(files, [[16, 16, 3]] * 3 + [[16, 16]]):
+        PIL.Image.fromarray(rnd.randint(0, 256, shape, dtype=np.uint8)).save(tmp_path / 'src' / name, format='JPEG', quality=90)
+    ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out.zip"}', '--workers=2')
+    images, labels, _ = read_zip(tmp_path / 'out.zip')
+    assert labels is None and len(images) == 4
+    for image, name in zip(images, files):
+        np.testing.assert_array_equal(image, np.array(PIL.Image.open(tmp_path / 'src' / name).convert('RGB')))
+
+@pytest.mark.parametrize('first', ['gray', 'rgb'])
+def test_grayscale_and_rgb_mixed_give_rgb(tmp_path, first):
+    # Whichever image comes first, one RGB image makes the dataset RGB; grayscale images become
+    # three equal channels (PIL's convert('RGB')), RGB ones are kept exactly.
+    rnd = np.random.RandomState(1)
+    gray, rgb = rnd.randint(0, 256, [2, 8, 8], dtype=np.uint8), rnd.randint(0, 256, [8, 8, 3], dtype=np.uint8)
+    order = [gray[0], rgb, gray[1]] if first == 'gray' else [rgb, gray[0], gray[1]]
+    for i, image in enumerate(order):
+        save_png(str(tmp_path / 'src' / f'{i}.png'), image)
+    assert PIL.Image.open(tmp_path / 'src' / '0.png').mode == ('L' if first == 'gray' else 'RGB')
+    ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out.zip"}')
+    images, _, _ = read_zip(tmp_path / 'out.zip')
+    for image, source in zip(images, order):
+        assert image.shape == (8, 8, 3)
+        np.testing.assert_array_equal(image, source if source.ndim == 3 else np.repeat(source[:, :, None], 3, axis=2))
+    # A source of grayscale images only stays one channel (MNIST, digits).
+    os.remove(tmp_path / 'src' / ('1.png' if first == 'gray' else '0.png'))
+    ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "gray.zip"}')
+    assert all(image.shape == (8, 8) for image in read_zip(tmp_path / 'gray.zip')[0])
+
+#----------------------------------------------------------------------------
 # Classes: from folders, ImageNet synsets, dataset.json; selection and relabelling.
 
 def test_folder_classes_and_selection(tmp_path):
