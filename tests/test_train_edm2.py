@@ -1,16 +1,19 @@
 """train_edm2.py: preset resolution and overrides, validation errors, dry run, and a short real
 run of the digits preset through the command line (snapshots, state, log, options, loss curve)."""
 
+import contextlib
+import io
 import json
 import os
 
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from click.testing import CliRunner
 
 import train_edm2
-from conftest import expect_cli_error
+from conftest import ROOT, expect_cli_error, torchrun, write_image_zip
 from training import presets
 
 @pytest.fixture(scope='module')
@@ -139,3 +142,87 @@ def test_latent_pipeline_end_to_end(tmp_path, tiny_vae):
     calc = ok(calculate_metrics.cmdline, 'calc', '--images', tmp_path / 'out', '--ref', ref, '--metrics', 'fd_digits', '--num', 16, '--workers', 0)
     values = [json.loads(result.output.strip().splitlines()[-1])['value'] for result in [gen, calc]]
     assert np.isfinite(values[0]) and values[0] > 0 and values[0] == pytest.approx(values[1], rel=1e-9)
+
+#----------------------------------------------------------------------------
+# train_edm2.py under torchrun: two Gloo processes, every real family.
+
+# Tiny versions of the digits presets (no warm-up: 8 steps at the full learning rate): (preset,
+# data, overrides). ARDM on 1x1 images is exactly deterministic: with one dimension, the step and
+# the order it draws are always the same.
+TORCHRUN_FAMILIES = {
+    'edm2': ('edm2-digits', 'tiny', dict(channels=8, channel_mult=[1, 1], rampup=0.0)),
+    'mar': ('mar-digits', 'tiny', dict(width=16, num_heads=2, encoder_depth=1, decoder_depth=1, head_width=16, head_depth=1,
+        batch_mul=1, buffer_tokens=2, rampup=0.0)),
+    'ardm': ('ardm-digits', 'one_pixel', dict(channels=8, num_blocks=1)),
+}
+STEPS, BATCH = 8, 16
+
+def train_args(family, data, outdir):
+    preset, kind, overrides = TORCHRUN_FAMILIES[family]
+    return ['--preset', preset, '--data', data[kind], '--outdir', str(outdir), '--duration', str(STEPS * BATCH), '--batch', str(BATCH),
+        '--status', str(STEPS * BATCH), '--snapshot', '0', '--checkpoint', str(STEPS * BATCH), '--workers', '0',
+        *[arg for key, value in overrides.items() for arg in ['--set', f'{key}={value!r}']]]
+
+def initial_parameters(family, data):
+    """The network every run of `family` starts from: the loop's construction with its seed."""
+    from torch_utils import misc
+    from training import config, training_loop
+    preset, kind, overrides = TORCHRUN_FAMILIES[family]
+    _, c = config.build(preset, overrides, data=data[kind])
+    misc.set_seed(c.seed)
+    r = training_loop.build_run(c.dataset_kwargs, c.encoder_kwargs, c.network_kwargs, c.loss_kwargs, c.optimizer_kwargs,
+        c.ema_kwargs, torch.device('cpu'))
+    return {key: value.detach().clone() for key, value in r.net.named_parameters()}
+
+@pytest.fixture(scope='module')
+def torchrun_runs(tmp_path_factory, tiny_zip):
+    """Each family trained by 1 process (this one) and, in one torchrun launch, by 2 processes
+    (EDM2 and MAR twice: the same command into two run directories).
+    -> {family: {'init': parameters, 'one', 'two'[, 'two_again']: final training state}}."""
+    root = tmp_path_factory.mktemp('torchrun')
+    rnd = np.random.RandomState(0)
+    data = dict(tiny=tiny_zip, one_pixel=write_image_zip(root / 'one-pixel.zip', rnd.randint(0, 256, [40, 1, 1], dtype=np.uint8), rnd.randint(0, 3, 40)))
+    names = dict(edm2=['two', 'two_again'], mar=['two', 'two_again'], ardm=['two'])
+    torchrun([os.path.join(ROOT, 'tests', 'torchrun_commands.py'),
+        json.dumps([['train_edm2', *train_args(family, data, root / f'{family}-{name}')] for family in names for name in names[family]])])
+    runs = {}
+    for family in TORCHRUN_FAMILIES:
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = invoke(train_args(family, data, root / f'{family}-one'))
+        assert result.exit_code == 0, result.output
+        runs[family] = {name: training_state(root / f'{family}-{name}') for name in ['one'] + names[family]}
+        runs[family]['init'] = initial_parameters(family, data)
+    return runs
+
+def training_state(run_dir):
+    (path,) = run_dir.glob('training-state-*.pt')
+    return torch.load(path, weights_only=True)
+
+@pytest.mark.parametrize('family', sorted(TORCHRUN_FAMILIES))
+def test_torchrun_two_processes(torchrun_runs, family):
+    """What must hold exactly. Each rank draws its own noise (seed + rank), so for EDM2 and MAR a
+    2-process run is not the 1-process run, and over a few steps their difference is as large as
+    the training signal (no useful statistical tolerance). So: the ranks agree (the loop checks
+    parameters and buffers when it saves the state, else the run fails), the buffers are the
+    1-process run's (random Fourier features from rank 0, ARDM's running per-step loss pooled over
+    the ranks), a re-run is bit-identical, and ARDM on 1x1 images, whose loss draws nothing that
+    matters, equals the 1-process run to float rounding: the same images per step split over the
+    ranks, the gradients averaged, the running loss pooled."""
+    runs = torchrun_runs[family]
+    one, two, init = runs['one'], runs['two'], runs['init']
+    assert one['state']['cur_nimg'] == two['state']['cur_nimg'] == STEPS * BATCH and len(two['rng']) == 2
+    buffers = [key for key in one['net'] if key not in init]
+    assert bool(buffers) == (family != 'mar') # EDM2: Fourier features; ARDM: Fourier features, step_loss, step_count.
+    for key in buffers:
+        torch.testing.assert_close(two['net'][key], one['net'][key], rtol=1e-6, atol=1e-9)
+    moved = lambda state: max(float((state['net'][k] - init[k]).abs().max()) for k in init)
+    assert moved(one) > 1e-4 and moved(two) > 1e-4
+    assert all(torch.isfinite(value).all() for value in two['net'].values())
+    if family == 'ardm':
+        assert float(two['net']['step_count'][0]) == STEPS * BATCH # Every image of both ranks counted.
+        for a, b in zip([one['net'], *one['ema']['emas']], [two['net'], *two['ema']['emas']]):
+            for key in a:
+                torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-7)
+    else:
+        for key in two['net']:
+            assert torch.equal(two['net'][key], runs['two_again']['net'][key]), key

@@ -200,6 +200,11 @@ def build_run(dataset_kwargs, encoder_kwargs, network_kwargs, loss_kwargs, optim
         f'input {list(ref_image.shape[1:])}, {interface_kwargs["label_dim"]} classes')
     r.ddp = r.net
     if dist.get_world_size() > 1:
+        # Every rank starts from rank 0's network. DDP broadcasts the parameters; with
+        # broadcast_buffers=False (buffers such as ARDM's running loss stay each rank's own, kept
+        # equal by the family) it leaves the buffers, e.g. EDM2's random Fourier frequencies, alone.
+        for buffer in r.net.buffers():
+            torch.distributed.broadcast(buffer, src=0)
         r.ddp = torch.nn.parallel.DistributedDataParallel(r.net, device_ids=[device] if device.type == 'cuda' else None, broadcast_buffers=False)
     r.loss_fn = util.construct_class_by_name(**loss_kwargs)
     optimizer_kwargs = dict(optimizer_kwargs)
