@@ -17,25 +17,39 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.timeout(3600))
 
 @pytest.fixture(scope='session')
-def digits_classifier():
-    """The judge of the slow acceptance tests: an RBF SVM trained on the real built-in training
-    digits (flattened pixels in [0, 1]); .score(samples, requested classes) is the agreement."""
-    from sklearn.svm import SVC # pylint: disable=import-outside-toplevel
-    from training import digits # pylint: disable=import-outside-toplevel
-    return SVC(gamma='scale').fit(*digits.pixels('train'))
-
-@pytest.fixture(scope='session')
 def digits_zips(tmp_path_factory):
     """The built-in digits' train and test splits as dataset ZIPs: {'train': path, 'test': path}."""
-    from click.testing import CliRunner # pylint: disable=import-outside-toplevel
-    import dataset_tool # pylint: disable=import-outside-toplevel
     root = tmp_path_factory.mktemp('digits')
     paths = {}
     for split in ['train', 'test']:
         paths[split] = str(root / f'digits-{split}.zip')
-        result = CliRunner().invoke(dataset_tool.cmdline, ['convert', '--source', f'builtin:digits-{split}', '--dest', paths[split]])
-        assert result.exit_code == 0, result.output
+        invoke_ok('dataset_tool', 'convert', '--source', f'builtin:digits-{split}', '--dest', paths[split])
     return paths
+
+@pytest.fixture(scope='session')
+def digits_ref(digits_zips, tmp_path_factory):
+    """fd_digits reference statistics of the held-out digits (calculate_metrics.py ref)."""
+    dest = str(tmp_path_factory.mktemp('refs') / 'digits-test.pkl')
+    invoke_ok('calculate_metrics', 'ref', '--data', digits_zips['test'], '--metrics', 'fd_digits', '--dest', dest, '--batch', 50, '--workers', 0)
+    return dest
+
+def invoke_ok(script, *args):
+    """Run a script's command line in this process (click's CliRunner); assert success."""
+    import importlib # pylint: disable=import-outside-toplevel
+    from click.testing import CliRunner # pylint: disable=import-outside-toplevel
+    module = importlib.import_module(script)
+    result = CliRunner().invoke(getattr(module, 'cmdline', None) or module.main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+def gen_metrics(snapshot, ref, *args):
+    """{metric: value} of `calculate_metrics.py gen --net snapshot --ref ref --metrics
+    fd_digits,digits_acc ...`: the digits FD and the class accuracy the README quotes (digits_acc:
+    an RBF SVM fitted on the real training digits classifies the samples)."""
+    import json # pylint: disable=import-outside-toplevel
+    result = invoke_ok('calculate_metrics', 'gen', '--net', snapshot, '--ref', ref, '--metrics', 'fd_digits,digits_acc', *args)
+    records = [json.loads(line) for line in result.output.splitlines() if line.startswith('{')]
+    return {record['metric']: record['value'] for record in records}
 
 @pytest.fixture(scope='session')
 def tiny_vae(tmp_path_factory):

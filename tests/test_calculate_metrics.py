@@ -90,14 +90,8 @@ def expect_error(args, *fragments, exit_code=1):
     return expect_cli_error(invoke(args), *fragments, exit_code=exit_code)
 
 @pytest.fixture(scope='module')
-def digits(digits_zips, tmp_path_factory):
-    root = tmp_path_factory.mktemp('metrics')
-    paths = dict(digits_zips)
-    paths['ref'] = str(root / 'refs' / 'digits-test.pkl')
-    result = invoke(['ref', '--data', paths['test'], '--metrics', 'fd_digits', '--dest', paths['ref'], '--batch', '50', '--workers', '0'])
-    assert result.exit_code == 0, result.output
-    paths['root'] = root
-    return paths
+def digits(digits_zips, digits_ref, tmp_path_factory):
+    return dict(digits_zips, ref=digits_ref, root=tmp_path_factory.mktemp('metrics'))
 
 def digits_features(split):
     images, labels = digits_data.load(split)
