@@ -17,7 +17,6 @@ from torch_utils import persistence
 from training import encoders
 from training import generate
 from training import presets
-from training.samplers import StackedRandomGenerator
 
 #----------------------------------------------------------------------------
 # Tiny persistent stand-ins for the networks (pickled with their source, as snapshots are).

@@ -2,10 +2,8 @@
 after SIGTERM), damaged-checkpoint fallback, 1 vs 2 Gloo processes, and run-directory outputs.
 Uses the minimal family in tests/loop_family.py, so it exercises the loop alone."""
 
-import glob
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
