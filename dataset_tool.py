@@ -48,6 +48,9 @@ class Source:
     def load(self, idx): # -> uint8 [H, W] (grayscale) or [H, W, 3]
         raise NotImplementedError
 
+    def choose_mode(self, indices): # Called with the images to convert before any load().
+        pass
+
     def describe(self, idx): # How error messages name an image.
         return f'{self.name} image {idx}'
 
@@ -65,19 +68,29 @@ class FileSource(Source):
         self.files = files
         self.fnames = fnames
         self.is_latent = any(f.lower().endswith('.npy') for f in fnames)
-        # One channel only when the dataset starts grayscale (a converted MNIST or digits);
-        # photo collections with a few grayscale images (ImageNet) stay RGB.
         self.mode = 'RGB'
-        if not self.is_latent and self._open(0).mode in ('1', 'L', 'LA') + SIXTEEN_BIT_MODES:
-            self.mode = 'L'
 
-    def _open(self, idx): # -> PIL image, or an array for .npy
+    def choose_mode(self, indices):
+        """One channel only when every image to convert is grayscale (a converted MNIST or
+        digits); a single colour image, wherever it comes, makes them all RGB (photo collections
+        such as ImageNet hold a few grayscale images). Reads file headers only, and stops at the
+        first colour image."""
+        if self.is_latent:
+            return
+        for idx in indices:
+            if self._open(idx, decode=False).mode not in ('1', 'L', 'LA') + SIXTEEN_BIT_MODES:
+                self.mode = 'RGB'
+                return
+        self.mode = 'L'
+
+    def _open(self, idx, decode=True): # -> PIL image, or an array for .npy
         try:
             with self.files.open(self.fnames[idx]) as f:
                 if self.is_latent:
                     return np.load(f)
                 image = PIL.Image.open(f)
-                image.load() # Decode now: truncated files fail here, inside the try.
+                if decode:
+                    image.load() # Decode now: truncated files fail here, inside the try.
                 return image
         except (OSError, ValueError, SyntaxError) as e:
             raise SourceError(f'Cannot read {self.describe(idx)}: {e}')
@@ -546,7 +559,8 @@ def convert(source, dest, transform, resolution, max_images, classes, per_class,
     as round(v * 255 / 16)); builtin:digits-train and builtin:digits-test are a fixed, stratified
     80/20 split of it (1438 and 359 images). CIFAR-10 gives its 50,000 training images; MNIST
     reads train-images-idx3-ubyte.gz (or the given *-images-idx3-ubyte.gz) and its labels file.
-    Folders and ZIPs give RGB images, or 1-channel ones when the first image is grayscale.
+    Folders and ZIPs give 1-channel images when every image converted is grayscale, else RGB
+    (grayscale images then get three equal channels), whatever the order of the files.
 
     The multi-source study's flags work too: --class_labels (= --classes), --nums
     (= --per-class; -1 = all), --sim_name/--level_name, and an ImageNet root as torchvision
@@ -563,6 +577,7 @@ def convert(source, dest, transform, resolution, max_images, classes, per_class,
     if getattr(src, 'is_latent', False):
         raise SourceError(f'--source {source} holds latents (.npy); use `dataset_tool.py decode`')
     indices, labels, sources = select_images(src, classes, per_class, seed, max_images, level)
+    src.choose_mode(indices)
     results = map_ordered(functools.partial(convert_image, src, transform_image), indices, workers)
 
     def records():
@@ -624,6 +639,7 @@ def transcode(source, dest, model_url, max_images, batch, overwrite, want_latent
     if getattr(src, 'is_latent', False) != want_latents:
         raise SourceError(f'--source {source}: expected a dataset of ' + ('latents (.npy)' if want_latents else 'images'))
     indices = np.arange(src.size)[:max_images]
+    src.choose_mode(indices)
     labels = src.labels[indices] if src.labels is not None else None
     sources = sorted((c, name, original_id) for c, (name, original_id) in src.classes.items()) if src.labels is not None else None
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')

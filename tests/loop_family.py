@@ -56,3 +56,22 @@ class TinyDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, idx):
         return self.images[idx], self.labels[idx]
+
+class RandomData(torch.utils.data.Dataset):
+    """`size` random images of a given shape with one-hot labels of `label_dim` classes: uint8
+    pixels [channels, R, R], or with latent=True what dataset_tool.py encode stores, float32
+    VAE posterior means and (positive) stds [8, R, R]."""
+    def __init__(self, resolution, channels, label_dim, latent=False, size=8, seed=0):
+        rnd = np.random.RandomState(seed)
+        if latent:
+            self.images = np.concatenate([rnd.randn(size, 4, resolution, resolution) * 4,
+                rnd.rand(size, 4, resolution, resolution) * 0.1], axis=1).astype(np.float32)
+        else:
+            self.images = rnd.randint(0, 256, size=[size, channels, resolution, resolution]).astype(np.uint8)
+        self.labels = np.eye(label_dim, dtype=np.float32)[rnd.randint(0, max(label_dim, 1), size=size)] if label_dim else np.zeros([size, 0], np.float32)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, idx):
+        return self.images[idx], self.labels[idx]

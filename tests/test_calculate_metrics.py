@@ -6,7 +6,6 @@ weights) and its one-line errors, which leave nothing half-written."""
 import json
 import os
 import pickle
-import subprocess
 import sys
 
 import numpy as np
@@ -15,13 +14,12 @@ import torch
 from click.testing import CliRunner
 
 import calculate_metrics
+from conftest import ROOT, expect_cli_error, torchrun
 from torch_utils import persistence
 from training import detectors
 from training import digits as digits_data
 from training import metrics
 from training.metrics import FeatureStats, frechet_distance, frechet_distance_sqrtm
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #----------------------------------------------------------------------------
 # Frechet distance.
@@ -88,27 +86,12 @@ def test_stats_match_numpy_and_are_invariant():
 def invoke(args, env=None):
     return CliRunner().invoke(calculate_metrics.cmdline, args, env=env)
 
-def expect_error(args, *fragments):
-    result = invoke(args)
-    assert result.exit_code != 0 and not isinstance(result.exception, (AssertionError, TypeError, KeyError, AttributeError)), result.output
-    for fragment in fragments:
-        assert fragment in result.output, result.output
-    return result
+def expect_error(args, *fragments, exit_code=1):
+    return expect_cli_error(invoke(args), *fragments, exit_code=exit_code)
 
 @pytest.fixture(scope='module')
-def digits(tmp_path_factory):
-    import dataset_tool
-    root = tmp_path_factory.mktemp('digits')
-    paths = {}
-    for split in ['train', 'test']:
-        paths[split] = str(root / f'digits-{split}.zip')
-        result = CliRunner().invoke(dataset_tool.cmdline, ['convert', '--source', f'builtin:digits-{split}', '--dest', paths[split]])
-        assert result.exit_code == 0, result.output
-    paths['ref'] = str(root / 'refs' / 'digits-test.pkl')
-    result = invoke(['ref', '--data', paths['test'], '--metrics', 'fd_digits', '--dest', paths['ref'], '--batch', '50', '--workers', '0'])
-    assert result.exit_code == 0, result.output
-    paths['root'] = root
-    return paths
+def digits(digits_zips, digits_ref, tmp_path_factory):
+    return dict(digits_zips, ref=digits_ref, root=tmp_path_factory.mktemp('metrics'))
 
 def digits_features(split):
     images, labels = digits_data.load(split)
@@ -148,21 +131,6 @@ def test_ref_and_calc(digits):
         with open(again, 'rb') as f:
             np.testing.assert_array_equal(pickle.load(f)['fd_digits']['mu'], ref3['fd_digits']['mu'])
     np.testing.assert_allclose(ref3['fd_digits']['mu'], features[labels == 3].mean(0), rtol=1e-10, atol=1e-12)
-
-def test_two_gloo_processes_equal_one(digits, tmp_path):
-    dest = str(tmp_path / 'ref2.pkl')
-    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'calculate_metrics.py',
-        'ref', '--data', digits['test'], '--metrics', 'fd_digits', '--dest', dest, '--batch', '32', '--workers', '0']
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    with open(dest, 'rb') as f:
-        two = pickle.load(f)
-    with open(digits['ref'], 'rb') as f:
-        one = pickle.load(f)
-    assert two['num_images'] == one['num_images']
-    np.testing.assert_allclose(two['fd_digits']['mu'], one['fd_digits']['mu'], rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(two['fd_digits']['sigma'], one['fd_digits']['sigma'], rtol=1e-10, atol=1e-14)
 
 def test_fid_with_fake_inception_and_npz_reference(digits, tmp_path):
     from test_detectors import fake_inception
@@ -257,7 +225,8 @@ def test_table_and_weights(tmp_path, monkeypatch):
 
 @persistence.persistent_class
 class ClassMeans(torch.nn.Module):
-    """Samples each class's mean training digit (net space [-1, 1]) plus noise from the seeds.
+    """Samples each class's mean training digit (net space [-1, 1]) plus noise from the seeds;
+    guided by `gnet` (another ClassMeans), the mean is extrapolated: g + w (mean - g).
     Also a stand-in likelihood: bpd = mean pixel value plus a small per-seed random term."""
     def __init__(self, means, noise=0.1):
         super().__init__()
@@ -268,7 +237,9 @@ class ClassMeans(torch.nn.Module):
     def sample(self, noise, labels, rnd, gnet=None, guidance=1.0, steps=None, **unknown):
         if unknown:
             raise ValueError(f'ClassMeans: unknown options {", ".join(sorted(unknown))}')
-        base = self.means[labels.argmax(1)] if self.label_dim else torch.zeros_like(noise)
+        base = self.means[labels.argmax(1)]
+        if guidance != 1:
+            base = gnet.means[labels.argmax(1)].lerp(base, guidance)
         return base + self.noise * rnd.randn_like(noise) + (steps or 0) * 0.01
 
     def bpd(self, images, labels=None, rnd=None, mode='elbo', **kwargs):
@@ -283,20 +254,50 @@ class NoLikelihood(torch.nn.Module):
     def sample(self, noise, labels, rnd, gnet=None, guidance=1.0, **unknown):
         return torch.zeros_like(noise)
 
+def class_means(images, labels):
+    """Per-class mean images in net space [-1, 1], [10, 1, 8, 8]."""
+    return torch.stack([torch.as_tensor(images[labels == c].mean(0), dtype=torch.float32) for c in range(10)]).reshape(10, 1, 8, 8) * 2 - 1
+
 @pytest.fixture(scope='module')
 def snapshots(digits):
-    pytest.importorskip('generate_images')
     from training import encoders
     x_train, y_train = digits_data.pixels('train')
-    # Label c of the model is the digit 9 - c (a dataset converted with --classes 9,8,...,0).
-    means = torch.stack([torch.as_tensor(x_train[y_train == 9 - c].mean(0), dtype=torch.float32) for c in range(10)]).reshape(10, 1, 8, 8) * 2 - 1
+    x_test, y_test = digits_data.pixels('test')
     paths = {}
-    for name, net in [('means', ClassMeans(means)), ('uncond', NoLikelihood())]:
+    # Label c of these models is the digit 9 - c (a dataset converted with --classes 9,8,...,0).
+    for name, net in [('means', ClassMeans(class_means(x_train, 9 - y_train))), ('guide', ClassMeans(class_means(x_test, (10 - y_test) % 10))),
+            ('uncond', NoLikelihood())]:
         paths[name] = str(digits['root'] / f'network-snapshot-{name}.pkl')
         with open(paths[name], 'wb') as f:
             pickle.dump(dict(ema=net.eval().requires_grad_(False), encoder=encoders.StandardRGBEncoder(), loss_fn=None, dataset_kwargs={},
                 sources=[dict(label=c, name=f'digit{9 - c}', original_id=9 - c) for c in range(10)]), f)
     return paths
+
+def class_means_samples(seeds, guidance=1.0):
+    """The images and classes that ClassMeans (guided by the 'guide' snapshot) generates for
+    `seeds`, recomputed from EDM2's per-seed stream (noise, then class, then the sampler's
+    draws) and the uint8 conversion (x * 127.5 + 128), without the generation code."""
+    x_train, y_train = digits_data.pixels('train')
+    x_test, y_test = digits_data.pixels('test')
+    means, guide = class_means(x_train, 9 - y_train), class_means(x_test, (10 - y_test) % 10)
+    images, classes = [], []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(seed)
+        torch.randn([1, 8, 8], generator=gen) # The initial noise, unused by this network.
+        c = int(torch.randint(10, size=[1], generator=gen))
+        x = guide[c] + guidance * (means[c] - guide[c]) + 0.1 * torch.randn([1, 8, 8], generator=gen)
+        images.append((x * 127.5 + 128).clip(0, 255).to(torch.uint8))
+        classes.append(c)
+    return torch.stack(images), np.array(classes)
+
+def expected_metrics(digits, images, classes):
+    """fd_digits (scipy sqrtm against numpy statistics of the test split) and digits_acc of images
+    of the model's classes (label c = digit 9 - c)."""
+    features = detectors.DigitsDetector()(images).numpy()
+    test, _ = digits_features('test')
+    fd = frechet_distance_sqrtm(features.mean(0), np.cov(features, rowvar=False), test.mean(0), np.cov(test, rowvar=False))
+    classifier = detectors.DigitsClassifier()
+    return fd, float((classifier(images).numpy() == 9 - classes).mean())
 
 def test_gen(digits, snapshots, tmp_path):
     results = str(tmp_path / 'metrics.jsonl')
@@ -309,7 +310,8 @@ def test_gen(digits, snapshots, tmp_path):
     # A tag may not replace what the result itself says.
     expect_error(base + ['--tag', 'guidance=2'], '--tag guidance', 'already has')
     fd, acc = lines[0]['value'], lines[1]['value']
-    assert acc > 0.9 and 0 < fd < 10 # Accuracy against the digits the labels stand for (label c = digit 9 - c).
+    expected_fd, expected_acc = expected_metrics(digits, *class_means_samples(range(5, 65)))
+    assert fd == pytest.approx(expected_fd, rel=1e-6) and acc == expected_acc
     # Batch-size invariance (per-seed generators), and what was printed is what was written.
     again = invoke(base + ['--batch', '60'])
     assert [json.loads(line)['value'] for line in again.output.strip().splitlines()[-2:]] == pytest.approx([fd, acc], rel=1e-9)
@@ -330,6 +332,32 @@ def test_gen(digits, snapshots, tmp_path):
     expect_error(base[:-4] + ['--num', '4', '--per-class', '--class', '3'], 'does not go with --class')
     expect_error(base[:-4] + ['--num', '4', '--per-class', '--ref', str(tmp_path / 'digit{source}.pkl')], 'digit9.pkl')
 
+def test_gen_with_gnet_and_guidance(digits, snapshots, tmp_path):
+    # --gnet and --guidance reach the sampler: the metrics of the guided images, recomputed.
+    results = tmp_path / 'guided.jsonl'
+    result = invoke(['gen', '--net', snapshots['means'], '--gnet', snapshots['guide'], '--guidance', '1.5', '--ref', digits['ref'],
+        '--metrics', 'fd_digits,digits_acc', '--num', '40', '--seed', '3', '--batch', '16', '--results', str(results)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in open(results)]
+    assert all(r['guidance'] == 1.5 for r in records)
+    expected = expected_metrics(digits, *class_means_samples(range(3, 43), guidance=1.5))
+    assert [r['value'] for r in records] == pytest.approx(expected, rel=1e-6)
+    unguided = expected_metrics(digits, *class_means_samples(range(3, 43)))
+    assert abs(unguided[0] - expected[0]) > 0.1 * expected[0] # Guidance changes the answer: the test can tell.
+
+def expected_bpd(num, seed=0):
+    """What ClassMeans.bpd gives on a seeded subset of the test digits, recomputed: EDM2's subset
+    (the first `num` of a RandomState(seed) shuffle, in index order), the images in net space,
+    and one uniform float64 draw per position in the subset from a generator seeded with it."""
+    images, _ = digits_data.load('test')
+    order = np.arange(len(images))
+    if num < len(images):
+        np.random.RandomState(seed).shuffle(order)
+        order = np.sort(order[:num])
+    x = np.asarray(images, dtype=np.float64)[order].reshape(len(order), -1) / 127.5 - 1
+    noise = [torch.rand([], generator=torch.Generator().manual_seed(i), dtype=torch.float64).item() for i in range(len(order))]
+    return float(np.mean(x.mean(1) + 1e-3 * np.array(noise)))
+
 def test_bpd(digits, snapshots, tmp_path):
     results = str(tmp_path / 'metrics.jsonl')
     values = []
@@ -340,13 +368,44 @@ def test_bpd(digits, snapshots, tmp_path):
         values.append(json.loads(open(results).read().splitlines()[-1]))
     assert values[0]['metric'] == 'bpd' and values[0]['mode'] == 'elbo' and values[0]['model'] == 'means' and values[0]['num'] == 100
     assert values[0]['value'] == pytest.approx(values[1]['value'], rel=1e-12)
-    images = np.asarray(digits_data.load('test')[0], dtype=np.float64) / 127.5 - 1
-    assert values[0]['value'] == pytest.approx(images.reshape(len(images), -1).mean(1).mean(), abs=0.1)
+    assert values[0]['value'] == pytest.approx(expected_bpd(100), rel=1e-7) # ClassMeans averages in float32.
+    assert abs(expected_bpd(100) - expected_bpd(100, seed=1)) > 1e-3 # Another subset: the test can tell.
     exact = invoke(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--mode', 'exact', '--workers', '0'])
-    assert exact.exit_code == 0 and json.loads(exact.output.strip().splitlines()[-1])['num'] == 359
+    assert exact.exit_code == 0, exact.output
+    record = json.loads(exact.output.strip().splitlines()[-1])
+    assert record['num'] == 359 and record['mode'] == 'exact' and record['value'] == pytest.approx(expected_bpd(359), rel=1e-7)
     expect_error(['bpd', '--net', snapshots['uncond'], '--data', digits['test']], 'has no likelihood')
     expect_error(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--policy', 'naive'], '--mode exact with --steps')
-    expect_error(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--mode', 'exact', '--policy', 'fast', '--steps', '4'], "'fast' is not one of")
+    expect_error(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--mode', 'exact', '--policy', 'fast', '--steps', '4'], "'fast' is not one of", exit_code=2)
+
+def test_two_gloo_processes_equal_one(digits, snapshots, tmp_path):
+    # Two Gloo processes give the results of one: float64 sums reduced over the ranks (ref, gen,
+    # bpd elbo), or every rank scoring every image (bpd exact). One launch runs the four commands.
+    ref = str(tmp_path / 'ref2.pkl')
+    commands = {
+        'gen': ['gen', '--net', snapshots['means'], '--gnet', snapshots['guide'], '--guidance', '1.5', '--ref', digits['ref'],
+            '--metrics', 'fd_digits,digits_acc', '--num', '40', '--seed', '3', '--batch', '8'],
+        'elbo': ['bpd', '--net', snapshots['means'], '--data', digits['test'], '--num', '100', '--batch', '16', '--workers', '0'],
+        'exact': ['bpd', '--net', snapshots['means'], '--data', digits['test'], '--mode', 'exact', '--batch', '64', '--workers', '0'],
+    }
+    two = {name: tmp_path / f'two-{name}.jsonl' for name in commands}
+    torchrun([os.path.join(ROOT, 'tests', 'torchrun_commands.py'), json.dumps([['calculate_metrics', 'ref', '--data', digits['test'],
+        '--metrics', 'fd_digits', '--dest', ref, '--batch', '32', '--workers', '0']] +
+        [['calculate_metrics', *args, '--results', str(two[name])] for name, args in commands.items()])])
+    with open(ref, 'rb') as f:
+        two_ref = pickle.load(f)
+    with open(digits['ref'], 'rb') as f:
+        one_ref = pickle.load(f)
+    assert two_ref['num_images'] == one_ref['num_images']
+    np.testing.assert_allclose(two_ref['fd_digits']['mu'], one_ref['fd_digits']['mu'], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(two_ref['fd_digits']['sigma'], one_ref['fd_digits']['sigma'], rtol=1e-10, atol=1e-14)
+    for name, args in commands.items():
+        one = tmp_path / f'one-{name}.jsonl'
+        assert invoke(args + ['--results', str(one)]).exit_code == 0
+        records = [[json.loads(line) for line in open(path)] for path in [one, two[name]]]
+        assert [r['metric'] for r in records[1]] == [r['metric'] for r in records[0]] and len(records[0]) >= 1
+        for a, b in zip(*records):
+            assert b['value'] == pytest.approx(a['value'], rel=1e-9, abs=1e-12) and b['num'] == a['num'], name
 
 #----------------------------------------------------------------------------
 

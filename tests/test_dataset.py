@@ -114,14 +114,21 @@ def test_resolution_check_and_bad_paths(tmp_path):
     with pytest.raises(IOError, match='No image files'):
         ImageFolderDataset(str(tmp_path / 'empty'))
 
-def test_constructs_from_edm2_dataset_kwargs(tmp_path):
+def test_constructs_from_edm2_dataset_kwargs(tmp_path, monkeypatch):
     # The dataset_kwargs that the official EDM2 training script stores in its snapshots.
-    path = str(write_dataset(tmp_path / 'd.zip', make_images(), np.arange(12) % 2))
+    images = make_images()
+    path = str(write_dataset(tmp_path / 'd.zip', images, np.arange(12) % 2))
     kwargs = util.EasyDict(class_name='training.dataset.ImageFolderDataset', path=path, use_labels=True, xflip=False, cache=True)
     ds = util.construct_class_by_name(**kwargs)
     assert len(ds) == 12 and ds.label_dim == 2
-    np.testing.assert_array_equal(ds[5][0], ds[5][0]) # Second read comes from the cache.
-    assert 5 in ds._cached_images
+    np.testing.assert_array_equal(ds[5][0], as_chw(images)[5])
+    # The second read comes from the cache: the file is not read again.
+    monkeypatch.setattr(ds, '_load_raw_image', lambda raw_idx: pytest.fail(f'image {raw_idx} read again despite cache=True'))
+    image, label = ds[5]
+    np.testing.assert_array_equal(image, as_chw(images)[5])
+    np.testing.assert_array_equal(label, [0, 1])
+    image[:] = 0 # Callers get a copy: the cached image stays intact.
+    np.testing.assert_array_equal(ds[5][0], as_chw(images)[5])
 
 def test_dataloader_workers_match_single_process(tmp_path):
     images = make_images(n=40)

@@ -18,6 +18,7 @@ import torch
 from click.testing import CliRunner
 
 import dataset_tool
+from conftest import expect_cli_error
 from test_encoders import save_tiny_vae
 
 #----------------------------------------------------------------------------
@@ -142,6 +143,42 @@ def test_center_crop_wide_skips_small_images(tmp_path):
     save_png(str(tmp_path / 'src' / 'b.png'), np.zeros([10, 10, 3], dtype=np.uint8))
     result = ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out.zip"}', '--transform=center-crop-wide', '--resolution=16x8')
     assert 'Skipped 1' in result.output and len(read_zip(tmp_path / 'out.zip')[0]) == 1
+
+#----------------------------------------------------------------------------
+# Image modes and formats: JPEG input, grayscale and RGB mixed in one source.
+
+def test_jpeg_input(tmp_path):
+    # Photos usually come as JPEG (ImageNet): decoded as PIL decodes them, RGB and grayscale files alike.
+    rnd = np.random.RandomState(0)
+    files = ['0.jpg', '1.JPEG', '2.jpeg', '3.jpg']
+    (tmp_path / 'src').mkdir()
+    for name, shape in zip(files, [[16, 16, 3]] * 3 + [[16, 16]]):
+        PIL.Image.fromarray(rnd.randint(0, 256, shape, dtype=np.uint8)).save(tmp_path / 'src' / name, format='JPEG', quality=90)
+    ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out.zip"}', '--workers=2')
+    images, labels, _ = read_zip(tmp_path / 'out.zip')
+    assert labels is None and len(images) == 4
+    for image, name in zip(images, files):
+        np.testing.assert_array_equal(image, np.array(PIL.Image.open(tmp_path / 'src' / name).convert('RGB')))
+
+@pytest.mark.parametrize('first', ['gray', 'rgb'])
+def test_grayscale_and_rgb_mixed_give_rgb(tmp_path, first):
+    # Whichever image comes first, one RGB image makes the dataset RGB; grayscale images become
+    # three equal channels (PIL's convert('RGB')), RGB ones are kept exactly.
+    rnd = np.random.RandomState(1)
+    gray, rgb = rnd.randint(0, 256, [2, 8, 8], dtype=np.uint8), rnd.randint(0, 256, [8, 8, 3], dtype=np.uint8)
+    order = [gray[0], rgb, gray[1]] if first == 'gray' else [rgb, gray[0], gray[1]]
+    for i, image in enumerate(order):
+        save_png(str(tmp_path / 'src' / f'{i}.png'), image)
+    assert PIL.Image.open(tmp_path / 'src' / '0.png').mode == ('L' if first == 'gray' else 'RGB')
+    ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out.zip"}')
+    images, _, _ = read_zip(tmp_path / 'out.zip')
+    for image, source in zip(images, order):
+        assert image.shape == (8, 8, 3)
+        np.testing.assert_array_equal(image, source if source.ndim == 3 else np.repeat(source[:, :, None], 3, axis=2))
+    # A source of grayscale images only stays one channel (MNIST, digits).
+    os.remove(tmp_path / 'src' / ('1.png' if first == 'gray' else '0.png'))
+    ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "gray.zip"}')
+    assert all(image.shape == (8, 8) for image in read_zip(tmp_path / 'gray.zip')[0])
 
 #----------------------------------------------------------------------------
 # Classes: from folders, ImageNet synsets, dataset.json; selection and relabelling.
@@ -346,11 +383,8 @@ def test_bad_inputs_fail_cleanly(tmp_path):
     for dest in ['out.zip', 'outdir']:
         for case, (args, expected) in cases.items():
             before = listing(tmp_path)
-            result = run('convert', *args, f'--dest={tmp_path / dest}')
-            assert result.exit_code != 0, case
-            assert isinstance(result.exception, SystemExit), (case, repr(result.exception)) # Not a traceback.
-            error = [line for line in result.output.splitlines() if line.startswith('Error')]
-            assert len(error) == 1 and expected in error[0], (case, result.output)
+            usage_error = case == 'bad resolution' # Click's own option check: exit code 2.
+            expect_cli_error(run('convert', *args, f'--dest={tmp_path / dest}'), expected, exit_code=2 if usage_error else 1)
             assert listing(tmp_path) == before, case # No output, no temporary files.
 
 def test_existing_destination_is_kept(tmp_path):
@@ -359,11 +393,9 @@ def test_existing_destination_is_kept(tmp_path):
     (tmp_path / 'full' / 'keep.txt').write_text('user data')
     (tmp_path / 'exists.zip').write_bytes(b'user data')
     for dest, expected in [('full', 'is a folder that is not empty'), ('exists.zip', 'already exists')]:
-        result = run('convert', f'--source={src}', f'--dest={tmp_path / dest}')
-        assert result.exit_code != 0 and expected in result.output
+        expect_cli_error(run('convert', f'--source={src}', f'--dest={tmp_path / dest}'), expected)
     assert listing(tmp_path / 'full') == ['keep.txt'] and (tmp_path / 'exists.zip').read_bytes() == b'user data'
-    result = run('convert', f'--source={src}', f'--dest={tmp_path / "exists.zip" / "out.zip"}')
-    assert result.exit_code != 0 and 'is a file, not a folder' in result.output
+    expect_cli_error(run('convert', f'--source={src}', f'--dest={tmp_path / "exists.zip" / "out.zip"}'), 'is a file, not a folder')
 
 #----------------------------------------------------------------------------
 # encode / decode with a tiny VAE saved by the test.
@@ -393,9 +425,9 @@ def test_encode_offline_error(tmp_path, monkeypatch):
     monkeypatch.setenv('EDM2_CACHE_DIR', str(tmp_path / 'cache'))
     ok('convert', '--source=builtin:digits-test', f'--dest={tmp_path / "img.zip"}', '--max-images=2')
     result = run('encode', f'--source={tmp_path / "img.zip"}', f'--dest={tmp_path / "lat.zip"}', '--model-url=no-such-org/no-such-vae')
-    assert result.exit_code != 0 and 'save_pretrained' in result.output and '--model-url' in result.output
+    expect_cli_error(result, 'save_pretrained', '--model-url')
     result = run('decode', f'--source={tmp_path / "img.zip"}', f'--dest={tmp_path / "dec.zip"}', '--model-url=no-such-org/no-such-vae')
-    assert result.exit_code != 0 and 'expected a dataset of latents' in result.output
+    expect_cli_error(result, 'expected a dataset of latents')
     assert listing(tmp_path) == ['cache', 'img.zip'] or listing(tmp_path) == ['img.zip']
 
 #----------------------------------------------------------------------------

@@ -14,19 +14,7 @@ import torch
 from torch_utils import persistence
 from training import networks_mar
 from training.networks_mar import MAR, MARLoss, DiffusionHead, FlowHead, unmasking_schedule
-
-try:
-    from training.samplers import StackedRandomGenerator
-except ImportError: # Stand-in with the same methods until training/samplers.py lands.
-    class StackedRandomGenerator:
-        def __init__(self, device, seeds):
-            self.generators = [torch.Generator(device).manual_seed(int(seed) % (1 << 32)) for seed in seeds]
-
-        def randn(self, size, **kwargs):
-            return torch.stack([torch.randn(size[1:], generator=gen, **kwargs) for gen in self.generators])
-
-        def rand(self, size, **kwargs):
-            return torch.stack([torch.rand(size[1:], generator=gen, **kwargs) for gen in self.generators])
+from training.samplers import StackedRandomGenerator
 
 def tiny_net(head='diffusion', label_dim=10, **kwargs):
     torch.manual_seed(0)
@@ -53,6 +41,9 @@ def test_unmasking_schedule_reveals_all_at_least_one_per_step(num_tokens):
         assert min(counts) >= 1
 
 def test_unmasking_schedule_follows_cosine():
+    # With few steps no constraint binds: the tokens still masked after step k are exactly
+    # floor(N cos(pi/2 (k+1)/K)) (MaskGIT, MAR), here for N = 256, K = 8.
+    assert (256 - np.cumsum(unmasking_schedule(256, 8))).tolist() == [251, 236, 212, 181, 142, 97, 49, 0]
     # Where the constraints do not bind, the tokens still masked after step k are floor(N cos(pi/2 (k+1)/K)).
     counts = unmasking_schedule(256, 64)
     masked = 256 - np.cumsum(counts)
@@ -153,9 +144,29 @@ def test_no_weight_decay_is_the_head():
 #----------------------------------------------------------------------------
 # Diffusion head against oracles.
 
+def cosine_alphas_cumprod(num_steps=1000, s=0.008, max_beta=0.999):
+    """Improved DDPM's cosine schedule in closed form (Nichol & Dhariwal 2021, Eq. 17):
+    alpha_bar_t = f(t) / f(0), f(t) = cos^2((t / T + s) / (1 + s) * pi / 2), at t = 1..T, with
+    beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} clipped at 0.999: only the last step, where f = 0."""
+    f = lambda t: np.cos((t / num_steps + s) / (1 + s) * np.pi / 2) ** 2
+    alpha_bar = f(np.arange(1, num_steps + 1)) / f(0)
+    assert (1 - alpha_bar[1:-1] / alpha_bar[:-2]).max() < max_beta
+    alpha_bar[-1] = alpha_bar[-2] * (1 - max_beta)
+    return alpha_bar
+
+def test_diffusion_schedule_is_the_closed_form_cosine():
+    head = DiffusionHead(token_dim=2, cond_dim=2, width=8, depth=1)
+    expected = cosine_alphas_cumprod()
+    np.testing.assert_allclose(head.alphas_cumprod, expected, rtol=1e-9, atol=0)
+    torch.testing.assert_close(head.sqrt_acp, torch.as_tensor(np.sqrt(head.alphas_cumprod), dtype=torch.float32))
+    # The posterior variance of q(x_{t-1} | x_t, x_0): beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t),
+    # with t = 0 (variance 0) clipped to t = 1's.
+    beta = 1 - expected[1] / expected[0]
+    assert head.post_log_var[0].item() == pytest.approx(np.log(beta * (1 - expected[0]) / (1 - expected[1])), rel=1e-5)
+
 class OracleEps(torch.nn.Module):
     """The exact noise of a point mass at the conditioning vector c (token space), and a fixed
-    variance interpolation v."""
+    variance interpolation v; sqrt_acp from the closed-form schedule, not from the head."""
     def __init__(self, sqrt_acp, v=0.0):
         super().__init__()
         self.sqrt_acp = sqrt_acp
@@ -167,11 +178,11 @@ class OracleEps(torch.nn.Module):
         return torch.cat([eps, torch.full_like(eps, self.v)], dim=-1)
 
 def oracle_head(token_dim, v):
-    """A float64 diffusion head whose network is OracleEps."""
+    """A float64 diffusion head (its own coefficients, in float64) whose network is OracleEps."""
     head = DiffusionHead(token_dim=token_dim, cond_dim=token_dim, width=8, depth=1)
     for name, value in networks_mar.diffusion_coefficients(head.alphas_cumprod).items():
         setattr(head, name, torch.as_tensor(value))
-    head.net = OracleEps(head.sqrt_acp, v=v)
+    head.net = OracleEps(torch.as_tensor(np.sqrt(cosine_alphas_cumprod())), v=v)
     return head
 
 def float64_rnd(seeds):
@@ -363,60 +374,47 @@ def test_digits_preset_trains_through_the_shared_loop(tmp_path, tiny_zip):
     assert encoder.decode(samples).dtype == torch.uint8 and samples.abs().max() <= 1
 
 #----------------------------------------------------------------------------
-# Acceptance (slow): mar-digits trained through train_edm2.py, judged by a classifier trained on
-# the real training digits and by the Frechet distance to the held-out digits in a fixed feature
-# space: the first 20 principal components (fitted on the training split) of the pixel values in
-# [0, 1]. The reference point is "class mean plus noise": per class, the mean training image plus
-# independent Gaussian noise with the class's per-pixel standard deviation, clipped to [0, 1].
+# Acceptance (slow, 9 minutes each on 2 cores): mar-digits and mar-digits-flow trained, sampled
+# and scored through the command lines (train_edm2.py, calculate_metrics.py gen on 1000 images
+# against the held-out digits), to the numbers README.md quotes. The reference point is "class
+# mean plus noise": per class, the mean training image plus independent Gaussian noise with the
+# class's per-pixel standard deviation, clipped to [0, 1], scored by calculate_metrics.py calc.
 
-def digits_split(split):
-    from training import digits
-    return digits.pixels(split)
-
-def frechet_distance(a, b):
-    import scipy.linalg
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    sigma_a, sigma_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    return float(np.square(mu_a - mu_b).sum() + np.trace(sigma_a + sigma_b - 2 * scipy.linalg.sqrtm(sigma_a @ sigma_b).real))
+README_MAR_DIGITS = {
+    'mar-digits': {1.0: dict(digits_acc=0.950, fd_digits=0.169), 2.0: dict(digits_acc=0.999)},
+    'mar-digits-flow': {1.0: dict(digits_acc=0.963, fd_digits=0.151), 2.0: dict(digits_acc=0.996)},
+}
+README_CLASS_MEAN_PLUS_NOISE_FD = 0.339
 
 @pytest.mark.slow
-@pytest.mark.parametrize('preset', ['mar-digits', 'mar-digits-flow'])
-def test_digits_acceptance(preset, tmp_path, digits_classifier):
+@pytest.mark.parametrize('preset', sorted(README_MAR_DIGITS))
+def test_digits_acceptance(preset, tmp_path, digits_zips, digits_ref):
+    import json
     import time
-    from click.testing import CliRunner
-    from sklearn.decomposition import PCA
-    import dataset_tool
-    import train_edm2
-    data = str(tmp_path / 'digits-train.zip')
-    assert CliRunner().invoke(dataset_tool.cmdline, ['convert', '--source', 'builtin:digits-train', '--dest', data]).exit_code == 0
-    start = time.time()
-    result = CliRunner().invoke(train_edm2.main, ['--preset', preset, '--data', data, '--outdir', str(tmp_path / 'run')])
-    train_minutes = (time.time() - start) / 60
-    assert result.exit_code == 0, result.output
-    snapshot = sorted((tmp_path / 'run').glob('network-snapshot-*.pkl'))[-1]
-    with open(snapshot, 'rb') as f:
-        data = persistence.load_pickle(f)
-    net, encoder = data['ema'], data['encoder']
+    from conftest import gen_metrics, invoke_ok, write_image_zip
+    from training import digits
 
-    x_train, y_train = digits_split('train')
-    x_test, _ = digits_split('test')
-    pca = PCA(20, random_state=0).fit(x_train)
-    fd = lambda x: frechet_distance(pca.transform(x), pca.transform(x_test))
-    per_class = 100
-    classes = np.repeat(np.arange(10), per_class)
+    x_train, y_train = digits.pixels('train')
     rng = np.random.RandomState(0)
-    baseline = np.concatenate([np.clip(x_train[y_train == c].mean(0) + rng.randn(per_class, 64) * x_train[y_train == c].std(0), 0, 1)
+    baseline = np.concatenate([np.clip(x_train[y_train == c].mean(0) + rng.randn(100, 64) * x_train[y_train == c].std(0), 0, 1)
         for c in range(10)])
-    results = dict(train_minutes=train_minutes, snapshot=snapshot.name, baseline_fd=fd(baseline))
+    write_image_zip(tmp_path / 'baseline.zip', np.rint(baseline * 255).astype(np.uint8).reshape(-1, 8, 8))
+    result = invoke_ok('calculate_metrics', 'calc', '--images', tmp_path / 'baseline.zip', '--ref', digits_ref, '--metrics', 'fd_digits',
+        '--num', 1000, '--workers', 0)
+    results = dict(baseline_fd=json.loads(result.output.strip().splitlines()[-1])['value'])
+
+    start = time.time()
+    invoke_ok('train_edm2', '--preset', preset, '--data', digits_zips['train'], '--outdir', tmp_path / 'run')
+    results['train_minutes'] = round((time.time() - start) / 60, 1)
+    snapshot = sorted((tmp_path / 'run').glob('network-snapshot-*.pkl'))[-1]
     for guidance in [1.0, 2.0]:
-        images = []
-        for start in range(0, len(classes), 100):
-            rnd = StackedRandomGenerator('cpu', range(start, start + 100))
-            x = net.sample(torch.zeros([100, 1, 8, 8]), one_hot(classes[start : start + 100]), rnd, guidance=guidance)
-            images.append(encoder.decode(x).reshape(100, -1).numpy() / 255)
-        images = np.concatenate(images)
-        results[f'accuracy_g{guidance}'] = digits_classifier.score(images, classes)
-        results[f'fd_g{guidance}'] = fd(images)
-    print(preset, results)
-    assert results['accuracy_g1.0'] >= 0.9 and results['fd_g1.0'] < results['baseline_fd']
-    assert results['accuracy_g2.0'] > results['accuracy_g1.0']
+        results[guidance] = gen_metrics(snapshot, digits_ref, '--num', 1000, '--guidance', guidance, '--batch', 100)
+    print(preset, snapshot.name, results)
+
+    assert results['train_minutes'] <= 20 # README: 7.7 minutes on one thread.
+    assert results['baseline_fd'] == pytest.approx(README_CLASS_MEAN_PLUS_NOISE_FD, abs=0.01)
+    for guidance, quoted in README_MAR_DIGITS[preset].items():
+        assert abs(results[guidance]['digits_acc'] - quoted['digits_acc']) <= 0.03, (guidance, results)
+    assert results[1.0]['fd_digits'] == pytest.approx(README_MAR_DIGITS[preset][1.0]['fd_digits'], rel=0.4)
+    assert results[1.0]['fd_digits'] < results['baseline_fd']
+    assert results[2.0]['digits_acc'] >= results[1.0]['digits_acc'] # Guidance helps (or keeps a perfect score).

@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import reconstruct_phema
+from conftest import expect_cli_error
 from torch_utils import persistence
 from training import phema
 
@@ -138,16 +139,16 @@ def test_posthoc_reconstruction_from_snapshots(tmp_path):
 def test_reconstruct_phema_errors(tmp_path):
     run = lambda *args: CliRunner().invoke(reconstruct_phema.main, ['--indir', str(tmp_path), '--outdir', str(tmp_path / 'o'), *args])
     result = run('--outstd', '0.05')
-    assert result.exit_code != 0 and 'no network-snapshot' in result.output
+    expect_cli_error(result, 'no network-snapshot')
     result = run('--outstd', '0.3')
-    assert result.exit_code != 0 and '--outstd' in result.output
+    expect_cli_error(result, '--outstd', exit_code=2)
     result = run('--outstd', 'abc')
-    assert result.exit_code != 0 and 'abc' in result.output
+    expect_cli_error(result, 'abc', exit_code=2)
     with open(tmp_path / 'network-snapshot-0000010-0.050.pkl', 'wb') as f:
         pickle.dump(dict(ema=Weights()), f)
     result = run('--outstd', '0.07')
-    assert result.exit_code != 0 and 'two EMA profiles' in result.output
+    expect_cli_error(result, 'two EMA profiles')
     (tmp_path / 'network-snapshot-0000010-0.100.pkl').write_bytes(b'not a pickle')
     result = run('--outstd', '0.07')
-    assert result.exit_code != 0 and 'network-snapshot-0000010-0.100.pkl' in result.output
+    expect_cli_error(result, 'network-snapshot-0000010-0.100.pkl')
     assert not (tmp_path / 'o').exists() or not os.listdir(tmp_path / 'o')

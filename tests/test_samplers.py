@@ -217,13 +217,22 @@ def test_self_guidance_uses_the_unconditional_branch():
 #----------------------------------------------------------------------------
 # Evaluations, churn, dispatch, errors.
 
+# Network calls per image in closed form: Heun (with or without churn) evaluates twice per step
+# except the last (2N - 1), Euler and DPM++(2M) once per step (N); guidance adds the guide's call.
+CALLS_PER_STEP = dict(heun=lambda n: 2 * n - 1, heun_sde=lambda n: 2 * n - 1, euler=lambda n: n, **{'dpm++': lambda n: n})
+
 @pytest.mark.parametrize('solver', samplers.SOLVERS)
 @pytest.mark.parametrize('guidance', [1.0, 2.0])
-def test_network_evaluations_per_image(solver, guidance):
+@pytest.mark.parametrize('num_steps', [1, 7, 32])
+def test_network_evaluations_per_image(solver, guidance, num_steps):
+    assert set(CALLS_PER_STEP) == set(samplers.SOLVERS)
     net, noise, labels, rnd = analytic_setup(n=4)
     gnet = GaussianDenoiser(net.means, s=net.s)
-    edm_sampler(net, noise, labels, gnet=gnet, guidance=guidance, solver=solver, num_steps=32, rnd=rnd)
-    assert net.calls + gnet.calls == samplers.evaluations_per_image(solver, 32, guidance)
+    edm_sampler(net, noise, labels, gnet=gnet, guidance=guidance, solver=solver, num_steps=num_steps, rnd=rnd)
+    expected = CALLS_PER_STEP[solver](num_steps) * (2 if guidance != 1 else 1)
+    assert net.calls + gnet.calls == expected
+    assert gnet.calls == (expected // 2 if guidance != 1 else 0)
+    assert samplers.evaluations_per_image(solver, num_steps, guidance) == expected
 
 def test_heun_sde_churns_every_step_per_seed():
     net, noise, labels, _ = analytic_setup(n=6)

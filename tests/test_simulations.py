@@ -1,5 +1,5 @@
-"""simulations/: the conditional-Gaussian study (bounds, estimators, densities, published numbers,
-CSV output, plots, speed)."""
+"""simulations/: the conditional-Gaussian study (bounds, estimators, the TV estimator against its
+closed form, densities, every published number, CSV output, plots, speed, command-line errors)."""
 
 import csv
 import math
@@ -8,12 +8,14 @@ import time
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from click.testing import CliRunner
 
 from simulations import gaussian as G
 from simulations import run_gaussian
 from simulations import plot_gaussian_K, plot_gaussian_n, plot_gaussian_sim
+from conftest import expect_cli_error
 
 def test_bounds_formula():
     assert G.bounds(5, 10, 0.5, 500) == pytest.approx((math.sqrt(50 / 500), math.sqrt((4 * 5 + 10) / 500)))
@@ -72,6 +74,32 @@ def test_log_density_matches_torch_distributions():
     assert G.run_one(5, 3, 4, 0.5, 100, num_test=30) == \
         G.run_one(5, 3, 4, 0.5, 100, num_test=30, log_density_fn=G.log_density_naive)
 
+def test_tv_estimator_matches_closed_form():
+    # TV(N(mu, I), N(mu_hat, I)) = 2 Phi(|mu_hat - mu| / 2) - 1. The estimator averages
+    # 0.5 |p_hat / p - 1| over draws from p; its standard error is at most
+    # 0.5 sqrt(E[(p_hat / p - 1)^2] / n) = 0.5 sqrt((e^(delta^2) - 1) / n) per class.
+    torch.manual_seed(0)
+    deltas = torch.tensor([0.3, 0.8, 1.5])
+    means = torch.randn(3, 6) * 2
+    direction = torch.nn.functional.normalize(torch.randn(3, 6), dim=1)
+    means_hat = means + direction * deltas[:, None]
+    n = 60000
+    y = torch.arange(n) % 3
+    x = torch.randn(n, 6) + means[y]
+    expected = np.mean(2 * scipy.stats.norm.cdf(deltas.numpy() / 2) - 1)
+    std_error = np.sqrt(np.mean(0.25 * (np.exp(deltas.numpy() ** 2) - 1) / (n / 3)) / 3)
+    assert abs(G.empirical_tv(x, y, means_hat, means) - expected) < 5 * std_error
+    assert 5 * std_error < 0.1 * expected # The test can tell a wrong estimator.
+    assert G.empirical_tv(x, y, means, means) == 0
+
+# The tables in README.md (Gaussian simulations), means over the five published seeds, to the
+# four decimals quoted: {tag: [(value, single, multi), ...]}.
+README_TABLES = {
+    'K': [(1, .0527, .0527), (3, .0926, .0720), (5, .1240, .0962), (10, .1750, .1287), (15, .2098, .1544)],
+    'n': [(100, .2787, .2037), (300, .1703, .1285), (500, .1240, .0962), (1000, .0915, .0718), (5000, .0385, .0290)],
+    'sim': [(0.0, .1240, .1240), (0.3, .1240, .1068), (0.5, .1240, .0962), (0.7, .1240, .0813), (1.0, .1240, .0490)],
+}
+
 def test_published_numbers():
     runs = [G.run_one(s, 5, 10, 0.5, 500) for s in G.SEEDS]
     single = np.mean([r[G.TV_SINGLE] for r in runs])
@@ -121,11 +149,13 @@ def test_cli_all_tags_csv_speed_and_plots(tmp_path):
         assert len(body) == 5
         assert [float(r[0]) for r in body] == [float(v) for v in G.GRIDS[tag]]
         assert all(r[1] == '3;33;520;2025;25731' for r in body)
-        if tag == 'K':
-            row = body[2] # K = 5 at the defaults
-            assert float(row[header.index('empirical TV of single')]) == pytest.approx(0.12397009, abs=1e-6)
-            assert float(row[header.index('advantage (abs)')]) == pytest.approx(
-                float(row[header.index('empirical TV of single')]) - float(row[header.index('empirical TV of multi')]))
+        column = lambda name: [float(r[header.index(name)]) for r in body]
+        # Every cell the README quotes, to its four decimals (half a unit of the last digit).
+        assert [float(r[0]) for r in body] == [value for value, _, _ in README_TABLES[tag]]
+        np.testing.assert_allclose(column('empirical TV of single'), [s for _, s, _ in README_TABLES[tag]], rtol=0, atol=5e-5)
+        np.testing.assert_allclose(column('empirical TV of multi'), [m for _, _, m in README_TABLES[tag]], rtol=0, atol=5e-5)
+        np.testing.assert_allclose(column('advantage (abs)'),
+            np.subtract(column('empirical TV of single'), column('empirical TV of multi')), rtol=0, atol=1e-12)
     for tag, mod in (('K', plot_gaussian_K), ('n', plot_gaussian_n), ('sim', plot_gaussian_sim)):
         res = runner.invoke(mod.main, ['--results_dir', results, '--outdir', figures])
         assert res.exit_code == 0, res.output
@@ -152,15 +182,22 @@ def test_cli_overrides_and_explicit_csv(tmp_path):
     assert res.exit_code == 0, res.output
     assert sorted(os.listdir(tmp_path / 'f')) == ['gaussian_sim.png', 'gaussian_sim.svg']
 
-@pytest.mark.parametrize('args', [['--tag', 'D'], [], ['--tag', 'K', '--K', '0'], ['--tag', 'n', '--seeds', 'a,b'],
-                                  ['--tag', 'sim', '--values', '0,2'], ['--tag', 'all', '--values', '1,2'],
-                                  ['--tag', 'n', '--values', '0']])
-def test_cli_bad_options(tmp_path, args):
+@pytest.mark.parametrize('args, message', [
+    (['--tag', 'D'], "Invalid value for '--tag': 'D' is not one of"),
+    ([], "Missing option '--tag'"),
+    (['--tag', 'K', '--K', '0'], "Invalid value for '--K'"),
+    (['--tag', 'n', '--seeds', 'a,b'], "expected comma-separated int values, got 'a,b'"),
+    (['--tag', 'sim', '--values', '0,2'], 'sim must be in [0, 1], got 2.0'),
+    (['--tag', 'all', '--values', '1,2'], '--values needs a single --tag'),
+    (['--tag', 'n', '--values', '0'], 'n must be >= 1, got 0'),
+])
+def test_cli_bad_options(tmp_path, args, message):
+    # Option errors are click usage errors (exit code 2), raised before anything is computed.
     res = CliRunner().invoke(run_gaussian.main, args + ['--results_dir', str(tmp_path)])
-    assert res.exit_code != 0
+    expect_cli_error(res, message, exit_code=2)
     assert not os.path.exists(tmp_path / 'gaussian')
 
 def test_plot_without_csv_names_folder(tmp_path):
     res = CliRunner().invoke(plot_gaussian_n.main, ['--results_dir', str(tmp_path), '--outdir', str(tmp_path / 'f')])
-    assert res.exit_code != 0
-    assert os.path.join(str(tmp_path), 'gaussian', 'n') in res.output
+    expect_cli_error(res, os.path.join(str(tmp_path), 'gaussian', 'n'), 'run_gaussian --tag n')
+    assert not os.path.exists(tmp_path / 'f')

@@ -2,10 +2,8 @@
 after SIGTERM), damaged-checkpoint fallback, 1 vs 2 Gloo processes, and run-directory outputs.
 Uses the minimal family in tests/loop_family.py, so it exercises the loop alone."""
 
-import glob
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import torchrun
 from torch_utils import persistence
 from training import networks_edm2
 from training import presets
@@ -48,11 +47,13 @@ def assert_states_equal(a, b):
     assert a['state']['cur_nimg'] == b['state']['cur_nimg']
     for key in a['net']:
         assert torch.equal(a['net'][key], b['net'][key]), key
-    flat = lambda d: [t for t in torch.utils._pytree.tree_leaves(d) if isinstance(t, torch.Tensor)]
-    for ta, tb in zip(flat(a['ema']), flat(b['ema'])):
+    for ta, tb in zip(flat_tensors(a['ema']), flat_tensors(b['ema'])):
         assert torch.equal(ta, tb)
-    for ta, tb in zip(flat(a['optimizer']), flat(b['optimizer'])):
+    for ta, tb in zip(flat_tensors(a['optimizer']), flat_tensors(b['optimizer'])):
         assert torch.equal(ta, tb)
+
+def flat_tensors(tree):
+    return [t for t in torch.utils._pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
 
 #----------------------------------------------------------------------------
 
@@ -116,6 +117,41 @@ def test_outputs_and_snapshots(tmp_path):
     assert set(snap) == {'ema', 'encoder', 'loss_fn', 'dataset_kwargs', 'run_id', 'sources'}
     assert not snap['ema'].training and not any(p.requires_grad for p in snap['ema'].parameters())
 
+def test_a_run_reports_its_own_statistics(tmp_path):
+    # Two runs in one process (tests, notebooks): the second's first status line (before any
+    # step) has no loss, not the first run's last one.
+    for name in ['a', 'b']:
+        training_loop.training_loop(**loop_kwargs(tmp_path / name, total_nimg=2000, snapshot_nimg=None, checkpoint_nimg=None))
+    first = json.loads(open(tmp_path / 'b' / 'stats.jsonl').readline())
+    assert first['Progress/kimg'] == 0 and not np.isfinite(first.get('Loss/loss', np.nan)), first
+    assert np.isfinite(json.loads(open(tmp_path / 'a' / 'stats.jsonl').readlines()[-1])['Loss/loss'])
+
+@pytest.mark.parametrize('optimizer', ['torch.optim.SGD', 'torch.optim.Adam'])
+def test_gradient_accumulation_matches_one_round(tmp_path, optimizer):
+    # batch_gpu (--batch-gpu) below the per-process batch: 1 round of 8 images, 2 rounds of 4,
+    # 4 rounds of 2 give the same update (each round adds its sum / 8; the same images in the same
+    # order; a deterministic loss). SGD's step is proportional to the gradient, so a wrong
+    # normalisation shows there; Adam (scale-invariant) shows a lost or doubled round.
+    kwargs = dict(noise=False, snapshot_nimg=None, total_nimg=400, status_nimg=400, checkpoint_nimg=400,
+        optimizer_kwargs=dict(class_name=optimizer), lr_kwargs=dict(func_name='training.training_loop.constant_lr', ref_lr=0.05))
+    states = {}
+    for batch_gpu in [0, 4, 2]:
+        training_loop.training_loop(**loop_kwargs(tmp_path / str(batch_gpu), batch_gpu=batch_gpu, **kwargs))
+        states[batch_gpu] = final_state(tmp_path / str(batch_gpu))
+    initial = init_parameters()
+    assert max((states[0]['net'][k] - p).abs().max() for k, p in initial.items()) > 0.01 # 50 steps went somewhere.
+    for batch_gpu in [4, 2]:
+        assert states[batch_gpu]['net']['calls'] == 50 * 8 // batch_gpu # One forward call per round.
+        for net, reference in zip([states[batch_gpu]['net'], *states[batch_gpu]['ema']['emas']], [states[0]['net'], *states[0]['ema']['emas']]):
+            for key in initial:
+                torch.testing.assert_close(net[key], reference[key], rtol=1e-5, atol=1e-6)
+
+def init_parameters():
+    """The TinyNet parameters every run with loop_kwargs starts from (seed 1, rank 0)."""
+    from loop_family import TinyNet # pylint: disable=import-outside-toplevel
+    torch.manual_seed(1)
+    return {name: p.detach() for name, p in TinyNet(img_resolution=4, img_channels=1, label_dim=3).named_parameters()}
+
 def test_resume_is_bit_identical(tmp_path):
     straight = tmp_path / 'straight'
     sliced = tmp_path / 'sliced'
@@ -172,9 +208,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     training_loop.training_loop(**loop_kwargs(one, **short))
     kwargs = loop_kwargs(two, **short)
     kwargs['device'] = None
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', RUNNER, json.dumps(kwargs)]
-    result = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+    torchrun([RUNNER, json.dumps(kwargs)])
     a, b = final_state(one), final_state(two)
     assert a['state']['cur_nimg'] == b['state']['cur_nimg'] == 800
     for key in a['net']:

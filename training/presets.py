@@ -145,7 +145,8 @@ _ARDM_DIGITS = dict(family='ardm', levels=17, channels=64, num_blocks=4, batch=6
 preset('ardm-digits', **_ARDM_DIGITS)
 preset('ardm-digits-bin', **(_ARDM_DIGITS | dict(levels=2)))
 preset('ardm-digits-blur', **(_ARDM_DIGITS | dict(cond_blur=1.0)))
-# 28x28 binarized MNIST (dataset_tool.py convert --source train-images-idx3-ubyte.gz).
+# Binarized MNIST (dataset_tool.py convert --source train-images-idx3-ubyte.gz --resolution 32x32:
+# EDM2's format needs a power of two; the paper's images are 28x28).
 preset('ardm-mnist-bin', family='ardm', levels=2, channels=128, num_blocks=16, batch=128, duration='64Mi')
 # CIFAR-10, 8-bit: the paper's OA-ARDM and upscale ARDM with branch factor 4 (4 stages).
 preset('ardm-cifar10', family='ardm', levels=256, channels=256, num_blocks=32, batch=128, duration='128Mi')

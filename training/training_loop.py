@@ -114,6 +114,9 @@ class _Status:
     def __init__(self, run_dir, device, start_nimg, stop_at_nimg, total_elapsed_time):
         self.run_dir, self.device, self.stop_at_nimg = run_dir, device, stop_at_nimg
         self.total_elapsed_time = total_elapsed_time
+        # This run's statistics only: another run earlier in the same process (tests, notebooks)
+        # must not show up in this run's first status line.
+        self.collector = training_stats.Collector()
         self.prev_time, self.prev_nimg = time.time(), start_nimg
         self.training_time = 0.0 # Seconds spent in training steps since the previous report.
 
@@ -130,7 +133,7 @@ class _Status:
         if self.device.type == 'cuda':
             training_stats.report0('Resources/peak_gpu_mem_gb', torch.cuda.max_memory_allocated(self.device) / 2**30)
             torch.cuda.reset_peak_memory_stats()
-        collector = training_stats.default_collector
+        collector = self.collector
         collector.update()
         fields = [f'kimg {cur_nimg / 1e3:<9.1f}', f'time {util.format_time(self.total_elapsed_time):<12s}',
             f'sec/kimg {sec_per_kimg:<8.3f}', f'eta {util.format_time(eta) if np.isfinite(eta) else "-":<10s}',
@@ -196,12 +199,12 @@ def build_run(dataset_kwargs, encoder_kwargs, network_kwargs, loss_kwargs, optim
         f'input {list(ref_image.shape[1:])}, {interface_kwargs["label_dim"]} classes')
     r.ddp = r.net
     if dist.get_world_size() > 1:
-        # DDP copies rank 0's parameters to every rank but, without broadcast_buffers (buffers
-        # such as ARDM's running loss are kept in step by the family), not the buffers: random
-        # ones (EDM2's Fourier frequencies) would differ per rank. Copy them once here.
-        r.ddp = torch.nn.parallel.DistributedDataParallel(r.net, device_ids=[device] if device.type == 'cuda' else None, broadcast_buffers=False)
+        # Every rank starts from rank 0's network. DDP broadcasts the parameters; with
+        # broadcast_buffers=False (buffers such as ARDM's running loss stay each rank's own, kept
+        # equal by the family) it leaves the buffers, e.g. EDM2's random Fourier frequencies, alone.
         for buffer in r.net.buffers():
             torch.distributed.broadcast(buffer, src=0)
+        r.ddp = torch.nn.parallel.DistributedDataParallel(r.net, device_ids=[device] if device.type == 'cuda' else None, broadcast_buffers=False)
     r.loss_fn = util.construct_class_by_name(**loss_kwargs)
     optimizer_kwargs = dict(optimizer_kwargs)
     groups = param_groups(r.net, optimizer_kwargs.pop('weight_decay', 0))

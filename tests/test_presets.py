@@ -1,0 +1,159 @@
+"""training/presets.py: every training preset builds and takes a real training step (its own
+encoder, network structure, loss, optimizer, schedule and EMA) on data of its shape; the digits
+presets learn in a few hundred steps; the official generation presets are NVlabs/edm2's table."""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from torch_utils import util
+from training import config
+from training import presets
+from training import training_loop
+
+#----------------------------------------------------------------------------
+# One training step for every preset.
+
+def preset_data(name):
+    """The data a preset is made for: RandomData arguments (tests/loop_family.py)."""
+    if name.startswith('edm2-img512') or name in ['mar-b', 'mar-l', 'mar-h']:
+        return dict(resolution=64 if name.startswith('edm2') else 32, channels=4, label_dim=1000, latent=True) # 512 / 256 px via the VAE.
+    if name.startswith('edm2-img256'):
+        return dict(resolution=32, channels=4, label_dim=int(name.split('-')[3][:-1]), latent=True) # K sources.
+    if name.startswith('edm2-img64'):
+        return dict(resolution=64, channels=3, label_dim=1000)
+    if 'cifar10' in name:
+        return dict(resolution=32, channels=3, label_dim=10)
+    if 'mnist' in name:
+        return dict(resolution=32, channels=1, label_dim=10) # dataset_tool.py pads MNIST to a power of two.
+    assert 'digits' in name, name
+    return dict(resolution=8, channels=1, label_dim=10)
+
+def reduced(name):
+    """Overrides that shrink a preset's network to CPU size but keep its structure (levels,
+    blocks, attention, heads, tokens, patches, stages): EDM2 8 base channels with 4 per attention
+    head, ARDM 8 channels, MAR 2 per attention head and a 16-wide head; mar-b/l/h also 2 + 2
+    transformer blocks and 2 head blocks (instead of 12-20 and 6-12). Full sizes are checked by
+    parameter count in test_networks_edm2.py and test_networks_mar.py."""
+    opts = presets.resolve(name)
+    if opts.family == 'edm2':
+        return dict(channels=8)
+    if opts.family == 'ardm':
+        return dict(channels=8)
+    small = dict(width=2 * opts.num_heads, head_width=16)
+    if name in ['mar-b', 'mar-l', 'mar-h']:
+        small.update(encoder_depth=2, decoder_depth=2, head_depth=2)
+    return small
+
+@pytest.mark.parametrize('name', sorted(presets.PRESETS))
+def test_every_preset_takes_a_training_step(name, tiny_vae):
+    opts = presets.resolve(name, reduced(name))
+    family = presets.family_kwargs(opts)
+    data = preset_data(name)
+    if opts.family == 'edm2':
+        family['network_kwargs']['channels_per_head'] = 4
+    encoder_kwargs = family['encoder_kwargs'] or (dict(class_name='training.encoders.StabilityVAEEncoder', vae_name=tiny_vae)
+        if data.get('latent') else dict(class_name='training.encoders.StandardRGBEncoder'))
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        r = training_loop.build_run(dict(class_name='loop_family.RandomData', size=4, **data), encoder_kwargs, family['network_kwargs'],
+            family['loss_kwargs'], family['optimizer_kwargs'], family['ema_kwargs'], torch.device('cpu'))
+    shape = [data['channels'], data['resolution'], data['resolution']] if not data.get('latent') else [4, data['resolution'] // 1, data['resolution']]
+    assert [r.net.img_channels, r.net.img_resolution, r.net.img_resolution] == shape and r.net.label_dim == data['label_dim']
+    before = {key: p.detach().clone() for key, p in r.net.named_parameters()}
+    batches = training_loop.data_iterator(r.dataset, 0, 2, 0, dict(num_workers=0), torch.device('cpu'))
+    lr_kwargs = dict(family['lr_kwargs'], rampup_Mimg=0) # The first step at the preset's learning rate, not 0.
+    training_loop.train_step(r, batches, 0, 2, 2, lr_kwargs, torch.device('cpu'), grad_clip=opts.grad_clip)
+    changed = [key for key, p in r.net.named_parameters() if not torch.equal(p, before[key])]
+    assert changed and all(torch.isfinite(p).all() for p in r.net.parameters())
+    # The step moved the output layer (the one every family initialises so the first loss is exact).
+    assert any(key.startswith(('unet.out', 'conv_out', 'head.net.out')) for key in changed), changed
+    for ema_net, _ in r.ema.get():
+        assert all(torch.isfinite(p).all() for p in ema_net.parameters())
+    images, labels = next(batches)
+    loss = r.loss_fn(net=r.net, images=r.encoder.encode_latents(images), labels=labels)
+    assert loss.shape[0] == 2 and torch.isfinite(loss).all()
+
+#----------------------------------------------------------------------------
+# A few hundred steps on the real digits lower the loss.
+
+# Small enough for seconds per preset; the structure is each preset's own.
+DIGITS_SMALL = {
+    'edm2-digits': dict(channels=8, num_blocks=1),
+    'ardm-digits': dict(channels=16, num_blocks=1), 'ardm-digits-bin': dict(channels=16, num_blocks=1),
+    'ardm-digits-blur': dict(channels=16, num_blocks=1),
+    'mar-digits': dict(width=16, num_heads=2, encoder_depth=1, decoder_depth=1, head_width=16, head_depth=1, batch_mul=1),
+    'mar-digits-flow': dict(width=32, num_heads=2, encoder_depth=1, decoder_depth=1, head_width=32, head_depth=1, batch_mul=1),
+}
+
+@pytest.mark.parametrize('name', sorted(DIGITS_SMALL))
+def test_digits_presets_learn(name, digits_zips, tmp_path):
+    # 200 steps of 8 images at the preset's own optimizer, learning rate and loss: the mean loss
+    # of the last 100 steps is below that of the first 100 (the loop's status lines).
+    assert sorted(DIGITS_SMALL) == sorted(n for n in presets.PRESETS if 'digits' in n)
+    _, c = config.build(name, dict(DIGITS_SMALL[name], batch=8, duration=1600, status=800, snapshot=0, checkpoint=0),
+        data=digits_zips['train'])
+    c.dataset_kwargs['cache'] = True # Decode each PNG once.
+    with contextlib.redirect_stdout(io.StringIO()):
+        training_loop.training_loop(run_dir=str(tmp_path), device='cpu', **c)
+    losses = [json.loads(line)['Loss/loss'] for line in list(open(tmp_path / 'stats.jsonl'))[1:]] # After 100 and 200 steps.
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    print(name, losses)
+    assert losses[1] < 0.95 * losses[0], losses
+
+#----------------------------------------------------------------------------
+# The official generation presets.
+
+# NVlabs/edm2 generate_images.py, config_presets: name -> (network, guiding network, guidance),
+# as snapshot names under https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/.
+OFFICIAL_GENERATION_PRESETS = {
+    'edm2-img512-xs-fid': ('edm2-img512-xs-2147483-0.135', None, None),
+    'edm2-img512-xs-dino': ('edm2-img512-xs-2147483-0.200', None, None),
+    'edm2-img512-s-fid': ('edm2-img512-s-2147483-0.130', None, None),
+    'edm2-img512-s-dino': ('edm2-img512-s-2147483-0.190', None, None),
+    'edm2-img512-m-fid': ('edm2-img512-m-2147483-0.100', None, None),
+    'edm2-img512-m-dino': ('edm2-img512-m-2147483-0.155', None, None),
+    'edm2-img512-l-fid': ('edm2-img512-l-1879048-0.085', None, None),
+    'edm2-img512-l-dino': ('edm2-img512-l-1879048-0.155', None, None),
+    'edm2-img512-xl-fid': ('edm2-img512-xl-1342177-0.085', None, None),
+    'edm2-img512-xl-dino': ('edm2-img512-xl-1342177-0.155', None, None),
+    'edm2-img512-xxl-fid': ('edm2-img512-xxl-0939524-0.070', None, None),
+    'edm2-img512-xxl-dino': ('edm2-img512-xxl-0939524-0.150', None, None),
+    'edm2-img64-s-fid': ('edm2-img64-s-1073741-0.075', None, None),
+    'edm2-img64-m-fid': ('edm2-img64-m-2147483-0.060', None, None),
+    'edm2-img64-l-fid': ('edm2-img64-l-1073741-0.040', None, None),
+    'edm2-img64-xl-fid': ('edm2-img64-xl-0671088-0.040', None, None),
+    'edm2-img512-xs-guid-fid': ('edm2-img512-xs-2147483-0.045', 'edm2-img512-xs-uncond-2147483-0.045', 1.40),
+    'edm2-img512-xs-guid-dino': ('edm2-img512-xs-2147483-0.150', 'edm2-img512-xs-uncond-2147483-0.150', 1.70),
+    'edm2-img512-s-guid-fid': ('edm2-img512-s-2147483-0.025', 'edm2-img512-xs-uncond-2147483-0.025', 1.40),
+    'edm2-img512-s-guid-dino': ('edm2-img512-s-2147483-0.085', 'edm2-img512-xs-uncond-2147483-0.085', 1.90),
+    'edm2-img512-m-guid-fid': ('edm2-img512-m-2147483-0.030', 'edm2-img512-xs-uncond-2147483-0.030', 1.20),
+    'edm2-img512-m-guid-dino': ('edm2-img512-m-2147483-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 2.00),
+    'edm2-img512-l-guid-fid': ('edm2-img512-l-1879048-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 1.20),
+    'edm2-img512-l-guid-dino': ('edm2-img512-l-1879048-0.035', 'edm2-img512-xs-uncond-2147483-0.035', 1.70),
+    'edm2-img512-xl-guid-fid': ('edm2-img512-xl-1342177-0.020', 'edm2-img512-xs-uncond-2147483-0.020', 1.20),
+    'edm2-img512-xl-guid-dino': ('edm2-img512-xl-1342177-0.030', 'edm2-img512-xs-uncond-2147483-0.030', 1.70),
+    'edm2-img512-xxl-guid-fid': ('edm2-img512-xxl-0939524-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 1.20),
+    'edm2-img512-xxl-guid-dino': ('edm2-img512-xxl-0939524-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 1.70),
+    'edm2-img512-s-autog-fid': ('edm2-img512-s-2147483-0.070', 'edm2-img512-xs-0134217-0.125', 2.10),
+    'edm2-img512-s-autog-dino': ('edm2-img512-s-2147483-0.120', 'edm2-img512-xs-0134217-0.165', 2.45),
+    'edm2-img512-xxl-autog-fid': ('edm2-img512-xxl-0939524-0.075', 'edm2-img512-m-0268435-0.155', 2.05),
+    'edm2-img512-xxl-autog-dino': ('edm2-img512-xxl-0939524-0.130', 'edm2-img512-m-0268435-0.205', 2.30),
+    'edm2-img512-s-uncond-autog-fid': ('edm2-img512-s-uncond-2147483-0.070', 'edm2-img512-xs-uncond-0134217-0.110', 2.85),
+    'edm2-img512-s-uncond-autog-dino': ('edm2-img512-s-uncond-2147483-0.090', 'edm2-img512-xs-uncond-0134217-0.125', 2.90),
+    'edm2-img64-s-autog-fid': ('edm2-img64-s-1073741-0.045', 'edm2-img64-xs-0134217-0.110', 1.70),
+    'edm2-img64-s-autog-dino': ('edm2-img64-s-1073741-0.105', 'edm2-img64-xs-0134217-0.175', 2.20),
+}
+
+def test_generation_presets_are_the_official_table():
+    root = 'https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions'
+    table = presets.GENERATION_PRESETS
+    assert len(OFFICIAL_GENERATION_PRESETS) == 36 and sorted(table) == sorted(OFFICIAL_GENERATION_PRESETS)
+    for name, (net, gnet, guidance) in OFFICIAL_GENERATION_PRESETS.items():
+        expected = dict(net=f'{root}/{net}.pkl') if gnet is None else dict(net=f'{root}/{net}.pkl', gnet=f'{root}/{gnet}.pkl', guidance=guidance)
+        assert table[name] == expected, name
+        assert isinstance(table[name], util.EasyDict) and util.is_url(table[name].net)
