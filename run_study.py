@@ -92,7 +92,9 @@ class Study:
         self.num = num or self.profile['num']
         self.train_args = list(train_args)
         self.fd_metrics = ','.join(m for m in self.profile['metrics'].split(',') if not m.endswith('_acc'))
-        self.threads = max(1, (os.cpu_count() or 1) // jobs) if gpus == 1 else None # One thread per job on a CPU.
+        # CPU threads per command: the user's OMP_NUM_THREADS, else the cores shared out between
+        # the jobs (torch slows down many times over when its threads outnumber free cores).
+        self.threads = os.environ.get('OMP_NUM_THREADS') or (max(1, (os.cpu_count() or 1) // jobs) if gpus == 1 else None)
 
     def path(self, *parts):
         return os.path.join(self.out, *parts)

@@ -123,7 +123,7 @@ def test_constructs_from_edm2_dataset_kwargs(tmp_path, monkeypatch):
     assert len(ds) == 12 and ds.label_dim == 2
     np.testing.assert_array_equal(ds[5][0], as_chw(images)[5])
     # The second read comes from the cache: the file is not read again.
-    monkeypatch.setattr(ds, '_load_raw_image', lambda raw_idx: pytest.fail(f'image {raw_idx} read again despite cache=True'))
+    monkeypatch.setattr(ds, '_read_image', lambda raw_idx: pytest.fail(f'image {raw_idx} read again despite cache=True'))
     image, label = ds[5]
     np.testing.assert_array_equal(image, as_chw(images)[5])
     np.testing.assert_array_equal(label, [0, 1])

@@ -215,6 +215,25 @@ def test_official_parameter_names():
     assert 'unet.enc.64x64_block3.emb_gain' not in shapes and 'unet.dec.64x64_block4.emb_gain' not in shapes
     assert sum(name.endswith('attn_qkv.weight') for name in shapes) == 3 * 2 + 1 + 4 * 2 # enc: 3 blocks at 16 and 8; dec: in0, 4 blocks at 8 and 16
 
+def test_official_creation_order():
+    # The order in which the modules are created decides which random draws become which
+    # initial weights (a seed gives the official network) and the order of state dicts and
+    # optimizer states: it is the official one (checked against NVlabs/edm2 4bf8162).
+    net = small_net()
+    names = [name for name, _ in net.named_parameters()]
+    assert [name.split('.')[2] for name in names if name.endswith('emb_gain')] == ['16x16_block0', '8x8_down', '8x8_block0',
+        '8x8_in0', '8x8_in1', '8x8_block0', '8x8_block1', '16x16_up', '16x16_block0', '16x16_block1']
+    assert [name[len('unet.dec.8x8_block0.'):] for name in names if name.startswith('unet.dec.8x8_block0.')] == ['emb_gain',
+        'conv_res0.weight', 'emb_linear.weight', 'conv_res1.weight', 'conv_skip.weight', 'attn_qkv.weight', 'attn_proj.weight']
+    assert [name for name in names if '_block' not in name and '_down' not in name and '_up' not in name and '_in' not in name] == [
+        'unet.out_gain', 'unet.emb_noise.weight', 'unet.emb_label.weight', 'unet.enc.16x16_conv.weight', 'unet.out_conv.weight',
+        'logvar_linear.weight']
+    # The first draws: the noise embedding's Fourier frequencies and phases, then its linear layer.
+    torch.manual_seed(0)
+    freqs, phases, weight = torch.randn(32) * (2 * np.pi), torch.rand(32) * (2 * np.pi), torch.randn(64, 32)
+    assert torch.equal(net.unet.emb_fourier.freqs, freqs) and torch.equal(net.unet.emb_fourier.phases, phases)
+    assert torch.equal(net.unet.emb_noise.weight, weight)
+
 def test_digits_preset_preserves_magnitude_for_real():
     # The preset's own network (1.0M parameters, 8x8x1 digits) on the CPU, every gain at 1: the
     # U-Net maps unit-variance inputs to unit-variance outputs and each class changes them.

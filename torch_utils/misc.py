@@ -1,45 +1,42 @@
-"""Low-level helpers for models and training: cached constants, seeding, the resumable infinite
-sampler, parameter copying, DDP helpers and the module summary."""
+"""Low-level helpers for models and training: cached constants, seeding and RNG state, the
+resumable infinite sampler, and the DDP helpers of the training loop.
+
+This module must import nothing but numpy and torch: the snapshot tests run it as the
+`torch_utils.misc` of a stand-in for the official EDM2 tree."""
 
 import contextlib
 import random
-import re
 import numpy as np
 import torch
 
 #----------------------------------------------------------------------------
-# Cached construction of constant tensors. The official EDM2 network source calls
-# `misc.const_like(ref, value)`, so the signature must stay as it is.
+# Constant tensors, built once per (value, shape, dtype, device, memory format) and then reused:
+# the networks ask for the same resampling filter or scale on every forward pass, and a cached
+# tensor saves the copy to the device each time. Official EDM2 network and encoder sources call
+# `misc.const_like(ref, value)`, so these signatures stay as the official code has them.
 
-_constant_cache = dict()
+_constants = {}
 
 def constant(value, shape=None, dtype=None, device=None, memory_format=None):
+    """`value` (anything np.asarray takes) as a tensor, broadcast to `shape` when given; by default
+    of torch's default dtype, on the CPU, contiguous."""
     value = np.asarray(value)
-    if shape is not None:
-        shape = tuple(shape)
-    if dtype is None:
-        dtype = torch.get_default_dtype()
-    if device is None:
-        device = torch.device('cpu')
-    if memory_format is None:
-        memory_format = torch.contiguous_format
-
+    shape = None if shape is None else tuple(shape)
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    device = torch.device('cpu') if device is None else device
+    memory_format = torch.contiguous_format if memory_format is None else memory_format
     key = (value.shape, value.dtype, value.tobytes(), shape, dtype, device, memory_format)
-    tensor = _constant_cache.get(key, None)
-    if tensor is None:
+    if key not in _constants:
         tensor = torch.as_tensor(value.copy(), dtype=dtype, device=device)
         if shape is not None:
-            tensor, _ = torch.broadcast_tensors(tensor, torch.empty(shape))
-        tensor = tensor.contiguous(memory_format=memory_format)
-        _constant_cache[key] = tensor
-    return tensor
+            tensor = tensor.expand(torch.broadcast_shapes(tensor.shape, shape))
+        _constants[key] = tensor.contiguous(memory_format=memory_format)
+    return _constants[key]
 
 def const_like(ref, value, shape=None, dtype=None, device=None, memory_format=None):
-    """A constant with the dtype and device of `ref` (unless given)."""
-    if dtype is None:
-        dtype = ref.dtype
-    if device is None:
-        device = ref.device
+    """constant() with the dtype and device of the tensor `ref` unless given."""
+    dtype = ref.dtype if dtype is None else dtype
+    device = ref.device if device is None else device
     return constant(value, shape=shape, dtype=dtype, device=device, memory_format=memory_format)
 
 #----------------------------------------------------------------------------
@@ -88,16 +85,13 @@ def _tensor_to_python_state(d):
 
 class InfiniteSampler(torch.utils.data.Sampler):
     def __init__(self, dataset, rank=0, num_replicas=1, shuffle=True, seed=0, start_idx=0):
-        assert len(dataset) > 0
-        assert num_replicas > 0
-        assert 0 <= rank < num_replicas
-        assert start_idx >= 0
+        if len(dataset) == 0 or not 0 <= rank < num_replicas or start_idx < 0:
+            raise ValueError(f'InfiniteSampler: needs a non-empty dataset, 0 <= rank < num_replicas and start_idx >= 0 '
+                f'(got {len(dataset)} items, rank {rank} of {num_replicas}, start_idx {start_idx})')
         super().__init__()
         self.dataset_size = len(dataset)
-        self.rank = rank
-        self.num_replicas = num_replicas
-        self.shuffle = shuffle
-        self.seed = seed
+        self.rank, self.num_replicas = rank, num_replicas
+        self.shuffle, self.seed = shuffle, seed
         self.start_idx = start_idx
 
     def epoch_order(self, epoch):
@@ -121,36 +115,23 @@ class InfiniteSampler(torch.utils.data.Sampler):
         return 2**62
 
 #----------------------------------------------------------------------------
-# Parameters and buffers.
+# DDP helpers of the training loop.
 
-def named_params_and_buffers(module):
-    assert isinstance(module, torch.nn.Module)
-    return list(module.named_parameters()) + list(module.named_buffers())
-
-#----------------------------------------------------------------------------
-# DDP: skip the gradient all-reduce on all but the last accumulation round.
-
-@contextlib.contextmanager
 def ddp_sync(module, sync):
-    assert isinstance(module, torch.nn.Module)
+    """Context for one gradient-accumulation round: DDP all-reduces the gradients only when
+    `sync` (the last round); a module that is not DDP needs nothing."""
     if sync or not isinstance(module, torch.nn.parallel.DistributedDataParallel):
-        yield
-    else:
-        with module.no_sync():
-            yield
+        return contextlib.nullcontext()
+    return module.no_sync()
 
-def check_ddp_consistency(module, ignore_regex=None):
-    """Assert that every rank holds the same parameters and buffers."""
-    assert isinstance(module, torch.nn.Module)
-    for name, tensor in named_params_and_buffers(module):
-        fullname = type(module).__name__ + '.' + name
-        if ignore_regex is not None and re.fullmatch(ignore_regex, fullname):
-            continue
-        tensor = tensor.detach()
-        if tensor.is_floating_point():
-            tensor = torch.nan_to_num(tensor)
-        other = tensor.clone()
-        torch.distributed.broadcast(tensor=other, src=0)
-        assert (tensor == other).all(), fullname
+def check_ddp_consistency(module):
+    """Assert that every rank holds rank 0's parameters and buffers (NaNs count as equal)."""
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        mine = tensor.detach()
+        if mine.is_floating_point():
+            mine = torch.nan_to_num(mine)
+        theirs = mine.clone()
+        torch.distributed.broadcast(tensor=theirs, src=0)
+        assert torch.equal(mine, theirs), f'{type(module).__name__}.{name} differs between ranks'
 
 #----------------------------------------------------------------------------

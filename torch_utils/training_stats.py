@@ -1,141 +1,122 @@
 """Scalar statistics reported anywhere in the code and collected across ranks.
 
-`report(name, value)` accumulates the count, sum and sum of squares of the given values (any
-tensor shape) on the value's device; `Collector.update()` reduces them over all ranks and returns
-means and standard deviations since the previous update. Cheap enough to call in the inner loop:
-nothing synchronizes with the device until the collector asks.
+`report(name, value)` adds the values' count, sum and sum of squares to a running total kept on
+the values' own device, so that reporting never waits for the GPU. `Collector.update()` is the
+only synchronisation: it moves those totals to the CPU, sums them over the ranks and returns
+per-statistic means and standard deviations for the values reported since its previous update.
+The interface (report, report0, Collector, init_multiprocessing) is the one the EDM2 training
+code uses.
 """
 
+import math
 import re
-import numpy as np
 import torch
 
 #----------------------------------------------------------------------------
+# Process-wide state. A statistic's moments are the vector [count, sum, sum of squares].
 
-_num_moments = 3            # [count, sum, sum of squares]
-_reduce_dtype = torch.float32
-_counter_dtype = torch.float64
 _rank = 0
-_sync_device = None         # Device for all_reduce (NCCL needs CUDA); None = CPU (Gloo).
-_counters = dict()          # name -> device -> running moments since the last collection
-_cumulative = dict()        # name -> moments collected so far
-
-#----------------------------------------------------------------------------
+_sync_device = None # Where ranks exchange moments (NCCL needs CUDA); None: the CPU (Gloo, one process).
+_pending = {}       # name -> {device: float32 moments reported there since the last sync}
+_totals = {}        # name -> float64 CPU moments of every rank since the start (grows monotonically)
 
 def init_multiprocessing(rank, sync_device):
     """Called once by torch_utils.distributed.init()."""
     global _rank, _sync_device
-    _rank = rank
-    _sync_device = sync_device
+    _rank, _sync_device = rank, sync_device
 
 def report(name, value):
-    """Accumulate a scalar statistic. Returns `value` unchanged so it can be used inline."""
-    if name not in _counters:
-        _counters[name] = dict()
-    elems = torch.as_tensor(value)
-    if elems.numel() == 0:
+    """Add the scalars of `value` (a number, a list or a tensor of any shape) to statistic `name`.
+    Returns `value`, so that a report can wrap an expression. An empty value still registers the
+    name: every rank must know the same names, in the same order, when they synchronise."""
+    per_device = _pending.setdefault(name, {})
+    values = torch.as_tensor(value)
+    if values.numel() == 0:
         return value
-    elems = elems.detach().flatten().to(_reduce_dtype)
-    moments = torch.stack([torch.ones_like(elems).sum(), elems.sum(), elems.square().sum()])
-    device = moments.device
-    if device not in _counters[name]:
-        _counters[name][device] = torch.zeros_like(moments)
-    _counters[name][device].add_(moments)
+    values = values.detach().flatten().to(torch.float32)
+    moments = torch.stack([torch.ones_like(values).sum(), values.sum(), values.square().sum()])
+    if moments.device not in per_device:
+        per_device[moments.device] = torch.zeros_like(moments)
+    per_device[moments.device].add_(moments)
     return value
 
 def report0(name, value):
-    """Like report(), but counted on rank 0 only (for values every rank has in common)."""
+    """report() for a value all ranks share (time, progress): counted once, from rank 0."""
     report(name, value if _rank == 0 else [])
     return value
+
+def _sync(names):
+    """Fold the pending moments of `names` into the totals, summed over ranks; returns the totals."""
+    if not names:
+        return []
+    device = torch.device('cpu') if _sync_device is None else _sync_device
+    fresh = torch.zeros([len(names), 3], dtype=torch.float64, device=device)
+    for row, name in zip(fresh, names):
+        for moments in _pending[name].values():
+            row.add_(moments.to(device=device, dtype=torch.float64))
+            moments.zero_()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(fresh)
+    for name, row in zip(names, fresh.cpu()):
+        _totals.setdefault(name, torch.zeros([3], dtype=torch.float64)).add_(row)
+    return [(name, _totals[name]) for name in names]
 
 #----------------------------------------------------------------------------
 
 class Collector:
-    """Collects the statistics whose names match `regex` across all ranks.
+    """The statistics whose names match `regex`, as they stood between the last two updates.
 
-    keep_previous: when a statistic got no new values since the last update, report the previous
-    value instead of dropping it (stable columns in stats.jsonl)."""
+    keep_previous: a statistic that received nothing since the previous update keeps the values
+    it had then, instead of reading as empty (stable columns in stats.jsonl)."""
 
     def __init__(self, regex='.*', keep_previous=True):
         self._regex = re.compile(regex)
         self._keep_previous = keep_previous
-        self._cumulative = dict()
-        self._moments = dict()
-        self.update()
-        self._moments.clear()
+        self._seen = {}    # name -> _totals at the previous update
+        self._window = {}  # name -> moments between the last two updates
+        self.update()      # What was reported before the collector existed does not count.
+        self._window.clear()
 
     def names(self):
-        # Sorted: every rank must reduce the same names in the same order.
-        return sorted(name for name in _counters if self._regex.fullmatch(name))
+        # Sorted: every rank must synchronise the same names in the same order.
+        return sorted(name for name in _pending if self._regex.fullmatch(name))
 
     def update(self):
         if not self._keep_previous:
-            self._moments.clear()
-        for name, cumulative in _sync(self.names()):
-            if name not in self._cumulative:
-                self._cumulative[name] = torch.zeros([_num_moments], dtype=_counter_dtype)
-            delta = cumulative - self._cumulative[name]
-            self._cumulative[name].copy_(cumulative)
-            if float(delta[0]) != 0:
-                self._moments[name] = delta
+            self._window.clear()
+        for name, totals in _sync(self.names()):
+            window = totals - self._seen.get(name, 0)
+            self._seen[name] = totals.clone()
+            if float(window[0]) != 0:
+                self._window[name] = window
 
-    def _get_delta(self, name):
+    def _moments(self, name):
+        """(count, sum, sum of squares) as floats; zeros for a statistic with nothing collected."""
         assert self._regex.fullmatch(name)
-        if name not in self._moments:
-            self._moments[name] = torch.zeros([_num_moments], dtype=_counter_dtype)
-        return self._moments[name]
+        window = self._window.get(name)
+        return (0.0, 0.0, 0.0) if window is None else tuple(window.tolist())
 
     def num(self, name):
-        return float(self._get_delta(name)[0])
+        return self._moments(name)[0]
 
     def mean(self, name):
-        delta = self._get_delta(name)
-        if int(delta[0]) == 0:
-            return float('nan')
-        return float(delta[1] / delta[0])
+        count, total, _ = self._moments(name)
+        return total / count if count else float('nan')
 
     def std(self, name):
-        delta = self._get_delta(name)
-        if int(delta[0]) == 0 or not np.isfinite(float(delta[1])):
+        """Population standard deviation, from the moments (clamped at 0 against rounding)."""
+        count, total, squares = self._moments(name)
+        if count == 0 or not math.isfinite(total):
             return float('nan')
-        if int(delta[0]) == 1:
-            return float(0)
-        mean = float(delta[1] / delta[0])
-        raw_var = float(delta[2] / delta[0])
-        return np.sqrt(max(raw_var - np.square(mean), 0))
+        if count == 1:
+            return 0.0
+        mean = total / count
+        return math.sqrt(max(squares / count - mean * mean, 0))
 
     def as_dict(self):
-        return {name: dict(num=self.num(name), mean=self.mean(name), std=self.std(name))
-            for name in self.names()}
+        return {name: dict(num=self.num(name), mean=self.mean(name), std=self.std(name)) for name in self.names()}
 
     def __getitem__(self, name):
         return self.mean(name)
-
-#----------------------------------------------------------------------------
-
-def _sync(names):
-    """Move the running counters into the cumulative totals, summed over ranks."""
-    if len(names) == 0:
-        return []
-
-    deltas = []
-    device = _sync_device if _sync_device is not None else torch.device('cpu')
-    for name in names:
-        delta = torch.zeros([_num_moments], dtype=_counter_dtype, device=device)
-        for counter in _counters[name].values():
-            delta.add_(counter.to(device=device, dtype=_counter_dtype))
-            counter.zero_()
-        deltas.append(delta)
-    deltas = torch.stack(deltas)
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(deltas)
-
-    deltas = deltas.cpu()
-    for idx, name in enumerate(names):
-        if name not in _cumulative:
-            _cumulative[name] = torch.zeros([_num_moments], dtype=_counter_dtype)
-        _cumulative[name].add_(deltas[idx])
-    return [(name, _cumulative[name]) for name in names]
 
 #----------------------------------------------------------------------------

@@ -278,13 +278,15 @@ def open_url(url, cache_dir=None, num_attempts=3, verbose=True, return_filename=
 # Tee stdout/stderr into a log file (the run directory's log.txt).
 
 class Logger:
+    """While open, everything written to stdout or stderr is also written to `file_name` (unless
+    None); both streams go on to the original stdout. Usable as a context manager; close()
+    gives the streams back."""
+
     def __init__(self, file_name=None, file_mode='a', should_flush=True):
-        self.file = open(file_name, file_mode) if file_name is not None else None
-        self.should_flush = should_flush
-        self.stdout = sys.stdout
-        self.stderr = sys.stderr
-        sys.stdout = self
-        sys.stderr = self
+        self.file = None if file_name is None else open(file_name, file_mode)
+        self.should_flush = should_flush # Flush after every write: the log survives a crash.
+        self.stdout, self.stderr = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = self
 
     def __enter__(self):
         return self
@@ -292,36 +294,33 @@ class Logger:
     def __exit__(self, *_exc):
         self.close()
 
+    def _targets(self):
+        return [stream for stream in (self.file, self.stdout) if stream is not None]
+
     def write(self, text):
-        if isinstance(text, bytes):
-            text = text.decode()
-        if len(text) == 0:
+        text = text.decode() if isinstance(text, bytes) else text
+        if not text:
             return
-        if self.file is not None:
-            self.file.write(text)
-        self.stdout.write(text)
+        for stream in self._targets():
+            stream.write(text)
         if self.should_flush:
             self.flush()
 
     def flush(self):
-        if self.file is not None:
-            self.file.flush()
-        self.stdout.flush()
+        for stream in self._targets():
+            stream.flush()
 
-    def isatty(self):
+    def isatty(self): # Progress bars ask.
         return self.stdout.isatty()
 
     def close(self):
         self.flush()
-        if sys.stdout is self:
-            sys.stdout = self.stdout
-        if sys.stderr is self:
-            sys.stderr = self.stderr
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-#----------------------------------------------------------------------------
+        for name, original in [('stdout', self.stdout), ('stderr', self.stderr)]:
+            if getattr(sys, name) is self: # Unless something else took the stream over since.
+                setattr(sys, name, original)
+        file, self.file = self.file, None
+        if file is not None:
+            file.close()
 
 #----------------------------------------------------------------------------
 # Bad input from the command line. Library code raises ValueError or OSError (FileNotFoundError,

@@ -2,180 +2,186 @@
 .npy latents, with class labels in dataset.json. Constructor names and arguments follow EDM2, so
 the `dataset_kwargs` stored in official snapshots construct these classes unchanged."""
 
+import contextlib
 import json
 import os
 import zipfile
 import numpy as np
 import PIL.Image
 import torch
-from torch_utils import util
 
 #----------------------------------------------------------------------------
-# Base class: subsetting (max_size), x-flip augmentation, caching and one-hot labels. A subclass
-# provides the raw images and labels.
 
 class Dataset(torch.utils.data.Dataset):
+    """Items (image as stored [C, H, W], label) over the raw images that a subclass reads. Item i
+    is raw image _raw_idx[i], mirrored when _mirrored[i]: the max_size subset and the x-flipped
+    copies are an index map, and no image is read before it is asked for. Labels come out as
+    float32 vectors: one-hot for class ids, [0] wide without labels."""
+
     def __init__(self,
-        name,                   # Name of the dataset.
-        raw_shape,              # Shape of the raw image data [N, C, H, W].
-        use_labels  = True,     # Use the class labels? False = label_dim is zero.
-        max_size    = None,     # Keep a random subset of this many images, None = all. Applied before xflip.
-        xflip       = False,    # Double the dataset with x-flipped copies. Applied after max_size.
-        random_seed = 0,        # Seed that picks the max_size subset.
-        cache       = False,    # Keep decoded images in CPU memory?
+        name,                   # What messages and the run options call the dataset.
+        raw_shape,              # [N, C, H, W] of the stored images.
+        use_labels  = True,     # False: ignore the stored labels (label_dim 0).
+        max_size    = None,     # Use a random subset of this many images; None: all of them.
+        xflip       = False,    # Add a mirrored copy of every image used (after max_size).
+        random_seed = 0,        # Seed of the max_size subset.
+        cache       = False,    # Keep every image in memory once read.
     ):
-        self._name = name
         self._raw_shape = list(raw_shape)
+        self._raw_idx, self._mirrored = _index_map(self._raw_shape[0], max_size, random_seed, xflip)
+        self._name = name
         self._use_labels = use_labels
-        self._cache = cache
-        self._cached_images = dict() # {raw_idx: np.ndarray}
-        self._raw_labels = None
+        self._raw_labels = None # Read on first use.
         self._label_shape = None
+        self._cache = cache
+        self._cached_images = {} # raw index -> image
 
-        self._raw_idx = np.arange(self._raw_shape[0], dtype=np.int64)
-        if max_size is not None and self._raw_idx.size > max_size:
-            np.random.RandomState(random_seed % (1 << 31)).shuffle(self._raw_idx)
-            self._raw_idx = np.sort(self._raw_idx[:max_size])
-
-        self._xflip = np.zeros(self._raw_idx.size, dtype=np.uint8)
-        if xflip:
-            self._raw_idx = np.tile(self._raw_idx, 2)
-            self._xflip = np.concatenate([self._xflip, np.ones_like(self._xflip)])
-
-    def _get_raw_labels(self):
-        if self._raw_labels is None:
-            labels = self._load_raw_labels() if self._use_labels else None
-            if labels is None:
-                labels = np.zeros([self._raw_shape[0], 0], dtype=np.float32)
-            assert labels.shape[0] == self._raw_shape[0]
-            assert labels.dtype in (np.float32, np.int64)
-            assert labels.dtype != np.int64 or (labels.ndim == 1 and np.all(labels >= 0))
-            self._raw_labels = labels
-        return self._raw_labels
-
-    def _load_raw_image(self, raw_idx): # to be overridden by subclass
+    # What a subclass provides.
+    def _read_image(self, raw_idx): # -> np.ndarray [C, H, W]
         raise NotImplementedError
 
-    def _load_raw_labels(self): # to be overridden by subclass; int64 [N] class ids or float32 [N, D]
+    def _read_labels(self): # -> int64 class ids [N], float32 vectors [N, D], or None
         raise NotImplementedError
 
-    def close(self): # to be overridden by subclass
-        pass
-
-    def describe(self, raw_idx): # How error messages name an image; to be overridden by subclass.
-        return f'{self._name} image {raw_idx}'
-
-    def __getstate__(self):
-        return dict(self.__dict__, _raw_labels=None)
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def __len__(self):
-        return self._raw_idx.size
-
-    def __getitem__(self, idx):
-        raw_idx = self._raw_idx[idx]
-        image = self._cached_images.get(raw_idx, None)
-        if image is None:
-            image = self._load_raw_image(raw_idx)
-            if self._cache:
-                self._cached_images[raw_idx] = image
-        if list(image.shape) != self._raw_shape[1:]:
-            raise ValueError(f'{self.describe(raw_idx)} has shape {list(image.shape)}, but the first image has {self._raw_shape[1:]}: '
-                'every image of a dataset must have the same size and channels')
-        if self._xflip[idx]:
-            image = image[:, :, ::-1]
-        return image.copy(), self.get_label(idx)
-
-    def get_label(self, idx):
-        label = self._get_raw_labels()[self._raw_idx[idx]]
-        if label.dtype == np.int64:
-            onehot = np.zeros(self.label_shape, dtype=np.float32)
-            onehot[label] = 1
-            return onehot
-        return label.copy()
+    def close(self):
+        """Release what the subclass holds open."""
 
     @property
     def name(self):
         return self._name
 
-    @property
-    def image_shape(self): # [C, H, W]
-        return list(self._raw_shape[1:])
+    def describe(self, raw_idx): # How error messages name an image.
+        return f'{self._name} image {raw_idx}'
 
-    @property
-    def num_channels(self):
-        return self.image_shape[0]
+    def __len__(self):
+        return self._raw_idx.size
 
-    @property
-    def resolution(self):
-        assert self.image_shape[1] == self.image_shape[2]
-        return self.image_shape[1]
+    def __getitem__(self, idx):
+        image = self._image(self._raw_idx[idx])
+        if self._mirrored[idx]:
+            image = image[:, :, ::-1]
+        return image.copy(), self.get_label(idx)
+
+    def _image(self, raw_idx):
+        image = self._cached_images.get(raw_idx)
+        if image is None:
+            image = self._read_image(raw_idx)
+            if self._cache:
+                self._cached_images[raw_idx] = image
+        if list(image.shape) != self._raw_shape[1:]:
+            raise ValueError(f'{self.describe(raw_idx)} has shape {list(image.shape)}, but the first image has {self._raw_shape[1:]}: '
+                'every image of a dataset must have the same size and channels')
+        return image
+
+    def get_label(self, idx):
+        label = self._labels()[self._raw_idx[idx]]
+        if label.dtype != np.int64:
+            return label.copy()
+        onehot = np.zeros(self.label_shape, dtype=np.float32)
+        onehot[label] = 1
+        return onehot
+
+    def _labels(self):
+        if self._raw_labels is None:
+            labels = self._read_labels() if self._use_labels else None
+            if labels is None:
+                labels = np.zeros([self._raw_shape[0], 0], dtype=np.float32)
+            assert len(labels) == self._raw_shape[0] and (labels.dtype == np.float32 or
+                (labels.dtype == np.int64 and labels.ndim == 1 and np.all(labels >= 0))), 'labels of an unexpected form'
+            self._raw_labels = labels
+        return self._raw_labels
 
     @property
     def label_shape(self):
         if self._label_shape is None:
-            raw_labels = self._get_raw_labels()
-            if raw_labels.dtype == np.int64:
-                self._label_shape = [int(np.max(raw_labels)) + 1]
-            else:
-                self._label_shape = list(raw_labels.shape[1:])
+            labels = self._labels()
+            # Class ids: one entry per id up to the largest. Vectors: as stored.
+            self._label_shape = [int(labels.max()) + 1] if labels.dtype == np.int64 else list(labels.shape[1:])
         return list(self._label_shape)
 
     @property
-    def label_dim(self):
-        assert len(self.label_shape) == 1
-        return self.label_shape[0]
+    def label_dim(self): # Labels must be vectors.
+        (dim,) = self.label_shape
+        return dim
 
     @property
     def has_labels(self):
-        return any(x != 0 for x in self.label_shape)
+        return any(size != 0 for size in self.label_shape)
 
     @property
     def sources(self): # [{label, name, original_id}] by label, when the dataset records them; else None.
         return None
 
+    @property
+    def image_shape(self): # [C, H, W]
+        return self._raw_shape[1:]
+
+    @property
+    def num_channels(self):
+        return self._raw_shape[1]
+
+    @property
+    def resolution(self):
+        height, width = self._raw_shape[2:]
+        assert height == width
+        return height
+
+    def __getstate__(self): # DataLoader workers read the labels again rather than receive them.
+        return dict(self.__dict__, _raw_labels=None)
+
+    def __del__(self):
+        with contextlib.suppress(Exception): # Also called on half-built objects and at exit.
+            self.close()
+
+def _index_map(num_images, max_size, seed, xflip):
+    """(raw index, mirrored) of every item: the sorted max_size subset, then its mirrored copy."""
+    raw_idx = np.arange(num_images, dtype=np.int64)
+    if max_size is not None and num_images > max_size:
+        # The subset EDM2 draws for the same seed.
+        np.random.RandomState(seed % (1 << 31)).shuffle(raw_idx)
+        raw_idx = np.sort(raw_idx[:max_size])
+    copies = 2 if xflip else 1
+    return np.tile(raw_idx, copies), np.repeat(np.arange(copies, dtype=np.uint8), raw_idx.size)
+
 #----------------------------------------------------------------------------
-# Images (or .npy latents) found recursively in a folder or a ZIP, in sorted name order.
 
 class ImageFolderDataset(Dataset):
+    """Images (or .npy latents) found recursively in a folder or a ZIP, in sorted name order, with
+    the labels and source names of its dataset.json."""
+
     def __init__(self,
-        path,                   # Folder or .zip file.
-        resolution  = None,     # Require this resolution, None = anything goes.
-        **super_kwargs,         # Arguments for the Dataset base class.
+        path,                   # A folder or a .zip file.
+        resolution  = None,     # Refuse images of another resolution; None: any.
+        **super_kwargs,         # use_labels, max_size, xflip, random_seed, cache: see Dataset.
     ):
-        self._path = path
         self._files = FileTree(path)
         self._image_fnames = [f for f in self._files.fnames if is_image_file(f)]
-        if len(self._image_fnames) == 0:
+        if not self._image_fnames:
             raise IOError(f'No image files found in {path}')
-
+        first = self._read_image(0)
+        if resolution is not None and first.shape[1:] != (resolution, resolution):
+            raise IOError(f'Images in {path} are {first.shape[2]}x{first.shape[1]}, expected {resolution}x{resolution}')
         name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
-        raw_shape = [len(self._image_fnames)] + list(self._load_raw_image(0).shape)
-        if resolution is not None and (raw_shape[2] != resolution or raw_shape[3] != resolution):
-            raise IOError(f'Images in {path} are {raw_shape[3]}x{raw_shape[2]}, expected {resolution}x{resolution}')
-        super().__init__(name=name, raw_shape=raw_shape, **super_kwargs)
+        super().__init__(name=name, raw_shape=[len(self._image_fnames), *first.shape], **super_kwargs)
 
     def close(self):
         self._files.close()
 
-    def _load_raw_image(self, raw_idx):
-        fname = self._image_fnames[raw_idx]
-        with self._files.open(fname) as f:
-            if fname.lower().endswith('.npy'):
-                image = np.load(f)
-                return image.reshape(-1, *image.shape[-2:])
-            image = np.array(PIL.Image.open(f))
-        return image.reshape(*image.shape[:2], -1).transpose(2, 0, 1)
-
     def describe(self, raw_idx):
         return self._files.describe(self._image_fnames[raw_idx])
 
-    def _load_raw_labels(self):
+    def _read_image(self, raw_idx):
+        fname = self._image_fnames[raw_idx]
+        with self._files.open(fname) as f:
+            if fname.lower().endswith('.npy'):
+                latents = np.load(f)
+                return latents.reshape(-1, *latents.shape[-2:])
+            pixels = np.array(PIL.Image.open(f))
+        if pixels.ndim == 2: # Single-channel image: [H, W] -> [H, W, 1].
+            pixels = pixels[:, :, np.newaxis]
+        return pixels.transpose(2, 0, 1)
+
+    def _read_labels(self):
         labels = load_metadata(self._files).get('labels')
         if labels is None:
             return None
@@ -245,11 +251,9 @@ class FileTree:
         return f'{self.path}:{fname}' if self.is_zip else os.path.join(self.path, fname)
 
     def close(self):
-        try:
-            if self._zipfile is not None and self._zipfile_pid == os.getpid():
-                self._zipfile.close()
-        finally:
-            self._zipfile = None
+        handle, self._zipfile = self._zipfile, None
+        if handle is not None and self._zipfile_pid == os.getpid(): # Never a handle a forked parent owns.
+            handle.close()
 
     def __getstate__(self):
         return dict(self.__dict__, _zipfile=None)
@@ -257,7 +261,7 @@ class FileTree:
 _MODE_CHANNELS = {'1': 1, 'L': 1, 'P': 1, 'I': 1, 'F': 1, 'I;16': 1, 'I;16B': 1, 'I;16L': 1, 'LA': 2, 'RGB': 3, 'YCbCr': 3, 'RGBA': 4, 'CMYK': 4}
 
 def _header_shape(f, fname):
-    """[C, H, W] as _load_raw_image would return it, from the file header alone."""
+    """[C, H, W] as _read_image would return it, from the file header alone."""
     if fname.lower().endswith('.npy'):
         version = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0

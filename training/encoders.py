@@ -5,8 +5,10 @@ form stored in a dataset, and then into "final latents", what the network sees. 
 from final latents straight back to uint8 pixels. Keeping the second step separate lets a model
 change its data scaling (or sample a VAE posterior afresh every time) without re-encoding the
 dataset. The classes are persistent so that a snapshot carries the encoder it was trained with;
-StandardRGBEncoder and StabilityVAEEncoder keep the attribute names of the official EDM2 classes,
-so either can stand in for the other.
+StandardRGBEncoder and StabilityVAEEncoder keep the class and attribute names of the official
+EDM2 classes, so either can stand in for the other. This source travels inside snapshots and runs
+in the official tree too: it imports only numpy, torch and torch_utils.persistence/misc (diffusers
+and the cache helper lazily).
 """
 
 import os
@@ -16,72 +18,76 @@ from torch_utils import misc
 from torch_utils import persistence
 
 #----------------------------------------------------------------------------
-# Base class: encode = encode_latents(encode_pixels(x)).
 
 @persistence.persistent_class
 class Encoder:
-    def __init__(self):
-        pass
+    """The interface: encode_pixels (raw pixels -> raw latents), encode_latents (raw latents ->
+    final latents) and decode (final latents -> raw pixels), all on NCHW tensors; encode() chains
+    the first two. init() loads whatever a subclass loads lazily."""
 
-    def init(self, device): # Load whatever is loaded lazily, now, onto the given device.
-        pass
-
-    def __getstate__(self):
-        return self.__dict__
-
-    def encode(self, x): # raw pixels => final latents
+    def encode(self, x):
         return self.encode_latents(self.encode_pixels(x))
 
-    def encode_pixels(self, x): # raw pixels => raw latents
-        raise NotImplementedError
+    def encode_pixels(self, x):
+        """The dataset stores the pixels themselves unless a subclass says otherwise."""
+        return x
 
-    def encode_latents(self, x): # raw latents => final latents
-        raise NotImplementedError
+    def init(self, device):
+        """Load lazily loaded parts now, onto `device` (the generator calls it once, up front)."""
 
-    def decode(self, x): # final latents => raw pixels
-        raise NotImplementedError
+    def __getstate__(self): # Explicit: Python < 3.11, where the official tree may run this, has no default.
+        return self.__dict__
+
+    def encode_latents(self, x):
+        raise NotImplementedError(f'{type(self).__name__} does not implement encode_latents')
+
+    def decode(self, x):
+        raise NotImplementedError(f'{type(self).__name__} does not implement decode')
 
 #----------------------------------------------------------------------------
-# EDM2 pixel-space models: uint8 [0, 255] <-> float [-1, 1].
 
 @persistence.persistent_class
 class StandardRGBEncoder(Encoder):
-    def encode_pixels(self, x):
-        return x
+    """EDM2 pixel-space models: uint8 [0, 255] <-> float [-1, 1]. The dataset stores the pixels
+    themselves. Both mappings are the official arithmetic, so that a seed decodes to the same
+    uint8 image as in the official code (bit for bit)."""
 
     def encode_latents(self, x):
         return x.to(torch.float32) / 127.5 - 1
 
     def decode(self, x):
+        """-> uint8, rounded to nearest (+128, then truncated) and clipped."""
         return (x.to(torch.float32) * 127.5 + 128).clip(0, 255).to(torch.uint8)
 
 #----------------------------------------------------------------------------
-# Latent-space models: Stable Diffusion's VAE. The dataset stores the posterior mean and std
-# (8 channels); encode_latents draws a fresh sample from the posterior each time and whitens it
-# with the assumed per-channel statistics of the raw latents.
 
 @persistence.persistent_class
 class StabilityVAEEncoder(Encoder):
+    """Latent-space models: Stable Diffusion's VAE. The dataset stores the posterior mean and std
+    (8 channels); encode_latents draws a fresh sample from the posterior each time and whitens it
+    per channel with the assumed statistics of the raw latents: final = raw * scale + bias. The
+    attribute names are the official class's, which generate._local_encoder reads from official
+    snapshots to build this class in its place."""
+
     def __init__(self,
         vae_name    = 'stabilityai/sd-vae-ft-mse',  # Hub name, or a local folder written by save_pretrained().
-        raw_mean    = [5.81, 3.25, 0.12, -2.15],    # Assumed mean of the raw latents.
-        raw_std     = [4.17, 4.62, 3.71, 3.28],     # Assumed standard deviation of the raw latents.
-        final_mean  = 0,                            # Desired mean of the final latents.
-        final_std   = 0.5,                          # Desired standard deviation of the final latents.
+        raw_mean    = [5.81, 3.25, 0.12, -2.15],    # Per-channel mean assumed for the raw latents.
+        raw_std     = [4.17, 4.62, 3.71, 3.28],     # Per-channel standard deviation assumed for them.
+        final_mean  = 0,                            # Mean the final latents should have.
+        final_std   = 0.5,                          # Standard deviation they should have.
         batch_size  = 8,                            # Images per VAE call.
     ):
-        super().__init__()
         self.vae_name = vae_name
-        self.scale = np.float32(final_std) / np.float32(raw_std)
-        self.bias = np.float32(final_mean) - np.float32(raw_mean) * self.scale
         self.batch_size = int(batch_size)
-        self._vae = None
+        self._vae = None # Loaded by init(); never pickled.
+        # float32 throughout, as official snapshots store them.
+        scale = np.float32(final_std) / np.float32(raw_std)
+        self.scale, self.bias = scale, np.float32(final_mean) - np.float32(raw_mean) * scale
 
     def init(self, device):
         if self._vae is None:
             self._vae = load_stability_vae(self.vae_name, device=device)
-        else:
-            self._vae.to(device)
+        self._vae.to(device)
 
     def __getstate__(self):
         return dict(super().__getstate__(), _vae=None) # The VAE weights never go into a snapshot.
@@ -91,7 +97,7 @@ class StabilityVAEEncoder(Encoder):
         x = x.to(torch.float32) / 255
         if x.shape[1] == 1: # Grayscale datasets: the VAE expects RGB.
             x = x.expand(-1, 3, -1, -1)
-        results = []
+        results = [] # One batch's posterior at a time: they hold several tensors each.
         for batch in x.split(self.batch_size):
             posterior = self._vae.encode(batch)['latent_dist']
             results.append(torch.cat([posterior.mean, posterior.std], dim=1))
@@ -99,20 +105,23 @@ class StabilityVAEEncoder(Encoder):
 
     def encode_latents(self, x):
         mean, std = x.to(torch.float32).chunk(2, dim=1)
-        x = mean + torch.randn_like(mean) * std
-        return self.scale_latents(x)
+        return self.scale_latents(mean + torch.randn_like(mean) * std)
 
     def scale_latents(self, x): # raw VAE latents (4 channels) => final latents
-        x = x * misc.const_like(x, self.scale).reshape(1, -1, 1, 1)
-        return x + misc.const_like(x, self.bias).reshape(1, -1, 1, 1)
+        return x * self._per_channel(x, self.scale) + self._per_channel(x, self.bias)
 
     def decode(self, x):
         self.init(x.device)
         x = x.to(torch.float32)
-        x = x - misc.const_like(x, self.bias).reshape(1, -1, 1, 1)
-        x = x / misc.const_like(x, self.scale).reshape(1, -1, 1, 1)
-        x = torch.cat([self._vae.decode(batch)['sample'] for batch in x.split(self.batch_size)])
-        return x.clamp(0, 1).mul(255).to(torch.uint8)
+        # Undo the whitening as the official decoder does, (x - bias) / scale, so that official
+        # snapshots decoded through this class give the official pixels (bit for bit).
+        raw = (x - self._per_channel(x, self.bias)) / self._per_channel(x, self.scale)
+        pixels = torch.cat([self._vae.decode(batch)['sample'] for batch in raw.split(self.batch_size)])
+        return pixels.clamp(0, 1).mul(255).to(torch.uint8)
+
+    @staticmethod
+    def _per_channel(x, values): # Cached [1, C, 1, 1] constant with x's dtype and device.
+        return misc.const_like(x, values).reshape(1, -1, 1, 1)
 
 #----------------------------------------------------------------------------
 # ARDM: discrete intensity levels. uint8 v -> floor(v * K / 256), decoded to the level's
@@ -125,13 +134,9 @@ class QuantizeEncoder(Encoder):
     def __init__(self,
         levels = 256,   # Number of discrete levels K per channel, 2..256.
     ):
-        super().__init__()
         if not 2 <= int(levels) <= 256:
             raise ValueError(f'QuantizeEncoder: levels must be in 2..256, got {levels}')
         self.levels = int(levels)
-
-    def encode_pixels(self, x):
-        return x
 
     def encode_latents(self, x): # uint8 (or integer-valued float) pixels => float levels 0..K-1
         return torch.floor(x.to(torch.float32) * self.levels / 256)

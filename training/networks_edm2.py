@@ -6,6 +6,13 @@ normalised on every forward pass (and forcibly re-normalised in place during tra
 additions, concatenations and nonlinearities are scaled so that unit-variance inputs give
 unit-variance outputs. Module and parameter names follow the official architecture so that the
 official snapshots load (state dicts match key for key) and give the same outputs.
+
+This source travels inside our snapshots and runs in the official EDM2 tree too, so it imports
+nothing but numpy, torch and torch_utils.persistence/misc. Where the official code and this one
+must agree to the last bit (the forward pass, and the order in which the constructors draw the
+initial weights, so that a seed gives the official network), the floating-point operations are
+the paper's, in the official order; comments saying "bit for bit" mark the places where a
+different but equivalent formula would change the result.
 """
 
 import numpy as np
@@ -15,34 +22,39 @@ from torch_utils import misc
 from torch_utils import persistence
 
 #----------------------------------------------------------------------------
-# Magnitude-preserving primitives.
+# Magnitude-preserving primitives (paper, Appendix B.2).
 
 def normalize(x, dim=None, eps=1e-4):
-    """Scale x so that its RMS over `dim` (default: all but the first) is 1."""
-    if dim is None:
-        dim = list(range(1, x.ndim))
-    norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=torch.float32)
-    norm = torch.add(eps, norm, alpha=np.sqrt(norm.numel() / x.numel()))
-    return x / norm.to(x.dtype)
+    """Scale x to unit RMS over `dim` (default: every dimension but the first, i.e. per sample or
+    per output channel). The norm is taken in float32 whatever x's dtype."""
+    dims = list(range(1, x.ndim)) if dim is None else dim
+    length = torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=torch.float32)
+    # RMS = norm * sqrt(norm elements / x elements); eps added through torch.add as the official
+    # code does (bit for bit).
+    length = torch.add(eps, length, alpha=np.sqrt(length.numel() / x.numel()))
+    return x / length.to(x.dtype)
 
 def resample(x, f=[1, 1], mode='keep'):
-    """Up- or downsample by 2 with a separable FIR filter (box filter by default), per channel."""
+    """Halve ('down') or double ('up') the resolution with the separable filter `f` applied per
+    channel (a box filter by default), or return x unchanged ('keep')."""
     if mode == 'keep':
         return x
-    f = np.float32(f)
-    assert f.ndim == 1 and len(f) % 2 == 0
-    pad = (len(f) - 1) // 2
-    f = f / f.sum()
-    f = np.outer(f, f)[np.newaxis, np.newaxis, :, :]
-    f = misc.const_like(x, f)
-    c = x.shape[1]
+    taps = np.float32(f)
+    if taps.ndim != 1 or len(taps) % 2 != 0:
+        raise ValueError(f'resample: the filter must be a list of an even number of taps, got {f}')
+    taps = taps / taps.sum()
+    kernel = misc.const_like(x, np.outer(taps, taps)[np.newaxis, np.newaxis])
+    groups = x.shape[1]
+    padding = ((len(taps) - 1) // 2,)
     if mode == 'down':
-        return torch.nn.functional.conv2d(x, f.tile([c, 1, 1, 1]), groups=c, stride=2, padding=(pad,))
-    assert mode == 'up'
-    return torch.nn.functional.conv_transpose2d(x, (f * 4).tile([c, 1, 1, 1]), groups=c, stride=2, padding=(pad,))
+        return torch.nn.functional.conv2d(x, kernel.tile([groups, 1, 1, 1]), groups=groups, stride=2, padding=padding)
+    if mode != 'up':
+        raise ValueError(f'resample: mode must be keep, down or up, got {mode!r}')
+    # Each output pixel receives a quarter of the taps: x4 keeps the magnitude.
+    return torch.nn.functional.conv_transpose2d(x, (kernel * 4).tile([groups, 1, 1, 1]), groups=groups, stride=2, padding=padding)
 
 def mp_silu(x):
-    """SiLU divided by its output RMS for a standard normal input."""
+    """SiLU divided by its output RMS for a standard normal input (0.596)."""
     return torch.nn.functional.silu(x) / 0.596
 
 def mp_sum(a, b, t=0.5):
@@ -50,243 +62,254 @@ def mp_sum(a, b, t=0.5):
     return a.lerp(b, t) / np.sqrt((1 - t) ** 2 + t ** 2)
 
 def mp_cat(a, b, dim=1, t=0.5):
-    """Concatenation where b contributes the fraction t of the output's energy."""
-    Na, Nb = a.shape[dim], b.shape[dim]
-    C = np.sqrt((Na + Nb) / ((1 - t) ** 2 + t ** 2))
-    wa = C / np.sqrt(Na) * (1 - t)
-    wb = C / np.sqrt(Nb) * t
-    return torch.cat([wa * a, wb * b], dim=dim)
+    """Concatenation along `dim` where b carries the fraction t^2 / ((1-t)^2 + t^2) of the output's
+    energy, whatever the two widths, and the result has unit magnitude."""
+    width_a, width_b = a.shape[dim], b.shape[dim]
+    total = np.sqrt((width_a + width_b) / ((1 - t) ** 2 + t ** 2))
+    # Per-side gains grouped as total / sqrt(width) * weight (bit for bit).
+    return torch.cat([total / np.sqrt(width_a) * (1 - t) * a, total / np.sqrt(width_b) * t * b], dim=dim)
 
 #----------------------------------------------------------------------------
-# Magnitude-preserving Fourier features (noise level embedding).
 
 @persistence.persistent_class
 class MPFourier(torch.nn.Module):
+    """Fourier features of a scalar (the noise level): cos(2 pi (freq x + phase)) * sqrt(2), unit
+    RMS per channel. Frequencies and phases are random, drawn once and kept as buffers."""
+
     def __init__(self, num_channels, bandwidth=1):
         super().__init__()
-        self.register_buffer('freqs', 2 * np.pi * torch.randn(num_channels) * bandwidth)
-        self.register_buffer('phases', 2 * np.pi * torch.rand(num_channels))
+        # randn for the frequencies, then rand for the phases: the official draw order.
+        self.register_buffer('freqs', torch.randn(num_channels).mul(2 * np.pi).mul(bandwidth))
+        self.register_buffer('phases', torch.rand(num_channels).mul(2 * np.pi))
 
     def forward(self, x):
-        y = x.to(torch.float32)
-        y = y.ger(self.freqs.to(torch.float32))
-        y = y + self.phases.to(torch.float32)
-        y = y.cos() * np.sqrt(2)
-        return y.to(x.dtype)
+        # In float32 even when the network runs in fp16: the angles need the precision.
+        angles = torch.outer(x.to(torch.float32), self.freqs.to(torch.float32)) + self.phases.to(torch.float32)
+        return (angles.cos() * np.sqrt(2)).to(x.dtype)
 
 #----------------------------------------------------------------------------
-# Convolution or fully-connected layer (kernel=[]) with weight normalisation.
 
 @persistence.persistent_class
 class MPConv(torch.nn.Module):
+    """Convolution, or fully-connected layer when kernel=[], whose weight is normalised per output
+    channel on every call, so that only its direction is learnt."""
+
     def __init__(self, in_channels, out_channels, kernel):
         super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, *kernel)) # Any scale: see forward.
         self.out_channels = out_channels
-        self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
 
     def forward(self, x, gain=1):
-        w = self.weight.to(torch.float32)
+        """Unit-magnitude output for unit-magnitude input, times `gain` (a learnt scalar for the
+        embedding modulation and the last layer)."""
+        weight = self.weight.to(torch.float32) # The parameter itself when it is float32.
         if self.training:
+            # Forced weight normalisation: the stored weights stay at unit norm, so the effective
+            # learning rate does not drift as they grow. When `weight` is the parameter itself this
+            # also rewrites it, and the normalisation below sees normalised weights (bit for bit).
             with torch.no_grad():
-                self.weight.copy_(normalize(w)) # Forced weight normalisation: keeps the effective learning rate fixed.
-        w = normalize(w) # Traditional weight normalisation, so that gradients see it.
-        w = w * (gain / np.sqrt(w[0].numel())) # Magnitude-preserving scaling by the fan-in.
-        w = w.to(x.dtype)
-        if w.ndim == 2:
-            return x @ w.t()
-        assert w.ndim == 4
-        return torch.nn.functional.conv2d(x, w, padding=(w.shape[-1] // 2,))
+                self.weight.copy_(normalize(weight))
+        fan_in = weight[0].numel()
+        weight = normalize(weight) * (gain / np.sqrt(fan_in)) # Normalised again, for the gradients.
+        weight = weight.to(x.dtype)
+        if weight.ndim == 2:
+            return x @ weight.t()
+        return torch.nn.functional.conv2d(x, weight, padding=(weight.shape[-1] // 2,))
 
 #----------------------------------------------------------------------------
-# U-Net block: encoder flavour (skip projection before the residual branch) or decoder
-# flavour (after it), with optional resampling and self-attention.
 
 @persistence.persistent_class
 class Block(torch.nn.Module):
+    """One U-Net block: optional resampling, a residual branch of two 3x3 convolutions modulated
+    by the embedding, then optional self-attention. An encoder block ('enc') projects its input to
+    the new width and pixel-normalises it before the residual branch; a decoder block ('dec')
+    projects after it, since its input is the concatenation with a skip connection."""
+
     def __init__(self,
-        in_channels,                    # Number of input channels.
-        out_channels,                   # Number of output channels.
-        emb_channels,                   # Number of embedding channels.
-        flavor              = 'enc',    # Flavor: 'enc' or 'dec'.
-        resample_mode       = 'keep',   # Resampling: 'keep', 'up', or 'down'.
-        resample_filter     = [1, 1],   # Resampling filter.
-        attention           = False,    # Include self-attention?
-        channels_per_head   = 64,       # Number of channels per attention head.
-        dropout             = 0,        # Dropout probability.
-        res_balance         = 0.3,      # Balance between main branch (0) and residual branch (1).
-        attn_balance        = 0.3,      # Balance between main branch (0) and self-attention (1).
-        clip_act            = 256,      # Clip output activations. None = do not clip.
+        in_channels,                    # Channels of the input.
+        out_channels,                   # Channels of the output.
+        emb_channels,                   # Width of the shared embedding vector.
+        flavor              = 'enc',    # 'enc' (encoder) or 'dec' (decoder): where the skip projection goes.
+        resample_mode       = 'keep',   # 'keep', 'down' (halve the resolution first) or 'up' (double it).
+        resample_filter     = [1, 1],   # Taps of the separable resampling filter.
+        attention           = False,    # Add self-attention after the residual branch.
+        channels_per_head   = 64,       # Attention heads = out_channels // channels_per_head.
+        dropout             = 0,        # Dropout inside the residual branch (training only).
+        res_balance         = 0.3,      # mp_sum weight of the residual branch against the input.
+        attn_balance        = 0.3,      # mp_sum weight of the attention output against its input.
+        clip_act            = 256,      # Clamp the output to [-clip_act, clip_act]; None: no clamp.
     ):
         super().__init__()
-        self.out_channels = out_channels
-        self.flavor = flavor
-        self.resample_filter = resample_filter
-        self.resample_mode = resample_mode
+        self.out_channels, self.flavor = out_channels, flavor
+        self.resample_mode, self.resample_filter = resample_mode, resample_filter
         self.num_heads = out_channels // channels_per_head if attention else 0
-        self.dropout = dropout
-        self.res_balance = res_balance
-        self.attn_balance = attn_balance
-        self.clip_act = clip_act
-        self.emb_gain = torch.nn.Parameter(torch.zeros([]))
-        self.conv_res0 = MPConv(out_channels if flavor == 'enc' else in_channels, out_channels, kernel=[3, 3])
+        self.dropout, self.clip_act = dropout, clip_act
+        self.res_balance, self.attn_balance = res_balance, attn_balance
+
+        # Created in the official order: the same initial weights for a seed, and the same order
+        # of parameters in state dicts and optimizer states.
+        self.emb_gain = torch.nn.Parameter(torch.zeros([])) # 0: the embedding starts with no effect.
+        res_in = out_channels if flavor == 'enc' else in_channels
+        self.conv_res0 = MPConv(res_in, out_channels, kernel=[3, 3])
         self.emb_linear = MPConv(emb_channels, out_channels, kernel=[])
         self.conv_res1 = MPConv(out_channels, out_channels, kernel=[3, 3])
-        self.conv_skip = MPConv(in_channels, out_channels, kernel=[1, 1]) if in_channels != out_channels else None
-        self.attn_qkv = MPConv(out_channels, out_channels * 3, kernel=[1, 1]) if self.num_heads != 0 else None
-        self.attn_proj = MPConv(out_channels, out_channels, kernel=[1, 1]) if self.num_heads != 0 else None
+        projects = in_channels != out_channels
+        self.conv_skip = MPConv(in_channels, out_channels, kernel=[1, 1]) if projects else None
+        self.attn_qkv = MPConv(out_channels, out_channels * 3, kernel=[1, 1]) if self.num_heads else None
+        self.attn_proj = MPConv(out_channels, out_channels, kernel=[1, 1]) if self.num_heads else None
 
     def forward(self, x, emb):
-        # Main branch.
         x = resample(x, f=self.resample_filter, mode=self.resample_mode)
         if self.flavor == 'enc':
-            if self.conv_skip is not None:
-                x = self.conv_skip(x)
-            x = normalize(x, dim=1) # Pixel norm.
-
-        # Residual branch, modulated by the embedding (gain starts at 0: identity modulation).
-        y = self.conv_res0(mp_silu(x))
-        c = self.emb_linear(emb, gain=self.emb_gain) + 1
-        y = mp_silu(y * c.unsqueeze(2).unsqueeze(3).to(y.dtype))
-        if self.training and self.dropout != 0:
-            y = torch.nn.functional.dropout(y, p=self.dropout)
-        y = self.conv_res1(y)
-
-        # Connect the branches.
-        if self.flavor == 'dec' and self.conv_skip is not None:
-            x = self.conv_skip(x)
+            x = normalize(self._project(x), dim=1) # Pixel norm.
+        y = self._residual(x, emb)
+        if self.flavor == 'dec':
+            x = self._project(x)
         x = mp_sum(x, y, t=self.res_balance)
-
-        # Self-attention with cosine similarity (queries and keys pixel-normalised).
-        if self.num_heads != 0:
-            y = self.attn_qkv(x)
-            y = y.reshape(y.shape[0], self.num_heads, -1, 3, y.shape[2] * y.shape[3])
-            q, k, v = normalize(y, dim=2).unbind(3)
-            w = torch.einsum('nhcq,nhck->nhqk', q, k / np.sqrt(q.shape[2])).softmax(dim=3)
-            y = torch.einsum('nhqk,nhck->nhcq', w, v)
-            y = self.attn_proj(y.reshape(*x.shape))
-            x = mp_sum(x, y, t=self.attn_balance)
-
+        if self.num_heads:
+            x = mp_sum(x, self._attention(x), t=self.attn_balance)
         if self.clip_act is not None:
             x = x.clip_(-self.clip_act, self.clip_act)
         return x
 
+    def _project(self, x):
+        return x if self.conv_skip is None else self.conv_skip(x)
+
+    def _residual(self, x, emb):
+        y = self.conv_res0(mp_silu(x))
+        scale = self.emb_linear(emb, gain=self.emb_gain) + 1 # Per-channel modulation, 1 at init.
+        y = mp_silu(y * scale[:, :, None, None].to(y.dtype))
+        if self.training and self.dropout != 0:
+            y = torch.nn.functional.dropout(y, p=self.dropout)
+        return self.conv_res1(y)
+
+    def _attention(self, x):
+        # Cosine attention: queries and keys are normalised per pixel and head, so the logits stay
+        # bounded. Written with einsum rather than scaled_dot_product_attention, whose results are
+        # not the official ones to the bit.
+        qkv = self.attn_qkv(x)
+        qkv = qkv.reshape(qkv.shape[0], self.num_heads, -1, 3, qkv.shape[2] * qkv.shape[3])
+        q, k, v = normalize(qkv, dim=2).unbind(3)
+        weights = torch.einsum('nhcq,nhck->nhqk', q, k / np.sqrt(q.shape[2])).softmax(dim=3)
+        out = torch.einsum('nhqk,nhck->nhcq', weights, v)
+        return self.attn_proj(out.reshape(*x.shape))
+
 #----------------------------------------------------------------------------
-# The U-Net: an encoder of `num_blocks` blocks per resolution, a decoder of `num_blocks + 1`,
-# skip connections joined by mp_cat, noise and label embeddings shared by every block.
 
 @persistence.persistent_class
 class UNet(torch.nn.Module):
+    """Level l works at img_resolution / 2^l with model_channels * channel_mult[l] channels. The
+    encoder has an input convolution (level 0) or a downsampling block, then `num_blocks` blocks
+    per level; the decoder mirrors it with one block more per level, each taking an encoder
+    output as skip connection (mp_cat). Module names ('64x64_block0', ...) are the official
+    state-dict keys."""
+
     def __init__(self,
-        img_resolution,                     # Image resolution.
-        img_channels,                       # Image channels.
-        label_dim,                          # Class label dimensionality. 0 = unconditional.
-        model_channels      = 192,          # Base multiplier for the number of channels.
-        channel_mult        = [1, 2, 3, 4], # Per-resolution multipliers for the number of channels.
-        channel_mult_noise  = None,         # Multiplier for noise embedding dimensionality. None = select based on channel_mult.
-        channel_mult_emb    = None,         # Multiplier for final embedding dimensionality. None = select based on channel_mult.
-        num_blocks          = 3,            # Number of residual blocks per resolution.
-        attn_resolutions    = [16, 8],      # List of resolutions with self-attention.
-        label_balance       = 0.5,          # Balance between noise embedding (0) and class embedding (1).
-        concat_balance      = 0.5,          # Balance between skip connections (0) and main path (1).
-        **block_kwargs,                     # Arguments for Block.
+        img_resolution,                     # Input and output resolution.
+        img_channels,                       # Input and output channels.
+        label_dim,                          # Number of classes; 0 for an unconditional model.
+        model_channels      = 192,          # Channels of the first level; the others are multiples of it.
+        channel_mult        = [1, 2, 3, 4], # Channel multiplier of each level (one level per entry).
+        channel_mult_noise  = None,         # Fourier features = model_channels * this; None: channel_mult[0].
+        channel_mult_emb    = None,         # Embedding width = model_channels * this; None: max(channel_mult).
+        num_blocks          = 3,            # Encoder blocks per level (the decoder has one more).
+        attn_resolutions    = [16, 8],      # Resolutions whose blocks use self-attention.
+        label_balance       = 0.5,          # mp_sum weight of the class embedding against the noise embedding.
+        concat_balance      = 0.5,          # mp_cat weight of the main path against the skip connection.
+        **block_kwargs,                     # Passed to every Block.
     ):
         super().__init__()
         levels = len(channel_mult)
         if levels < 1 or img_resolution % (1 << (levels - 1)) != 0:
             raise ValueError(f'channel_mult has {levels} resolution levels, too many for {img_resolution}x{img_resolution} '
                 f'inputs: each level halves the resolution, so it must be divisible by {1 << max(levels - 1, 0)}')
-        cblock = [model_channels * x for x in channel_mult]
-        cnoise = model_channels * channel_mult_noise if channel_mult_noise is not None else cblock[0]
-        cemb = model_channels * channel_mult_emb if channel_mult_emb is not None else max(cblock)
+        widths = [model_channels * m for m in channel_mult]
+        noise_width = widths[0] if channel_mult_noise is None else model_channels * channel_mult_noise
+        emb_width = max(widths) if channel_mult_emb is None else model_channels * channel_mult_emb
         self.label_balance = label_balance
         self.concat_balance = concat_balance
-        self.out_gain = torch.nn.Parameter(torch.zeros([]))
+        self.out_gain = torch.nn.Parameter(torch.zeros([])) # 0: the network starts as the zero function.
+        self.emb_fourier = MPFourier(noise_width)
+        self.emb_noise = MPConv(noise_width, emb_width, kernel=[])
+        self.emb_label = MPConv(label_dim, emb_width, kernel=[]) if label_dim != 0 else None
 
-        # Embedding.
-        self.emb_fourier = MPFourier(cnoise)
-        self.emb_noise = MPConv(cnoise, cemb, kernel=[])
-        self.emb_label = MPConv(label_dim, cemb, kernel=[]) if label_dim != 0 else None
+        def block(cin, cout, flavor, **kwargs):
+            return Block(cin, cout, emb_width, flavor=flavor, **kwargs, **block_kwargs)
 
-        # Encoder. The input gets a constant channel of ones (a learnable bias for the first conv).
+        # Modules are created level by level in the official order (initial weights for a seed).
         self.enc = torch.nn.ModuleDict()
-        cout = img_channels + 1
-        for level, channels in enumerate(cblock):
+        width = img_channels + 1 # The input gets a constant channel of ones (see forward).
+        for level, channels in enumerate(widths):
             res = img_resolution >> level
             if level == 0:
-                cin = cout
-                cout = channels
-                self.enc[f'{res}x{res}_conv'] = MPConv(cin, cout, kernel=[3, 3])
+                self.enc[f'{res}x{res}_conv'] = MPConv(width, channels, kernel=[3, 3])
+                width = channels
             else:
-                self.enc[f'{res}x{res}_down'] = Block(cout, cout, cemb, flavor='enc', resample_mode='down', **block_kwargs)
+                self.enc[f'{res}x{res}_down'] = block(width, width, 'enc', resample_mode='down')
             for idx in range(num_blocks):
-                cin = cout
-                cout = channels
-                self.enc[f'{res}x{res}_block{idx}'] = Block(cin, cout, cemb, flavor='enc', attention=(res in attn_resolutions), **block_kwargs)
+                self.enc[f'{res}x{res}_block{idx}'] = block(width, channels, 'enc', attention=(res in attn_resolutions))
+                width = channels
 
-        # Decoder.
         self.dec = torch.nn.ModuleDict()
-        skips = [block.out_channels for block in self.enc.values()]
-        for level, channels in reversed(list(enumerate(cblock))):
+        skip_widths = [layer.out_channels for layer in self.enc.values()]
+        for level in reversed(range(levels)):
             res = img_resolution >> level
-            if level == len(cblock) - 1:
-                self.dec[f'{res}x{res}_in0'] = Block(cout, cout, cemb, flavor='dec', attention=True, **block_kwargs)
-                self.dec[f'{res}x{res}_in1'] = Block(cout, cout, cemb, flavor='dec', **block_kwargs)
+            if level == levels - 1: # The bottom of the U: two blocks, the first with attention.
+                self.dec[f'{res}x{res}_in0'] = block(width, width, 'dec', attention=True)
+                self.dec[f'{res}x{res}_in1'] = block(width, width, 'dec')
             else:
-                self.dec[f'{res}x{res}_up'] = Block(cout, cout, cemb, flavor='dec', resample_mode='up', **block_kwargs)
+                self.dec[f'{res}x{res}_up'] = block(width, width, 'dec', resample_mode='up')
             for idx in range(num_blocks + 1):
-                cin = cout + skips.pop()
-                cout = channels
-                self.dec[f'{res}x{res}_block{idx}'] = Block(cin, cout, cemb, flavor='dec', attention=(res in attn_resolutions), **block_kwargs)
-        self.out_conv = MPConv(cout, img_channels, kernel=[3, 3])
+                self.dec[f'{res}x{res}_block{idx}'] = block(width + skip_widths.pop(), widths[level], 'dec',
+                    attention=(res in attn_resolutions))
+                width = widths[level]
+        self.out_conv = MPConv(width, img_channels, kernel=[3, 3])
 
     def forward(self, x, noise_labels, class_labels):
-        # Embedding: noise level, plus the class (one-hot scaled to unit norm per element).
         emb = self.emb_noise(self.emb_fourier(noise_labels))
         if self.emb_label is not None:
-            emb = mp_sum(emb, self.emb_label(class_labels * np.sqrt(class_labels.shape[1])), t=self.label_balance)
+            # One-hot labels times sqrt(label_dim): unit magnitude, like the noise embedding.
+            class_emb = self.emb_label(class_labels * np.sqrt(class_labels.shape[1]))
+            emb = mp_sum(emb, class_emb, t=self.label_balance)
         emb = mp_silu(emb)
 
-        # Encoder.
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
         skips = []
-        for name, block in self.enc.items():
-            x = block(x) if 'conv' in name else block(x, emb)
+        for name, layer in self.enc.items():
+            x = layer(x) if name.endswith('_conv') else layer(x, emb)
             skips.append(x)
-
-        # Decoder.
-        for name, block in self.dec.items():
-            if 'block' in name:
+        for name, layer in self.dec.items():
+            if '_block' in name: # The _in and _up blocks take no skip connection.
                 x = mp_cat(x, skips.pop(), t=self.concat_balance)
-            x = block(x, emb)
-        x = self.out_conv(x, gain=self.out_gain)
-        return x
+            x = layer(x, emb)
+        return self.out_conv(x, gain=self.out_gain)
 
 #----------------------------------------------------------------------------
-# EDM preconditioning (Karras et al. 2022) around the U-Net, with the learned log-variance head
-# u(sigma) of EDM2 (Equation 21) used to weight the loss by uncertainty.
 
 @persistence.persistent_class
 class Precond(torch.nn.Module):
+    """EDM preconditioning (Karras et al. 2022) around the U-Net, with the learned log-variance
+    head u(sigma) of EDM2 (Equation 21) that weights the loss by uncertainty."""
+
     def __init__(self,
-        img_resolution,         # Image resolution.
-        img_channels,           # Image channels.
-        label_dim,              # Class label dimensionality. 0 = unconditional.
-        use_fp16        = True, # Run the model at FP16 precision (CUDA only; CPU always runs FP32).
-        sigma_data      = 0.5,  # Expected standard deviation of the training data.
-        logvar_channels = 128,  # Intermediate dimensionality for uncertainty estimation.
-        **unet_kwargs,          # Keyword arguments for UNet.
+        img_resolution,         # Resolution of the images (or latents) the network denoises.
+        img_channels,           # Their channels.
+        label_dim,              # Number of classes; 0 for an unconditional model.
+        use_fp16        = True, # Run the U-Net in fp16 (CUDA only; CPU always runs fp32).
+        sigma_data      = 0.5,  # Standard deviation of the training data, for the EDM scalings.
+        logvar_channels = 128,  # Fourier features of the log-variance head.
+        **unet_kwargs,          # Passed to UNet.
     ):
         super().__init__()
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
-        self.sigma_data = sigma_data
         self.unet = UNet(img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, **unet_kwargs)
         self.logvar_fourier = MPFourier(logvar_channels)
         self.logvar_linear = MPConv(logvar_channels, 1, kernel=[])
+        # The generator and the training loop read these (docs/families.md).
+        self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
+        self.use_fp16, self.sigma_data = use_fp16, sigma_data
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, return_logvar=False, **unet_kwargs):
+        """The denoised x for noise levels `sigma` (one per sample), and u(sigma) when asked."""
         x = x.to(torch.float32)
         sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
         if self.label_dim == 0:
@@ -295,23 +318,21 @@ class Precond(torch.nn.Module):
             class_labels = torch.zeros([1, self.label_dim], device=x.device)
         else:
             class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
-        dtype = torch.float16 if (self.use_fp16 and not force_fp32 and x.device.type == 'cuda') else torch.float32
+        fp16 = self.use_fp16 and not force_fp32 and x.device.type == 'cuda'
 
-        # Preconditioning weights.
-        c_skip = self.sigma_data ** 2 / (sigma ** 2 + self.sigma_data ** 2)
-        c_out = sigma * self.sigma_data / (sigma ** 2 + self.sigma_data ** 2).sqrt()
-        c_in = 1 / (self.sigma_data ** 2 + sigma ** 2).sqrt()
+        # D(x) = c_skip x + c_out F(c_in x, c_noise). The EDM formulas, each written as the
+        # official code writes it (bit for bit); sigma^2 + sigma_data^2 is shared.
+        sd = self.sigma_data
+        var = sigma ** 2 + sd ** 2
+        c_skip = sd ** 2 / var
+        c_out = sigma * sd / var.sqrt()
+        c_in = 1 / var.sqrt()
         c_noise = sigma.flatten().log() / 4
-
-        # Run the model.
-        x_in = (c_in * x).to(dtype)
-        F_x = self.unet(x_in, c_noise, class_labels, **unet_kwargs)
-        D_x = c_skip * x + c_out * F_x.to(torch.float32)
-
-        if return_logvar:
-            logvar = self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1, 1, 1, 1)
-            return D_x, logvar
-        return D_x
+        F = self.unet((c_in * x).to(torch.float16 if fp16 else torch.float32), c_noise, class_labels, **unet_kwargs)
+        denoised = c_skip * x + c_out * F.to(torch.float32)
+        if not return_logvar:
+            return denoised
+        return denoised, self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1, 1, 1, 1)
 
 #----------------------------------------------------------------------------
 # EDM2 loss: log-normal noise levels, EDM weighting lambda(sigma) = 1 / c_out(sigma)^2, and
@@ -336,29 +357,29 @@ class EDM2Loss:
         return self.p_uncond > 0
 
     def __call__(self, net, images, labels=None):
-        rnd_normal = torch.randn([images.shape[0], 1, 1, 1], device=images.device)
-        sigma = (rnd_normal * self.P_std + self.P_mean).exp()
-        weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
-        noise = torch.randn_like(images) * sigma
+        # Random draws in a fixed order (noise levels, noise, then the label dropout): a seed gives
+        # the same run.
+        log_sigma = torch.randn([images.shape[0], 1, 1, 1], device=images.device) * self.P_std + self.P_mean
+        sigma = log_sigma.exp()
+        noisy = images + torch.randn_like(images) * sigma
         if labels is not None and self.p_uncond > 0:
             keep = torch.rand([labels.shape[0], 1], device=labels.device) >= self.p_uncond
             labels = labels * keep.to(labels.dtype)
-        denoised, logvar = net(images + noise, sigma, labels, return_logvar=True)
-        loss = (weight / logvar.exp()) * ((denoised - images) ** 2) + logvar
-        return loss
+        denoised, logvar = net(noisy, sigma, labels, return_logvar=True)
+        weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2 # lambda(sigma)
+        return (weight / logvar.exp()) * ((denoised - images) ** 2) + logvar
 
 #----------------------------------------------------------------------------
-# Learning-rate schedules, chosen by the preset option `lr_schedule` (LR_SCHEDULES).
+# Learning-rate schedules, chosen by the preset option `lr_schedule` (LR_SCHEDULES). Each is the
+# plain float arithmetic of the schedule it reproduces, operation for operation.
 
 def learning_rate_schedule(cur_nimg, batch_size, ref_lr=100e-4, ref_batches=70e3, rampup_Mimg=10):
     """EDM2: linear warm-up over `rampup_Mimg` million images, constant until `ref_batches`
     batches, then inverse square root decay."""
     lr = ref_lr
     if ref_batches > 0:
-        lr /= np.sqrt(max(cur_nimg / (ref_batches * batch_size), 1))
-    if rampup_Mimg > 0:
-        lr *= min(cur_nimg / (rampup_Mimg * 1e6), 1)
-    return lr
+        lr = lr / np.sqrt(max(cur_nimg / (ref_batches * batch_size), 1))
+    return _warmup(lr, cur_nimg, rampup_Mimg)
 
 def multisource_lr_schedule(cur_nimg, batch_size, ref_lr=100e-4, ref_batches=70e3, rampup_Mimg=10):
     """The multi-source study's variant: ref_lr up to and including t_ref = decay*batch images,
@@ -368,9 +389,13 @@ def multisource_lr_schedule(cur_nimg, batch_size, ref_lr=100e-4, ref_batches=70e
     lr = ref_lr
     t_ref = ref_batches * batch_size
     if ref_batches > 0 and cur_nimg > t_ref:
-        lr /= np.sqrt(4 * cur_nimg / t_ref)
+        lr = lr / np.sqrt(4 * cur_nimg / t_ref)
+    return _warmup(lr, cur_nimg, rampup_Mimg)
+
+def _warmup(lr, cur_nimg, rampup_Mimg):
+    """lr scaled by the fraction of the warm-up done (none when rampup_Mimg is 0)."""
     if rampup_Mimg > 0:
-        lr *= min(cur_nimg / (rampup_Mimg * 1e6), 1)
+        lr = lr * min(cur_nimg / (rampup_Mimg * 1e6), 1)
     return lr
 
 LR_SCHEDULES = dict(

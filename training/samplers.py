@@ -116,7 +116,7 @@ def edm_sampler(net, noise, labels=None, gnet=None, guidance=1.0, solver='heun',
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])): # 0, ..., N-1
         x_cur = x_next
 
-        # Increase noise temporarily.
+        # Churn: raise the noise level from t_cur to t_hat with fresh noise.
         if solver == 'heun_sde':
             gamma = gamma_all
         elif S_churn > 0 and S_min <= t_cur <= S_max:
@@ -130,11 +130,11 @@ def edm_sampler(net, noise, labels=None, gnet=None, guidance=1.0, solver='heun',
             t_hat = t_cur
             x_hat = x_cur
 
-        # Euler step.
+        # First-order step to t_next along the ODE's direction at (x_hat, t_hat).
         d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat
         x_next = x_hat + (t_next - t_hat) * d_cur
 
-        # Apply 2nd order correction.
+        # Heun: average the directions at both ends (not on the last step, which lands on 0).
         if solver != 'euler' and i < num_steps - 1:
             d_prime = (x_next - denoise(x_next, t_next)) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
