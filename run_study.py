@@ -173,10 +173,9 @@ class Study:
         say(f'Working directory: {os.getcwd()}')
         say(f'Study in {self.out} ({self.data}): {sum(m["kind"] == "multi" for m in models)} multi-source and '
             f'{sum(m["kind"] == "single" for m in models)} single-source models, {self.jobs} at a time')
-        for class_id in sorted({c for m in models for c in m['classes']}):
-            self.build_reference(class_id)
-        for model in models:
-            self.build_dataset(model)
+        with concurrent.futures.ThreadPoolExecutor(self.jobs) as pool: # list(): re-raise the first failure.
+            list(pool.map(self.build_reference, sorted({c for m in models for c in m['classes']})))
+            list(pool.map(self.build_dataset, {self.dataset(m): m for m in models}.values())) # Each file once.
         start, done = time.time(), []
         def train_and_score(model):
             began = time.time()
