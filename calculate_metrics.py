@@ -332,7 +332,9 @@ def bpd(net, data, num, seed, batch, mode, steps, policy, draws, workers, result
     device = dist.get_device()
     snapshot = generate.load_snapshot(net, device=device, verbose=(dist.get_rank() == 0))
     if not callable(getattr(snapshot.net, 'bpd', None)):
-        raise ValueError(f'--net {net}: {type(snapshot.net).__name__} has no likelihood (bpd); bits/dim needs an ARDM snapshot')
+        why = getattr(snapshot.net, 'no_bpd_reason', 'it defines no likelihood')
+        raise ValueError(f'--net {net}: bits/dim does not apply to {type(snapshot.net).__name__}: {why}; '
+            'it needs a likelihood model (an ARDM snapshot); score samples with "gen" instead')
     dataset = open_image_dataset(data, '--data', max_size=num, seed=seed)
     if num is not None and len(dataset) < num:
         raise ValueError(f'--data {data}: found {len(dataset)} images, but --num {num} requested')

@@ -374,7 +374,7 @@ def test_bpd(digits, snapshots, tmp_path):
     assert exact.exit_code == 0, exact.output
     record = json.loads(exact.output.strip().splitlines()[-1])
     assert record['num'] == 359 and record['mode'] == 'exact' and record['value'] == pytest.approx(expected_bpd(359), rel=1e-7)
-    expect_error(['bpd', '--net', snapshots['uncond'], '--data', digits['test']], 'has no likelihood')
+    expect_error(['bpd', '--net', snapshots['uncond'], '--data', digits['test']], 'bits/dim does not apply to', 'it defines no likelihood')
     expect_error(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--policy', 'naive'], '--mode exact with --steps')
     expect_error(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--mode', 'exact', '--policy', 'fast', '--steps', '4'], "'fast' is not one of", exit_code=2)
 

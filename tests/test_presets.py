@@ -20,7 +20,7 @@ from training import training_loop
 
 def preset_data(name):
     """The data a preset is made for: RandomData arguments (tests/loop_family.py)."""
-    if name.startswith('edm2-img512') or name in ['mar-b', 'mar-l', 'mar-h']:
+    if name.startswith('edm2-img512') or name in ['mar-b', 'mar-l', 'mar-h', 'ar-b']:
         return dict(resolution=64 if name.startswith('edm2') else 32, channels=4, label_dim=1000, latent=True) # 512 / 256 px via the VAE.
     if name.startswith('edm2-img256'):
         return dict(resolution=32, channels=4, label_dim=int(name.split('-')[3][:-1]), latent=True) # K sources.
@@ -37,7 +37,8 @@ def reduced(name):
     """Overrides that shrink a preset's network to CPU size but keep its structure (levels,
     blocks, attention, heads, tokens, patches, stages): EDM2 8 base channels with 4 per attention
     head, ARDM 8 channels, MAR 2 per attention head and a 16-wide head; mar-b/l/h also 2 + 2
-    transformer blocks and 2 head blocks (instead of 12-20 and 6-12). Full sizes are checked by
+    transformer blocks and 2 head blocks (instead of 12-20 and 6-12), ar-b 4 causal blocks and 2
+    head blocks (instead of 24 and 6). Full sizes are checked by
     parameter count in test_networks_edm2.py and test_networks_mar.py."""
     opts = presets.resolve(name)
     if opts.family == 'edm2':
@@ -47,6 +48,8 @@ def reduced(name):
     small = dict(width=2 * opts.num_heads, head_width=16)
     if name in ['mar-b', 'mar-l', 'mar-h']:
         small.update(encoder_depth=2, decoder_depth=2, head_depth=2)
+    if name == 'ar-b':
+        small.update(depth=4, head_depth=2)
     return small
 
 @pytest.mark.parametrize('name', sorted(presets.PRESETS))
@@ -88,6 +91,8 @@ DIGITS_SMALL = {
     'ardm-digits-blur': dict(channels=16, num_blocks=1),
     'mar-digits': dict(width=16, num_heads=2, encoder_depth=1, decoder_depth=1, head_width=16, head_depth=1, batch_mul=1),
     'mar-digits-flow': dict(width=32, num_heads=2, encoder_depth=1, decoder_depth=1, head_width=32, head_depth=1, batch_mul=1),
+    'mar-digits-edm': dict(width=16, num_heads=2, encoder_depth=1, decoder_depth=1, head_width=16, head_depth=1, batch_mul=1),
+    'mar-digits-causal': dict(width=16, num_heads=2, depth=2, head_width=16, head_depth=1, batch_mul=1),
 }
 
 @pytest.mark.parametrize('name', sorted(DIGITS_SMALL))

@@ -171,6 +171,14 @@ _MAR_DIGITS = dict(family='mar', duration='96Ki', batch=128, status='8Ki', snaps
     head_width=128, head_depth=3, data_bound=1.0, sample_steps=8, lr=1e-3, rampup=0.01, ema_halflife=6)
 preset('mar-digits', **_MAR_DIGITS)
 preset('mar-digits-flow', **(_MAR_DIGITS | dict(head='flow')))
+# The EDM head (sigma_data 0.5, 32 Heun steps) on the masked model, and the causal model in raster
+# order with the same head and the same number of blocks (8) at the same width.
+preset('mar-digits-edm', **(_MAR_DIGITS | dict(head='edm')))
+preset('mar-digits-causal', **(_MAR_DIGITS | dict(order='raster', depth=8, head='edm')))
+
+# The paper's causal baseline (its "AR, raster order" rows) at the base size: MAR-B's 24 blocks of
+# width 768 as one causal transformer, the DiffLoss head, the same recipe and data as mar-b.
+preset('ar-b', **(PRESETS['mar-b'] | dict(order='raster', depth=24)))
 
 #----------------------------------------------------------------------------
 # The official EDM2 post-hoc-EMA reconstructions (the preset table of NVlabs/edm2's
