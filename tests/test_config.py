@@ -81,7 +81,7 @@ def test_every_preset_builds_on_digits_sized_data(name, tiny_zip):
     # on the meta device for 4x4 data when the preset's architecture fits it.
     opts = presets.resolve(name)
     family = presets.family_kwargs(opts)
-    network = {'edm2': 'Precond', 'ardm': 'ARDMNet', 'mar': {'random': 'MAR', 'raster': 'CausalAR'}[opts.get('order')]}[opts.family]
+    network = {'edm2': 'Precond', 'ardm': 'ARDMNet', 'mar': {'random': 'MAR', 'raster': 'CausalAR'}.get(opts.get('order'))}[opts.family]
     assert family['network_kwargs']['class_name'] == f'training.networks_{opts.family}.{network}'
     if opts.family == 'ardm' or name.endswith('digits') or '-digits-' in name:
         config.build(name, dict(channel_mult=[1, 1]) if opts.family == 'edm2' else {}, data=tiny_zip)

@@ -95,7 +95,8 @@ class TinyConvDenoiser(torch.nn.Module):
 # Reference outputs of the OFFICIAL EDM2 sampler (NVlabs/edm2 4bf8162, generate_images.edm_sampler)
 # on TinyConvDenoiser, made once by running the official code on these inputs (its code is not
 # part of this project: its licence is non-commercial). On the machine that made them ours equals
-# them bit for bit (max difference 0); the tolerance only allows another CPU's float rounding.
+# them bit for bit (max difference 0); on another CPU float rounding differs (measured up to
+# 2.6e-6 on outputs of magnitude 5, case 2): the tolerance allows that, a wrong step is ~1e-2.
 KWARGS = [dict(), dict(num_steps=7, S_churn=20, S_min=0.05, S_max=10, S_noise=1.003), dict(guidance=1.7, num_steps=5)]
 OFFICIAL_HEUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'official_heun.npz')
 
@@ -109,8 +110,8 @@ def test_heun_is_the_official_sampler(case):
         ours = edm_sampler(net, noise, torch.eye(3), gnet=gnet, rnd=StackedRandomGenerator('cpu', seeds), **KWARGS[case])
     with np.load(OFFICIAL_HEUN) as reference:
         theirs = torch.as_tensor(reference[f'case{case}'])
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
-    assert (ours - theirs).abs().max() < 1e-6 and not torch.equal(ours, noise * 80) # Not a trivial pass.
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert not torch.equal(ours, noise * 80) # Not a trivial pass.
 
 #----------------------------------------------------------------------------
 # Accuracy on the analytic model.
