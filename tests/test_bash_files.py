@@ -149,11 +149,14 @@ def test_train_generate_score(work):
     launch(work, 'train/train_multisource.sh', *train, '--outdir', 'runs/two', '--gpus', 2) # torchrun, 2 processes.
     for run in [out / 'runs' / 'sim3-2c-12-s0', work[0] / 'runs' / 'two']:
         assert {'network-snapshot-0000001-0.050.pkl', 'network-snapshot-0000001-0.100.pkl', 'training-state-0000001.pt'} <= set(os.listdir(run))
-    launch(work, 'generate/generate_multisource.sh', '--run', run_dir, '--sources', 2, '--outdir', 'gen', '--num', 3, '--steps', 2)
+    generated = launch(work, 'generate/generate_multisource.sh', '--run', run_dir, '--sources', 2, '--outdir', 'gen', '--num', 3, '--steps', 2)
+    assert all('torch.distributed.run' not in c for c in commands(generated)) # One process: plain python.
     for k in range(2):
         names = sorted(os.listdir(work[0] / 'gen' / 'network-snapshot-0000001-0.050' / f'class{k}'))
         assert names == ['000000.png', '000001.png', '000002.png']
-    scored = launch(work, 'metrics/score_multisource.sh', '--run', run_dir, '--refs', 'study/refs', '--num', 10, '--steps', 2)
+    # Under torchrun (2 processes): its option parser must not see --num (torchrun_py puts -- first).
+    scored = launch(work, 'metrics/score_multisource.sh', '--run', run_dir, '--refs', 'study/refs', '--num', 10, '--steps', 2, '--gpus', 2)
+    assert any('torch.distributed.run --standalone --nproc_per_node=2 -- ' in c and '--num 10' in c for c in commands(scored))
     records = [json.loads(line) for line in open(out / 'runs' / 'sim3-2c-12-s0' / 'metrics-per-source.jsonl')]
     assert [(r['source'], r['metric']) for r in records] == [(171, 'fid'), (171, 'fd_dinov2'), (182, 'fid'), (182, 'fd_dinov2')]
     assert all(r['ref'] == f'study/refs/imagenet-{r["source"]}.pkl' and r['value'] > 0 for r in records)
