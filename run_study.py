@@ -32,13 +32,13 @@ from training import study
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # Digits: the training split gives the sources' images, the test split (never trained on) their
-# references; a model trains on 16Ki images per source (a multi-source model K times as many as
+# references; a model trains on 10Ki images per source (a multi-source model K times as many as
 # a single-source one, so that every source gets the same share of training). ImageNet: images
 # encoded to latents, references from all images of each class, the study's own presets.
 PROFILES = dict(
     digits=dict(source='builtin:digits-train', held_out='builtin:digits-test', crop=None, encode=False,
         metrics='fd_digits,digits_acc', num=100, gen=['--steps', '16'], ema='0.100', preset='edm2-digits',
-        train=['--batch', '64', '--workers', '0'], per_source='16Ki'),
+        train=['--batch', '64', '--workers', '0'], per_source='10Ki'),
     imagenet=dict(source=None, held_out=None, crop='center-crop-dhariwal', encode=True,
         metrics='fid,fd_dinov2', num=5000, gen=[], ema='0.050', preset='edm2-img256-xs-{K}c-{N}',
         train=[], per_source=None),
@@ -240,7 +240,7 @@ def cmdline():
 
 @cmdline.command()
 @grid_options
-@click.option('--duration', help='Training images per model  [default: digits 16Ki per source; ImageNet the preset\'s]', metavar='NIMG', type=str, default=None)
+@click.option('--duration', help='Training images per model  [default: digits 10Ki per source; ImageNet the preset\'s]', metavar='NIMG', type=str, default=None)
 @click.option('--num', help='Generated images per source for the metrics  [default: digits 100, ImageNet 5000]', metavar='INT', type=click.IntRange(min=2), default=None)
 @click.option('--gpus', help='Processes per training and scoring command (torchrun)', metavar='INT', type=click.IntRange(min=1), default=1, show_default=True)
 @click.option('--batch-gpu', help='Images per GPU and step (gradient accumulation)', metavar='INT', type=click.IntRange(min=1), default=None)
