@@ -5,7 +5,7 @@
 # multi-source and 36 single-source models, scored source by source (digits Frechet distance and
 # classifier agreement, 100 samples per source) against each digit's held-out test images.
 # Writes OUTDIR/study.csv, study.md (the paper's table) and study.png; re-running skips what is
-# done. About 40 minutes on 2 CPU cores (two models at a time); --quick: 10 models, a few minutes.
+# done. 55 minutes on 2 CPU cores (two models at a time); --quick: 10 models, 8.5 minutes.
 #
 # Usage: bash_files/study/digits.sh OUTDIR [--quick] [--jobs INT] [--levels LIST] [--sources LIST]
 #            [--per-class LIST] [--seeds LIST] [--duration NIMG] [--num INT] [--set KEY=VALUE]... [--dry-run]
