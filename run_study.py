@@ -6,7 +6,7 @@ on the built-in digits (laptop-sized); bash_files/ launch it. Every step runs on
 project's command-line tools, printed as it runs; re-running skips what is done.
 
     python run_study.py grid --data digits --out study-digits --jobs 2     # the default digits grid
-    python run_study.py grid --data digits --out quick --quick             # 8.5 minutes on 2 cores
+    python run_study.py grid --data digits --out quick --quick --jobs 2    # 8.5 minutes on 2 cores
     python run_study.py grid --data imagenet --source /data/imagenet/train --out study \\
         --levels sim3 --sources 5 --per-class 500 --gpus 8 --batch-gpu 32
 
