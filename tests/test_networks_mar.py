@@ -461,6 +461,22 @@ def test_guidance_one_is_the_unguided_path(head, order):
     assert torch.allclose(networks_mar.combine_guidance(out, guide, 2.0, 3)[:, :3], 2 * out[:, :3] - guide[:, :3])
 
 @pytest.mark.parametrize('order', ['random', 'raster'])
+def test_linear_guidance_schedule_weights(order):
+    # The head is guided with w = 1 + (guidance - 1) * (tokens revealed after the step) / L:
+    # masked, K = 4 steps of 4 tokens (the cosine schedule's counts); causal, one token per step.
+    net = tiny_net(order=order)
+    weights = []
+    head_sample = net.head.sample
+    net.head.sample = lambda z, rnd, guidance=1.0, **kw: weights.append(guidance) or head_sample(z, rnd, guidance=guidance, **kw)
+    net.sample(torch.zeros([1, 1, 8, 8]), one_hot([1]), StackedRandomGenerator('cpu', [0]), guidance=3.0,
+        guidance_schedule='linear', head_steps=2, **({'steps': 4} if order == 'random' else {}))
+    revealed = np.cumsum(unmasking_schedule(16, 4)) if order == 'random' else np.arange(1, 17)
+    assert weights == pytest.approx(list(1 + 2 * revealed / 16), abs=1e-12)
+    weights.clear()
+    net.sample(torch.zeros([1, 1, 8, 8]), one_hot([1]), StackedRandomGenerator('cpu', [0]), guidance=3.0, head_steps=2)
+    assert set(weights) == {3.0}
+
+@pytest.mark.parametrize('order', ['random', 'raster'])
 @pytest.mark.parametrize('head', HEADS)
 def test_seed_gives_same_image_whatever_the_batch(head, order):
     net = tiny_net(head, order=order)
