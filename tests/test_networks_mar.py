@@ -493,7 +493,8 @@ def test_seed_gives_same_image_whatever_the_batch(head, order):
 def test_sample_rejects_unknown_options(order):
     net = tiny_net(order=order)
     sample = lambda **kw: net.sample(torch.zeros([1, 1, 8, 8]), one_hot([0]), StackedRandomGenerator('cpu', [0]), **kw)
-    with pytest.raises(ValueError, match='num_steps'):
+    options = 'steps, temperature, guidance_schedule, head_steps' + (', use_cache' if order == 'raster' else '')
+    with pytest.raises(ValueError, match=f'does not understand num_steps; its options are {options}$'):
         sample(num_steps=3)
     with pytest.raises(ValueError, match='guidance_schedule'):
         sample(guidance_schedule='cosine')

@@ -375,7 +375,9 @@ class EDMHead(torch.nn.Module):
         return (self.net(c_in * x, t, z) - target).square().mean(-1)
 
     def noise_levels(self, num_steps):
-        """sigma_max = sigma_0 > ... > sigma_{N-1} = sigma_min, then 0 (float64)."""
+        """sigma_max = sigma_0 > ... > sigma_{N-1} = sigma_min, then 0 (float64). The schedule of
+        training.samplers.karras_sigmas (tested equal), written here because a snapshot embeds
+        this module's source and must load without the training package."""
         ramp = np.linspace(0, 1, num_steps) if num_steps > 1 else np.zeros(1)
         sigmas = (self.sigma_max ** (1 / self.rho) + ramp * (self.sigma_min ** (1 / self.rho) - self.sigma_max ** (1 / self.rho))) ** self.rho
         return np.append(sigmas, 0.0)
@@ -486,7 +488,7 @@ class TokenModel(torch.nn.Module):
         same labels, or this network's null class."""
         if unknown:
             raise ValueError(f'{type(self).__name__} sampling does not understand {", ".join(sorted(unknown))}; '
-                'its options are steps, temperature, guidance_schedule, head_steps')
+                f'its options are {", ".join(self.sampler_options)}')
         if guidance_schedule not in ['constant', 'linear']:
             raise ValueError(f'{type(self).__name__}: guidance_schedule must be "constant" or "linear", got {guidance_schedule!r}')
         if gnet is not None and getattr(gnet, 'order', 'random') != self.order:
@@ -506,6 +508,7 @@ class TokenModel(torch.nn.Module):
 @persistence.persistent_class
 class MAR(TokenModel):
     order = 'random'
+    sampler_options = ['steps', 'temperature', 'guidance_schedule', 'head_steps']
 
     def __init__(self,
         img_resolution,                 # Net-space resolution (pixels, or latents).
@@ -612,6 +615,7 @@ class MAR(TokenModel):
 @persistence.persistent_class
 class CausalAR(TokenModel):
     order = 'raster'
+    sampler_options = ['steps', 'temperature', 'guidance_schedule', 'head_steps', 'use_cache']
 
     def __init__(self,
         img_resolution,                 # Net-space resolution (pixels, or latents).
@@ -631,7 +635,6 @@ class CausalAR(TokenModel):
         mixed_precision = True,         # bfloat16 transformer on CUDA (CPU always runs float32).
     ):
         super().__init__(img_resolution, img_channels, label_dim, patch_size, width, data_bound, mixed_precision)
-        self.sample_steps = self.seq_len # One token per step.
         self.pos = torch.nn.Parameter(torch.randn([self.seq_len, width]) * 0.02)
         self.input_norm = torch.nn.LayerNorm(width, eps=1e-6)
         self.blocks = torch.nn.ModuleList([Block(width, num_heads, mlp_ratio, dropout) for _ in range(depth)])
