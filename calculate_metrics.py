@@ -1,7 +1,10 @@
 """Calculate evaluation metrics: Frechet distances in the feature spaces of training/detectors.py
-(FID, FD-DINOv2, the demo's FD-digits), the digits classification accuracy of generated images,
-and bits/dim of likelihood networks (ARDM). Reference statistics use EDM2's pickle format
-({metric: {'mu', 'sigma'}}, plus 'num_images'); EDM2's published reference pickles are accepted.
+(FID, FD-DINOv2, the demo's FD-digits), kernel distances in the same spaces (KID, kid_dinov2,
+kid_digits: unbiased, 0 in expectation for real data), the digits classification accuracy of
+generated images, bits/dim of likelihood networks (ARDM), and the floor of a metric (real images
+resampled to the evaluation's sizes). Reference statistics use EDM2's pickle format
+({metric: {'mu', 'sigma'}}, plus 'num_images'; kernel metrics keep the features themselves);
+EDM2's published reference pickles are accepted.
 
 Statistics are float64 sums (count, sum x, sum x x^T) accumulated over batches and reduced over
 ranks, so a torchrun job gives the statistics of all its images.
@@ -12,6 +15,8 @@ Examples:
     python calculate_metrics.py calc --images=out/ --ref=refs/img512.pkl --num=50000
     torchrun --standalone --nproc_per_node=8 calculate_metrics.py gen --net=snapshot.pkl \\
         --ref=refs/img512.pkl --class=3 --results=metrics.jsonl --tag="model=multi source=3"
+    python calculate_metrics.py floor --data=train-class3.zip --ref=refs/class3.pkl --num=300 \\
+        --metrics=fd_digits,kid_digits
     python calculate_metrics.py bpd --net=ardm.pkl --data=digits-test.zip
     python calculate_metrics.py table --results=metrics.jsonl --rows=model --cols=metric
     python calculate_metrics.py weights --check=fid,fd_dinov2
@@ -37,13 +42,16 @@ from training.samplers import StackedRandomGenerator
 #----------------------------------------------------------------------------
 # Options shared by the commands.
 
+FEATURE_METRICS = sorted([*detectors_lib.DETECTORS, *metrics_lib.KERNEL_METRICS]) # Compared with reference statistics.
+ALL_METRICS = sorted([*FEATURE_METRICS, *detectors_lib.CLASSIFIERS])
+
 def parse_metrics(metrics, allowed):
     names = [m.strip() for m in metrics.split(',') if m.strip()]
     if not names:
         raise ValueError('--metrics: no metric given')
     for name in names:
         if name not in allowed:
-            others = sorted(set(detectors_lib.DETECTORS) | set(detectors_lib.CLASSIFIERS))
+            others = ALL_METRICS
             hint = '' if name not in others else ' here (digits_acc needs generated images with labels: use gen)'
             raise ValueError(f'--metrics: unknown metric "{name}"{hint}; choose from {", ".join(allowed)}')
     return list(dict.fromkeys(names))
@@ -79,17 +87,24 @@ def detector_options(fn):
         return fn(*args, detector_kwargs=detector_kwargs, **kwargs)
     return wrapper
 
+def detector_name(metric):
+    """The detector (named by its Frechet metric) whose features a metric uses."""
+    return metrics_lib.KERNEL_METRICS.get(metric, metric)
+
 def load_detectors(metrics, device, detector_kwargs):
-    """Detector objects for the Frechet metrics and classifiers for the accuracy metrics."""
-    result = {}
+    """Detector objects for the Frechet and kernel metrics (one per feature space, shared) and
+    classifiers for the accuracy metrics."""
+    loaded, result = {}, {}
     for metric in metrics:
+        name = detector_name(metric)
         try:
-            if metric in detectors_lib.DETECTORS:
-                result[metric] = detectors_lib.DETECTORS[metric](device=device, **detector_kwargs.get(metric, {}))
-            else:
-                result[metric] = detectors_lib.CLASSIFIERS[metric](device=device)
+            if name not in loaded and name in detectors_lib.DETECTORS:
+                loaded[name] = detectors_lib.DETECTORS[name](device=device, **detector_kwargs.get(name, {}))
+            elif name not in loaded:
+                loaded[name] = detectors_lib.CLASSIFIERS[name](device=device)
         except detectors_lib.DetectorUnavailable as e:
             raise FileNotFoundError(str(e)) from e
+        result[metric] = loaded[name]
     return result
 
 def load_reference(ref, metrics, detectors=None):
@@ -181,7 +196,7 @@ def cmdline():
 def ref(data, dest, metrics, class_spec, batch, workers, overwrite, detector_kwargs):
     """Reference statistics of a dataset (all of it, or one class)."""
     dist.init()
-    metrics = parse_metrics(metrics, detectors_lib.DETECTORS)
+    metrics = parse_metrics(metrics, FEATURE_METRICS)
     util.check_new_output(dest, '--dest', overwrite=overwrite)
     dataset = open_image_dataset(data, '--data')
     class_idx, indices = (None, np.arange(len(dataset))) if class_spec is None else class_indices(dataset, class_spec, data)
@@ -217,7 +232,7 @@ def ref(data, dest, metrics, class_spec, batch, workers, overwrite, detector_kwa
 def calc(images, ref_path, metrics, num, seed, batch, workers, results, tag, detector_kwargs):
     """Metrics of a set of images against reference statistics."""
     dist.init()
-    metrics = parse_metrics(metrics, detectors_lib.DETECTORS)
+    metrics = parse_metrics(metrics, FEATURE_METRICS)
     tags = parse_tags(tag)
     if results:
         util.check_writable(results, '--results')
@@ -234,6 +249,51 @@ def calc(images, ref_path, metrics, num, seed, batch, workers, results, tag, det
         evaluation.update(x.to(device))
     values = evaluation.all_reduce().results(ref_stats)
     report([dict(metric=m, value=v, images=images, ref=ref_path, num=num, seed=seed) for m, v in values.items()], results, tags)
+
+#----------------------------------------------------------------------------
+
+@cmdline.command()
+@click.option('--data', help='Real images: ZIP or folder', metavar='ZIP|DIR', type=str, required=True)
+@click.option('--ref', 'ref_path', help='Reference statistics: pickle, .npz or URL', metavar='PKL|NPZ|URL', type=str, required=True)
+@click.option('--metrics', help='Comma-separated metrics', metavar='LIST', type=str, default='fid,fd_dinov2', show_default=True)
+@click.option('--class', 'class_spec', help='Only the images of this class: index 0..K-1, or a source: id:N, name:NAME or NAME', metavar='INT|id:N|NAME', type=str, default=None)
+@click.option('--num', help='Images per draw (drawn with replacement): the sample size of the evaluation it is the floor of', metavar='INT', type=click.IntRange(min=2), required=True)
+@click.option('--draws', help='Number of draws', metavar='INT', type=click.IntRange(min=1), default=20, show_default=True)
+@click.option('--seed', help='Seed of the draws', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--batch', help='Images per batch per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--workers', help='DataLoader worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
+@click.option('--results', help='Append the results to this JSONL file', metavar='FILE', type=str, default=None)
+@click.option('--tag', help='Extra result fields, "key=value key2=value2"', metavar='STR', type=str, default=None)
+@detector_options
+@util.one_line_errors
+def floor(data, ref_path, metrics, class_spec, num, draws, seed, batch, workers, results, tag, detector_kwargs):
+    """The floor of a metric: real images scored as if a model had generated them. Each draw
+    takes --num of the real images with replacement (the sample size of the evaluation) and
+    scores them against --ref; prints the mean over the draws (value) and their standard
+    deviation (std). Give real images that the reference does not hold (e.g. the training
+    images of the class, when the reference holds the held-out ones): a model whose score does
+    not clearly exceed this cannot be told from real data at these sizes."""
+    dist.init()
+    metrics = parse_metrics(metrics, FEATURE_METRICS)
+    tags = parse_tags(tag)
+    if results:
+        util.check_writable(results, '--results')
+    load_reference(ref_path, metrics)
+    dataset = open_image_dataset(data, '--data')
+    class_idx, indices = (None, np.arange(len(dataset))) if class_spec is None else class_indices(dataset, class_spec, data)
+    if len(indices) < 2:
+        raise ValueError(f'--data {data}: {len(indices)} image(s){"" if class_idx is None else f" of class {class_idx}"}, need at least 2')
+    device = dist.get_device()
+    detectors = load_detectors(metrics, device, detector_kwargs)
+    ref_stats = load_reference(ref_path, metrics, detectors)
+    dist.print0(f'Floor of {", ".join(metrics)}: {draws} draws of {num} of the {len(indices)} images of {data} against {ref_path}')
+    evaluation = metrics_lib.Evaluation(detectors, device, keep_features=True)
+    for _, images, _ in iterate_images(dataset, indices, batch, workers):
+        evaluation.update(images.to(device))
+    real = evaluation.all_reduce().features()
+    values = metrics_lib.resampled_values(real, ref_stats, num=num, draws=draws, seed=seed, device=device)
+    base = dict(data=data, ref=ref_path, num=num, draws=draws, seed=seed, images=int(len(indices)), **({} if class_idx is None else {'class': class_idx}))
+    report([dict(metric=m, value=float(np.mean(v)), std=float(np.std(v, ddof=1)) if draws > 1 else 0.0, **base) for m, v in values.items()], results, tags)
 
 #----------------------------------------------------------------------------
 
@@ -259,11 +319,11 @@ def gen(net, ref_path, metrics, num, seed, class_spec, per_class, guidance, gnet
     that source's reference). Accuracy metrics compare the predicted class with the class's
     original id when the snapshot records its sources (dataset.json), else with its index."""
     dist.init()
-    metrics = parse_metrics(metrics, {**detectors_lib.DETECTORS, **detectors_lib.CLASSIFIERS})
+    metrics = parse_metrics(metrics, ALL_METRICS)
     tags = parse_tags(tag)
-    fd_metrics = [m for m in metrics if m in detectors_lib.DETECTORS]
-    if fd_metrics and ref_path is None:
-        raise ValueError(f'--ref: needed for {", ".join(fd_metrics)}')
+    ref_metrics = [m for m in metrics if m in FEATURE_METRICS]
+    if ref_metrics and ref_path is None:
+        raise ValueError(f'--ref: needed for {", ".join(ref_metrics)}')
     if per_class and class_spec is not None:
         raise ValueError('--per-class scores every class; it does not go with --class')
     if results:
@@ -274,9 +334,9 @@ def gen(net, ref_path, metrics, num, seed, class_spec, per_class, guidance, gnet
     if per_class and snapshot.label_dim == 0:
         raise ValueError('--per-class: the network is unconditional')
     ids = [s['original_id'] for s in sorted(snapshot.sources, key=lambda s: s['label'])] if snapshot.sources else None
-    refs = {c: class_reference(ref_path, c, ids) for c in classes} if fd_metrics else {}
+    refs = {c: class_reference(ref_path, c, ids) for c in classes} if ref_metrics else {}
     for ref in dict.fromkeys(refs.values()):
-        load_reference(ref, fd_metrics) # Every file readable before any work.
+        load_reference(ref, ref_metrics) # Every file readable before any work.
     guide = generate.load_snapshot(gnet, device=device, verbose=(dist.get_rank() == 0)).net if gnet else None
     generate.check_guidance(snapshot, gnet=guide, guidance=guidance)
     generate.check_guide(snapshot.net, guide)
@@ -291,11 +351,11 @@ def gen(net, ref_path, metrics, num, seed, class_spec, per_class, guidance, gnet
         for r in generate.generate_images(snapshot.net, snapshot.encoder, seeds=range(seed, seed + num), class_idx=class_idx,
                 batch_size=batch, device=device, gnet=guide, guidance=guidance, verbose=(dist.get_rank() == 0), **sampler_kwargs):
             evaluation.update(r.images.to(device), r.labels if ids is None or r.labels is None else torch.as_tensor(ids)[r.labels.cpu()])
-        ref_stats = load_reference(refs[class_idx], fd_metrics, detectors) if fd_metrics else None
+        ref_stats = load_reference(refs[class_idx], ref_metrics, detectors) if ref_metrics else None
         base = dict(net=net, num=num, seed=seed, **{'class': class_idx}, guidance=guidance)
         base.update(dict(source=ids[class_idx]) if ids is not None and isinstance(class_idx, int) else {})
         base.update(dict(steps=steps) if steps is not None else {})
-        base.update(dict(ref=refs[class_idx]) if fd_metrics else {})
+        base.update(dict(ref=refs[class_idx]) if ref_metrics else {})
         records += [dict(metric=m, value=v, **base) for m, v in evaluation.all_reduce().results(ref_stats).items()]
     report(records, results, tags)
 
@@ -422,11 +482,11 @@ def table(results, rows, cols, dest, overwrite):
 @util.one_line_errors
 def weights(metrics, detector_kwargs):
     """Exit 0 when the detectors' pretrained files are on this machine, else 1 (names the files)."""
-    metrics = parse_metrics(metrics, {**detectors_lib.DETECTORS, **detectors_lib.CLASSIFIERS})
+    metrics = parse_metrics(metrics, ALL_METRICS)
     missing = []
     for metric in metrics:
-        if metric in detectors_lib.DETECTORS:
-            files, hint = detectors_lib.DETECTORS[metric].missing_files(**detector_kwargs.get(metric, {}))
+        if detector_name(metric) in detectors_lib.DETECTORS:
+            files, hint = detectors_lib.DETECTORS[detector_name(metric)].missing_files(**detector_kwargs.get(detector_name(metric), {}))
             if files:
                 missing.append(f'{metric}: missing {", ".join(files)}\n  {hint}')
     if missing:

@@ -312,11 +312,15 @@ def parse_classes(source, spec):
         raise SourceError(f'--classes {spec}: a class is listed twice')
     return chosen
 
-def select_images(source, classes=None, per_class=None, seed=0, max_images=None, level=None):
+def select_images(source, classes=None, per_class=None, seed=0, max_images=None, level=None, held_out=False):
     """Returns (image indices into the source, output label per image or None, [(class id, name,
     original id)] per output label or None). Chosen classes (choose_classes) become labels
     0..K-1 in the order given; each class's sample depends only on (seed, class), not on the
-    other classes chosen."""
+    other classes chosen. The sample is the first `per_class` images of a seeded permutation of
+    the class, so a smaller sample is part of a larger one with the same seed; `held_out` keeps
+    instead the class's images that the sample leaves out."""
+    if held_out and per_class is None:
+        raise SourceError('--held-out: keeps the images that --per-class leaves out; give --per-class (and its --seed)')
     if source.labels is None:
         if classes is not None or per_class is not None or level is not None:
             raise SourceError(f'--classes/--per-class/--sim_name: {source.name} has no class labels')
@@ -336,7 +340,8 @@ def select_images(source, classes=None, per_class=None, seed=0, max_images=None,
             if len(members) < per_class:
                 raise SourceError(f'--per-class {per_class}: class {c} ({source.classes[c][0]}) has only {len(members)} images '
                     '(images are drawn without repeats; leave --per-class out, or --nums -1, for every image)')
-            members = members[np.random.RandomState([seed, c]).choice(len(members), per_class, replace=False)]
+            drawn = members[np.random.RandomState([seed, c]).choice(len(members), per_class, replace=False)]
+            members = np.setdiff1d(members, drawn) if held_out else drawn
         indices.append(members)
     indices = np.sort(np.concatenate(indices))[:max_images]
     labels = [new_label[c] for c in source.labels[indices]]
@@ -539,6 +544,7 @@ def convert_image(source, transform, idx):
 @click.option('--classes',    help='Classes to keep, in label order: ids, id ranges or names, e.g. 3,7 or 0-9 or n01440764,n01443537', metavar='LIST', type=str)
 @click.option('--per-class',  help='Pick this many images per class at random, without replacement', metavar='INT', type=click.IntRange(min=1))
 @click.option('--seed',       help='Random seed for --per-class', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--held-out',   help='Keep the images of each class that --per-class (same --seed) leaves out', is_flag=True)
 @click.option('--workers',    help='Decoding processes  [default: all cores]', metavar='INT', type=click.IntRange(min=1), default=default_workers())
 @click.option('--sim_name',   help='Similarity level of the multi-source study (sim1..3, or level3..1): its ImageNet classes, or a check of --classes', metavar='NAME', type=str)
 @click.option('--level_name', help='Same as --sim_name', metavar='NAME', type=str)
@@ -546,13 +552,16 @@ def convert_image(source, transform, idx):
 @click.option('--nums',       help='Same as --per-class; 0 or -1 = every image of each class', metavar='INT', type=int)
 @click.option('--overwrite',  help='Replace an existing --dest', is_flag=True)
 @util.one_line_errors
-def convert(source, dest, transform, resolution, max_images, classes, per_class, seed, workers, sim_name, level_name, class_labels, nums, overwrite):
+def convert(source, dest, transform, resolution, max_images, classes, per_class, seed, held_out, workers, sim_name, level_name, class_labels, nums, overwrite):
     """Convert images into a dataset ZIP (or folder) of PNGs with a dataset.json.
 
     Classes come from dataset.json, from the top-level subfolders (sorted: for an ImageNet
     train/ folder, the standard class ids), or from the labels of CIFAR-10, MNIST and digits.
     --classes keeps the listed classes and relabels them 0..K-1 in the order given;
     dataset.json records each label's source name and original id under "sources".
+    --per-class N takes the first N images of a permutation of each class seeded by --seed and
+    the class (so a smaller N is part of a larger one); --held-out keeps the rest of each class
+    instead (e.g. reference images that a model trained on the draw never saw).
     The same options and seed give a byte-identical ZIP, whatever --workers is.
 
     builtin:digits is scikit-learn's 8x8 digits as 1-channel PNGs (gray level v in 0..16 stored
@@ -576,7 +585,7 @@ def convert(source, dest, transform, resolution, max_images, classes, per_class,
     src = open_source(source)
     if getattr(src, 'is_latent', False):
         raise SourceError(f'--source {source} holds latents (.npy); use `dataset_tool.py decode`')
-    indices, labels, sources = select_images(src, classes, per_class, seed, max_images, level)
+    indices, labels, sources = select_images(src, classes, per_class, seed, max_images, level, held_out)
     src.choose_mode(indices)
     results = map_ordered(functools.partial(convert_image, src, transform_image), indices, workers)
 

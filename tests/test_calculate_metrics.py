@@ -60,6 +60,58 @@ def test_fd_matches_scipy_sqrtm(dim):
     assert frechet_distance(*args) == pytest.approx(frechet_distance_sqrtm(*args), rel=1e-6)
 
 #----------------------------------------------------------------------------
+# Kernel distance (KID) and the floor of a metric.
+
+def kid_brute_force(x, y):
+    """The unbiased squared MMD under (a.b / d + 1)^3, pair by pair in plain Python (an
+    independent reference for the blocked float64 implementation)."""
+    d = len(x[0])
+    k = lambda a, b: (sum(p * q for p, q in zip(a, b)) / d + 1) ** 3
+    n, m = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(a, b) for a in x for b in y) / (n * m)
+    return xx + yy - 2 * xy
+
+def test_kernel_distance_matches_brute_force_and_is_unbiased():
+    rng = np.random.RandomState(0)
+    x, y = rng.randn(23, 5) + 0.3, rng.randn(17, 5) * 1.2
+    expected = kid_brute_force(x.tolist(), y.tolist())
+    for block_size in [4, 7, 2048]: # Blocks that split the pairs unevenly, and one block.
+        assert metrics.kernel_distance(x, y, block_size=block_size) == pytest.approx(expected, rel=1e-12)
+    assert metrics.kernel_distance(torch.as_tensor(x, dtype=torch.float32), y) == pytest.approx(
+        kid_brute_force(x.astype(np.float32).astype(np.float64).tolist(), y.tolist()), rel=1e-12)
+    # Unbiased: two samples of one distribution average 0 at any sizes (here 10 and 40, where the
+    # biased V-statistic would average well above 0), within 4 standard errors of 400 draws.
+    values = [metrics.kernel_distance(rng.randn(10, 3), rng.randn(40, 3)) for _ in range(400)]
+    assert abs(np.mean(values)) < 4 * np.std(values) / np.sqrt(len(values))
+    biased = [np.mean((a @ a.T / 3 + 1) ** 3) + np.mean((b @ b.T / 3 + 1) ** 3) - 2 * np.mean((a @ b.T / 3 + 1) ** 3)
+        for a, b in [(rng.randn(10, 3), rng.randn(40, 3)) for _ in range(400)]]
+    assert np.mean(biased) > 10 * np.std(values) / np.sqrt(len(values))
+    with pytest.raises(ValueError, match='at least 2'):
+        metrics.kernel_distance(x[:1], y)
+
+def test_floor_of_the_frechet_distance_against_its_closed_form():
+    # Features N(0, I_d) against the exact population statistics: a sample of n has
+    # E|mean|^2 = d / n, and for the covariance term E tr(S + I - 2 S^(1/2)) = E sum (sqrt(l) - 1)^2
+    # ~ E tr((S - I)^2) / 4 = d (d + 1) / (4 (n - 1)) for the unbiased sample covariance S (to
+    # first order in 1 / n). Resampling a large pool with replacement behaves as fresh draws.
+    rng = np.random.RandomState(1)
+    d, n = 3, 2000
+    pool = rng.randn(200000, d)
+    reference = dict(fd_digits=dict(mu=np.zeros(d), sigma=np.eye(d)))
+    values = metrics.resampled_values(dict(fd_digits=pool), reference, num=n, draws=300, seed=0)['fd_digits']
+    expected = d / n + d * (d + 1) / (4 * (n - 1))
+    assert np.mean(values) == pytest.approx(expected, rel=0.1)
+    assert np.std(values) / np.sqrt(len(values)) < 0.03 * expected # The tolerance is not noise.
+    # The kernel distance of real data resampled against more real data: 0 on average.
+    kid = metrics.resampled_values(dict(kid_digits=pool[:5000]), dict(kid_digits=dict(features=pool[-500:])), num=300, draws=100, seed=0)['kid_digits']
+    assert abs(np.mean(kid)) < 4 * np.std(kid) / np.sqrt(len(kid))
+    # Draws are seeded and with replacement: the same seed gives the same values.
+    again = metrics.resampled_values(dict(fd_digits=pool), reference, num=n, draws=300, seed=0)['fd_digits']
+    assert again == values
+
+#----------------------------------------------------------------------------
 # Statistics.
 
 def stats_of(features, batch_size):
@@ -101,6 +153,39 @@ def calc_value(args):
     result = invoke(['calc', '--workers', '0'] + args)
     assert result.exit_code == 0, result.output
     return json.loads(result.output.strip().splitlines()[-1])['value']
+
+def test_kernel_distance_and_floor_commands(digits):
+    test, test_labels = digits_features('test')
+    train, train_labels = digits_features('train')
+    # ref keeps the features of a kernel metric (the detector's own float64 here) and the
+    # Frechet statistics of the same detector, computed once.
+    dest = str(digits['root'] / 'refs' / 'kid-class3.pkl')
+    result = invoke(['ref', '--data', digits['train'], '--metrics', 'fd_digits,kid_digits', '--class', '3', '--dest', dest, '--workers', '0'])
+    assert result.exit_code == 0, result.output
+    ref = metrics.load_reference(dest)
+    np.testing.assert_allclose(ref['kid_digits']['features'], train[train_labels == 3], rtol=1e-12, atol=1e-12) # Batched matmul rounding.
+    np.testing.assert_allclose(ref['fd_digits']['mu'], train[train_labels == 3].mean(0), rtol=1e-10, atol=1e-12)
+    # calc of every test image against it: the kernel distance computed with numpy's full kernel matrices.
+    value = calc_value(['--images', digits['test'], '--ref', dest, '--metrics', 'kid_digits', '--num', '359'])
+    x, y = test, train[train_labels == 3]
+    k = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3
+    expected = ((k(x, x).sum() - np.trace(k(x, x))) / (len(x) * (len(x) - 1)) + (k(y, y).sum() - np.trace(k(y, y))) / (len(y) * (len(y) - 1))
+        - 2 * k(x, y).mean())
+    assert value == pytest.approx(expected, rel=1e-9)
+    # floor: the test images of class 3, resampled with replacement, against that reference.
+    results = str(digits['root'] / 'floor.jsonl')
+    result = invoke(['floor', '--data', digits['test'], '--class', 'id:3', '--ref', dest, '--metrics', 'fd_digits,kid_digits',
+        '--num', '50', '--draws', '5', '--seed', '7', '--workers', '0', '--results', results, '--tag', 'target=3'])
+    assert result.exit_code == 0, result.output
+    records = {r['metric']: r for r in map(json.loads, open(results))}
+    expected = metrics.resampled_values(dict(fd_digits=test[test_labels == 3], kid_digits=test[test_labels == 3]), ref, num=50, draws=5, seed=7)
+    for metric in ['fd_digits', 'kid_digits']:
+        r = records[metric]
+        assert r['value'] == pytest.approx(np.mean(expected[metric]), rel=1e-9) and r['std'] == pytest.approx(np.std(expected[metric], ddof=1), rel=1e-9)
+        assert (r['num'], r['draws'], r['images'], r['class'], r['target']) == (50, 5, (test_labels == 3).sum(), 3, 3)
+    assert records['fd_digits']['value'] > 0.3 # 50 draws from 37 images against 144 others: far from 0.
+    expect_error(['floor', '--data', digits['test'], '--ref', dest, '--metrics', 'fd_digits,fid', '--num', '10'], 'has no "fid" statistics')
+    expect_error(['floor', '--data', digits['test'], '--ref', dest, '--metrics', 'digits_acc', '--num', '10'], 'digits_acc')
 
 def test_ref_and_calc(digits):
     with open(digits['ref'], 'rb') as f:

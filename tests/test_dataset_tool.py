@@ -213,6 +213,26 @@ def test_folder_classes_and_selection(tmp_path):
     ok('convert', f'--source={src}', f'--dest={tmp_path / "max.zip"}', '--max-images=7')
     assert identities(read_zip(tmp_path / 'max.zip')[0]) == [(0, j) for j in range(6)] + [(1, 0)]
 
+def test_per_class_draws_are_nested_and_held_out_keeps_the_rest(tmp_path):
+    # The multi-source study relies on both: the N = 20 images of a source are part of its
+    # N = 40 ones (one seed), and its reference is the rest of the class (never trained on).
+    src = make_class_folder(tmp_path / 'src', counts={'cat': 9, 'dog': 4, 'emu': 7})
+    drawn = {}
+    for n in [2, 4]:
+        ok('convert', f'--source={src}', f'--dest={tmp_path / f"n{n}.zip"}', '--classes=emu,cat', f'--per-class={n}', '--seed=3')
+        drawn[n] = identities(read_zip(tmp_path / f'n{n}.zip')[0])
+    ok('convert', f'--source={src}', f'--dest={tmp_path / "rest.zip"}', '--classes=emu,cat', '--per-class=4', '--seed=3', '--held-out')
+    images, labels, metadata = read_zip(tmp_path / 'rest.zip')
+    rest = identities(images)
+    assert set(drawn[2]) < set(drawn[4]) and not set(drawn[4]) & set(rest)
+    assert sorted(drawn[4] + rest) == sorted([(0, j) for j in range(9)] + [(2, j) for j in range(7)]) # The whole of both classes.
+    # Independently: numpy's seeded permutation of each class, the first N drawn.
+    for c, count in [(0, 9), (2, 7)]:
+        assert {j for i, j in drawn[4] if i == c} == set(np.random.RandomState([3, c]).permutation(count)[:4].tolist())
+    assert labels == [{2: 0, 0: 1}[i] for i, _ in rest] and metadata['sources'] == sources((0, 'emu', 2), (1, 'cat', 0))
+    expect_cli_error(run('convert', f'--source={src}', f'--dest={tmp_path / "bad.zip"}', '--held-out'), '--held-out', '--per-class')
+    assert not (tmp_path / 'bad.zip').exists()
+
 def test_imagenet_synset_ids_and_chained_selection(tmp_path):
     # Class id = index in the sorted synset list, as in the standard ImageNet ids.
     src = make_class_folder(tmp_path / 'train', {'n01440764': 3, 'n01443537': 2, 'n01484850': 4, 'n01491361': 2})

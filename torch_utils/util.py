@@ -130,6 +130,13 @@ def parse_nimg(s):
         raise ValueError(f'Image count "{s}" is not a whole number of images')
     return int(value)
 
+def format_nimg(nimg):
+    """The shortest exact spelling of an image count: 32768 -> '32Ki', 1000 -> '1000'."""
+    for suffix in ['Gi', 'Mi', 'Ki']:
+        if nimg and nimg % _NIMG_SUFFIXES[suffix] == 0:
+            return f'{nimg // _NIMG_SUFFIXES[suffix]}{suffix}'
+    return str(nimg)
+
 def format_time(seconds):
     s = int(round(seconds))
     if s < 60:

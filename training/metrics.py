@@ -1,9 +1,11 @@
-"""Evaluation maths and files: the Frechet distance, feature statistics accumulated in float64
-over batches and ranks, class-agreement counts, and reference-statistics files. The library part
-of calculate_metrics.py; errors about the user's input are ValueError / OSError.
+"""Evaluation maths and files: the Frechet distance, the kernel distance (KID), feature statistics
+accumulated in float64 over batches and ranks, class-agreement counts, the floor of a metric
+(real images resampled), and reference-statistics files. The library part of
+calculate_metrics.py; errors about the user's input are ValueError / OSError.
 
 Reference statistics use EDM2's pickle format ({metric: {'mu', 'sigma'}}, plus 'num_images');
-EDM2's published reference pickles are accepted. They are read with a restricted unpickler that
+a kernel metric stores the reference features themselves ({metric: {'features'}}): its unbiased
+estimator needs every pair. EDM2's published reference pickles are accepted. They are read with a restricted unpickler that
 admits only dicts, numbers and numpy arrays, so a reference file can never run code; `.npz`
 (keys '{metric}.mu', '{metric}.sigma', 'num_images'; or plain 'mu'/'sigma' = FID) is the format
 that needs no pickle at all.
@@ -49,6 +51,40 @@ def frechet_distance_sqrtm(mu1, sigma1, mu2, sigma2):
     return float(np.real(m + np.trace(sigma1 + sigma2 - s * 2)))
 
 #----------------------------------------------------------------------------
+# Kernel distance (KID, Binkowski et al. 2018, "Demystifying MMD GANs"): the squared maximum mean
+# discrepancy between the two feature distributions under the cubic polynomial kernel
+# k(a, b) = (a.b / d + 1)^3, estimated by the unbiased U-statistic over every pair:
+#   sum_{i!=j} k(x_i, x_j) / (n(n-1)) + sum_{i!=j} k(y_i, y_j) / (m(m-1)) - 2 sum_{i,j} k(x_i, y_j) / (nm).
+# Unlike the Frechet distance, its expected value for two samples of one distribution is exactly
+# 0 at any sample sizes (it can come out negative), so values at different sizes compare and a
+# ratio of two values is a ratio of squared distances. The official KID averages this statistic
+# over random subsets of 1000 images (for speed); here every pair counts, in blocks, float64.
+
+KERNEL_METRICS = {'kid': 'fid', 'kid_dinov2': 'fd_dinov2', 'kid_digits': 'fd_digits'} # Metric -> the Frechet metric whose detector gives its features.
+
+def _kernel_sum(a, b, block_size):
+    """sum_{i,j} (a_i.b_j / d + 1)^3 over all pairs, in blocks of rows."""
+    total = torch.zeros([], dtype=torch.float64, device=a.device)
+    for start in range(0, a.shape[0], block_size):
+        for other in range(0, b.shape[0], block_size):
+            total += ((a[start : start + block_size] @ b[other : other + block_size].T) / a.shape[1] + 1).pow(3).sum()
+    return total
+
+def kernel_distance(x, y, block_size=2048, device=None):
+    """Unbiased squared MMD between features x [n, d] and y [m, d] (n, m >= 2) under the cubic
+    polynomial kernel (see above). Arrays or tensors; computed in float64 on `device`."""
+    x = torch.as_tensor(x, device=device).to(torch.float64)
+    y = torch.as_tensor(y, device=x.device).to(torch.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(x.shape[0], y.shape[0]) < 2:
+        raise ValueError(f'kernel distance: need two sets of at least 2 feature vectors of one size, got {list(x.shape)} and {list(y.shape)}')
+    n, m, d = x.shape[0], y.shape[0], x.shape[1]
+    diagonal = lambda a: ((a * a).sum(1) / d + 1).pow(3).sum() # The i == j terms.
+    xx = (_kernel_sum(x, x, block_size) - diagonal(x)) / (n * (n - 1))
+    yy = (_kernel_sum(y, y, block_size) - diagonal(y)) / (m * (m - 1))
+    xy = _kernel_sum(x, y, block_size) / (n * m)
+    return float(xx + yy - 2 * xy)
+
+#----------------------------------------------------------------------------
 # Feature statistics as float64 sums, reduced over ranks.
 
 class FeatureStats:
@@ -78,24 +114,58 @@ class FeatureStats:
         sigma = (self.sum_outer - n * torch.outer(mu, mu)) / (n - 1)
         return dict(mu=mu.cpu().numpy(), sigma=sigma.cpu().numpy())
 
+class FeatureSet:
+    """Every feature vector itself (for the kernel metrics and the floor), in the detector's own
+    dtype; all_reduce gathers the vectors of every rank (their order does not matter)."""
+    def __init__(self, feature_dim):
+        self.feature_dim = feature_dim
+        self.parts = []
+
+    def update(self, features):
+        self.parts.append(features.detach().reshape(features.shape[0], -1).cpu())
+
+    def all_reduce(self):
+        mine = torch.cat(self.parts) if self.parts else torch.zeros([0, self.feature_dim])
+        if dist.get_world_size() > 1:
+            gathered = [None] * dist.get_world_size()
+            torch.distributed.all_gather_object(gathered, mine.numpy())
+            mine = torch.cat([torch.as_tensor(part) for part in gathered])
+        self.parts = [mine]
+        return self
+
+    def features(self):
+        """The feature vectors [N, F] (numpy); needs at least 2 of them."""
+        features = torch.cat(self.parts) if self.parts else torch.zeros([0, self.feature_dim])
+        if features.shape[0] < 2:
+            raise ValueError(f'Need at least 2 images for a kernel distance, got {features.shape[0]}')
+        return features.numpy()
+
 #----------------------------------------------------------------------------
 # Every metric of one evaluation, fed batch by batch: a Frechet metric accumulates the features
-# of its detector; an accuracy metric (a classifier: image -> class) counts the images whose
-# predicted class is the one they were generated for.
+# of its detector, a kernel metric keeps them; an accuracy metric (a classifier: image -> class)
+# counts the images whose predicted class is the one they were generated for. Metrics that share
+# a detector (fd_digits and kid_digits) compute its features once per batch.
 
 class Evaluation:
-    def __init__(self, detectors, device=torch.device('cpu')):
-        """detectors: {metric: detector (has feature_dim) or classifier (has none)}."""
-        self.detectors = detectors
-        self.stats = {m: FeatureStats(d.feature_dim, device) for m, d in detectors.items() if hasattr(d, 'feature_dim')}
-        self.agreement = {m: torch.zeros([2], dtype=torch.float64, device=device) for m in detectors if m not in self.stats}
+    def __init__(self, detectors, device=torch.device('cpu'), keep_features=False):
+        """detectors: {metric: detector (has feature_dim) or classifier (has none)};
+        keep_features: keep the features of the Frechet metrics too (features())."""
+        self.detectors, self.device = detectors, device
+        keep = lambda metric: keep_features or metric in KERNEL_METRICS
+        with_features = {m: d.feature_dim for m, d in detectors.items() if hasattr(d, 'feature_dim')}
+        self.stats = {m: FeatureStats(dim, device) for m, dim in with_features.items() if not keep(m)}
+        self.kept = {m: FeatureSet(dim) for m, dim in with_features.items() if keep(m)}
+        self.agreement = {m: torch.zeros([2], dtype=torch.float64, device=device) for m in detectors if m not in with_features}
 
     @torch.no_grad()
     def update(self, images, classes=None):
         """uint8 images [N, C, H, W]; classes: int64 [N], the classes they should show (accuracy)."""
+        features = {}
         for metric, detector in self.detectors.items():
-            if metric in self.stats:
-                self.stats[metric].update(detector(images))
+            if metric in self.stats or metric in self.kept:
+                if id(detector) not in features:
+                    features[id(detector)] = detector(images)
+                (self.stats.get(metric) or self.kept[metric]).update(features[id(detector)])
                 continue
             if classes is None:
                 raise ValueError(f'{metric} needs the class of every image, but these images have none (an unconditional network?)')
@@ -104,24 +174,60 @@ class Evaluation:
                 dtype=torch.float64, device=self.agreement[metric].device)
 
     def all_reduce(self):
-        for s in self.stats.values():
+        for s in [*self.stats.values(), *self.kept.values()]:
             s.all_reduce()
         for counts in self.agreement.values():
             dist.all_reduce_sum(counts)
         return self
 
     def statistics(self):
-        """{metric: {'mu', 'sigma'}} of the Frechet metrics (after all_reduce)."""
-        return {metric: s.mu_sigma() for metric, s in self.stats.items()}
+        """{metric: {'mu', 'sigma'}} of the Frechet metrics and {metric: {'features'}} of the
+        kernel metrics (after all_reduce): what a reference file holds."""
+        stats = {metric: s.mu_sigma() for metric, s in self.stats.items()}
+        stats.update({metric: statistics_of(metric, features) for metric, features in self.features().items()})
+        return stats
+
+    def features(self):
+        """{metric: features [N, F]} of the metrics whose features are kept (after all_reduce)."""
+        return {metric: s.features() for metric, s in self.kept.items()}
 
     def results(self, ref_stats=None):
-        """{metric: value}: Frechet distances against `ref_stats`, accuracies in [0, 1]."""
+        """{metric: value}: Frechet and kernel distances against `ref_stats`, accuracies in [0, 1]."""
         values = {}
         for metric, ours in self.statistics().items():
-            values[metric] = frechet_distance(ours['mu'], ours['sigma'], ref_stats[metric]['mu'], ref_stats[metric]['sigma'])
+            values[metric] = distance(metric, ours, ref_stats[metric], device=self.device)
         for metric, (correct, total) in self.agreement.items():
             values[metric] = float(correct / total)
         return {metric: values[metric] for metric in self.detectors}
+
+def distance(metric, ours, ref, device=None):
+    """The value of a Frechet or kernel metric between two statistics entries."""
+    if metric in KERNEL_METRICS:
+        return kernel_distance(ours['features'], ref['features'], device=device)
+    return frechet_distance(ours['mu'], ours['sigma'], ref['mu'], ref['sigma'])
+
+def statistics_of(metric, features):
+    """The statistics entry of `metric` for features [N, F] (numpy)."""
+    if metric in KERNEL_METRICS:
+        return dict(features=features)
+    features = np.asarray(features, dtype=np.float64)
+    return dict(mu=features.mean(0), sigma=np.cov(features, rowvar=False))
+
+#----------------------------------------------------------------------------
+# The floor of a metric: what a sampler that draws real images would score. `num` images drawn
+# with replacement from real ones (features [N, F] per metric), scored against the reference,
+# `draws` times. With the sample and reference sizes of a model's evaluation, a model cannot be
+# told from real data unless it scores clearly above this.
+
+def resampled_values(features, ref_stats, num, draws=10, seed=0, device=None):
+    """{metric: [value per draw]}; `features`: {metric: real features [N, F]}."""
+    rnd = np.random.RandomState(seed)
+    values = {metric: [] for metric in features}
+    for _ in range(draws):
+        pick = rnd.randint(0, min(len(f) for f in features.values()), size=num)
+        for metric, real in features.items():
+            values[metric].append(distance(metric, statistics_of(metric, np.asarray(real)[pick]), ref_stats[metric], device=device))
+    return values
 
 #----------------------------------------------------------------------------
 # Reference statistics files.
@@ -189,13 +295,23 @@ def save_reference(stats, dest):
                 pickle.dump(stats, f)
 
 def check_reference(stats, ref, metrics, feature_dims=None):
-    """The reference has every requested Frechet metric, with mu [F] and sigma [F, F]."""
+    """The reference has every requested metric: a Frechet metric with mu [F] and sigma [F, F],
+    a kernel metric with features [M, F], M >= 2."""
     for metric in metrics:
         entry = stats.get(metric)
-        if not isinstance(entry, dict) or 'mu' not in entry or 'sigma' not in entry:
-            present = [k for k, v in stats.items() if isinstance(v, dict) and 'mu' in v]
+        fields = ['features'] if metric in KERNEL_METRICS else ['mu', 'sigma']
+        if not isinstance(entry, dict) or any(field not in entry for field in fields):
+            present = [k for k, v in stats.items() if isinstance(v, dict) and ('mu' in v or 'features' in v)]
             raise ValueError(f'Reference {ref} has no "{metric}" statistics (it has: {", ".join(present) or "none"}); '
                 f'compute them with: calculate_metrics.py ref --metrics {metric}')
+        if metric in KERNEL_METRICS:
+            features = np.asarray(entry['features'])
+            if features.ndim != 2 or features.shape[0] < 2:
+                raise ValueError(f'Reference {ref}: "{metric}" has features {list(features.shape)}, not [M, F] with M >= 2')
+            if feature_dims is not None and features.shape[1] != feature_dims[metric]:
+                raise ValueError(f'Reference {ref}: "{metric}" features have {features.shape[1]} dimensions, '
+                    f'but the {metric} detector gives {feature_dims[metric]}')
+            continue
         mu, sigma = np.asarray(entry['mu']), np.asarray(entry['sigma'])
         dim = mu.shape[0] if mu.ndim == 1 else None
         if dim is None or sigma.shape != (dim, dim):
