@@ -6,32 +6,19 @@ training/presets.py). The same command runs on a laptop CPU and, under torchrun,
 
 Re-running the same command resumes from the newest training state in --outdir."""
 
-import ast
 import json
 import os
-import re
 
 import click
 
 from torch_utils import distributed as dist
 from torch_utils import util
 from training import config
+from training import presets
 from training import runs
 from training import training_loop
 
 #----------------------------------------------------------------------------
-
-def parse_set_option(text):
-    """'key=value' with value a Python literal (a bare word stays a string)."""
-    match = re.fullmatch(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)', text)
-    if not match:
-        raise ValueError(f'--set "{text}" is not KEY=VALUE')
-    key, raw = match.group(1), match.group(2).strip()
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key, value
 
 def combine_cond(cond, uncond):
     """--cond[=BOOL] (EDM2's and the multi-source code's spelling) and --uncond: None = the
@@ -83,7 +70,7 @@ def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, uncond
     dist.init()
     flags['cond'] = combine_cond(flags['cond'], uncond)
     overrides = {key: value for key, value in flags.items() if value is not None}
-    overrides.update(parse_set_option(text) for text in set_options)
+    overrides.update(presets.parse_override(text) for text in set_options)
     opts, c = config.build(preset, overrides, data=data, world_size=dist.get_world_size())
     slice_nimg = util.parse_nimg(slice_nimg) if slice_nimg is not None else 0
     if slice_nimg:

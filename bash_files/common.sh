@@ -113,6 +113,6 @@ newest_file() {
 level_classes() {
     # level_classes LEVEL K: the ImageNet class ids of the level's first K sources
     # (training/study.py, the one table of the study's similarity levels).
-    "$PYTHON" -c 'import sys; from training import study; print(",".join(map(str, study.level_classes("imagenet", sys.argv[1], int(sys.argv[2])))))' "$1" "$2" \
+    "$PYTHON" -c 'import sys; from training import study; print(",".join(map(str, study.level_classes(sys.argv[1], int(sys.argv[2])))))' "$1" "$2" \
         || die "unknown level '$1' or number of sources '$2'"
 }

@@ -21,7 +21,7 @@ def build(preset, overrides=None, data=None, world_size=1):
     """(resolved options, training_loop() keyword arguments without run_dir). ValueError or
     FileNotFoundError naming the option or file on any inconsistency."""
     opts = presets.resolve(preset, overrides)
-    check_ranges(opts)
+    check_options(opts, world_size)
     dataset_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=opts.cond, xflip=opts.xflip)
     dataset = open_dataset(dataset_kwargs, opts.cond)
     family = presets.family_kwargs(opts)
@@ -43,12 +43,17 @@ def build(preset, overrides=None, data=None, world_size=1):
         checkpoint_nimg     = opts.checkpoint,
         grad_clip           = opts.grad_clip,
     )
-    check_batch(c, world_size)
     check_network(c, dataset)
     return opts, c
 
 #----------------------------------------------------------------------------
 # Checks.
+
+def check_options(opts, world_size=1):
+    """The checks that need no dataset: value ranges, the batch split and the intervals."""
+    check_ranges(opts)
+    check_batch(util.EasyDict(batch_size=opts.batch, batch_gpu=opts.batch_gpu, total_nimg=opts.duration, status_nimg=opts.status,
+        snapshot_nimg=opts.snapshot, checkpoint_nimg=opts.checkpoint), world_size)
 
 def check_ranges(opts):
     if opts.batch < 1 or opts.duration < 1:

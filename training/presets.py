@@ -11,7 +11,9 @@ Adding a family: one module with FAMILY, OPTIONS and loop_kwargs, listed in FAMI
 presets below. The training loop is not touched.
 """
 
+import ast
 import copy
+import re
 
 from torch_utils import util
 from torch_utils.util import EasyDict
@@ -69,6 +71,19 @@ def resolve(name, overrides=None):
     for key in default:
         opts[key] = check_value(key, opts[key], default[key])
     return opts
+
+def parse_override(text):
+    """'key=value' (train_edm2.py --set) -> (key, value): the value a Python literal, a bare word
+    a string."""
+    match = re.fullmatch(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)', text)
+    if not match:
+        raise ValueError(f'--set "{text}" is not KEY=VALUE')
+    key, raw = match.group(1), match.group(2).strip()
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key, value
 
 def family_kwargs(opts):
     """The family's part of the training-loop arguments for resolved options: dicts under
@@ -133,6 +148,15 @@ preset('edm2-img256-xs-10c-1000-nlr', **(PRESETS['edm2-img256-xs-10c-1000'] | di
 preset('edm2-digits', family='edm2', duration='128Ki', batch=128, status='8Ki', snapshot='64Ki',
     checkpoint='64Ki', workers=0, channels=32, channel_mult=[1, 2], num_blocks=2, attn_resolutions=[4],
     lr=0.01, decay=1000, rampup=0.01, P_mean=-0.8, P_std=1.6, p_uncond=0.1, ema_stds=[0.050, 0.100])
+
+# The digits multi-source study (run_study.py --data digits): a network small enough (0.16M
+# parameters, 16 channels, one block per resolution, dropout 0.3) that it cannot simply memorize
+# a few images per class, so that what one source teaches it can carry over to another; no label
+# dropout (the study samples without guidance); a constant learning rate after a short warm-up,
+# so that the snapshot at any image count is the model a run of that length gives.
+preset('edm2-digits-study', family='edm2', duration='64Ki', batch=64, status='8Ki', snapshot='32Ki', checkpoint='64Ki',
+    workers=0, channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.3, lr=0.01, decay=0,
+    rampup=0.002, P_mean=-0.8, P_std=1.6, ema_stds=[0.050, 0.100])
 
 #----------------------------------------------------------------------------
 # ARDM: order-agnostic and upscale autoregressive diffusion over K discrete levels
