@@ -77,10 +77,12 @@ def _tag_value(value):
 
 def detector_options(fn):
     """--inception, --dinov2-repo, --dinov2-weights, --dinov2-model -> detector_kwargs."""
-    @click.option('--inception', help='Inception-v3 pickle: path, file:// or http(s) URL  [default: NVIDIA URL via cache]', metavar='PATH|URL')
-    @click.option('--dinov2-repo', help='Local dinov2 torch.hub repository  [default: hub cache]', metavar='DIR')
-    @click.option('--dinov2-weights', help='Local dinov2_vitl14_pretrain.pth  [default: hub cache]', metavar='PTH')
-    @click.option('--dinov2-model', help='Whole DINOv2 model file (TorchScript or pickled module)', metavar='FILE')
+    @click.option('--inception', help='Inception-v3 pickle: path, file:// or http(s) URL; a pickle runs the code it holds: '
+        'use only NVIDIA\'s file or one you trust  [default: NVIDIA URL via cache]', metavar='PATH|URL')
+    @click.option('--dinov2-repo', help='Local dinov2 torch.hub repository (its code runs)  [default: hub cache]', metavar='DIR')
+    @click.option('--dinov2-weights', help='Local dinov2_vitl14_pretrain.pth (loaded as weights only)  [default: hub cache]', metavar='PTH')
+    @click.option('--dinov2-model', help='Whole DINOv2 model file: TorchScript, or a pickled module, which runs the code it '
+        'holds: use only a file you trust', metavar='FILE')
     @functools.wraps(fn)
     def wrapper(*args, inception, dinov2_repo, dinov2_weights, dinov2_model, **kwargs):
         detector_kwargs = dict(fid=dict(path=inception), fd_dinov2=dict(repo=dinov2_repo, weights=dinov2_weights, model=dinov2_model))
@@ -172,8 +174,12 @@ def report(records, results_path, tags):
         print(line)
     if results_path:
         os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
-        with open(results_path, 'a') as f:
-            f.write(''.join(line + '\n' for line in lines))
+        with open(results_path, 'a+b') as f: # Writes go to the end, wherever the file position is.
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b'\n': # The last line was left unfinished (by hand, or by a killed writer).
+                    f.write(b'\n')
+            f.write(''.join(line + '\n' for line in lines).encode())
 
 #----------------------------------------------------------------------------
 
@@ -326,6 +332,8 @@ def gen(net, ref_path, metrics, num, seed, class_spec, per_class, guidance, gnet
         raise ValueError(f'--ref: needed for {", ".join(ref_metrics)}')
     if per_class and class_spec is not None:
         raise ValueError('--per-class scores every class; it does not go with --class')
+    generate.check_seed_range(seed, num)
+    generate.check_guidance_value(guidance)
     if results:
         util.check_writable(results, '--results')
     device = dist.get_device()
@@ -340,6 +348,9 @@ def gen(net, ref_path, metrics, num, seed, class_spec, per_class, guidance, gnet
     guide = generate.load_snapshot(gnet, device=device, verbose=(dist.get_rank() == 0)).net if gnet else None
     generate.check_guidance(snapshot, gnet=guide, guidance=guidance)
     generate.check_guide(snapshot.net, guide)
+    for metric in metrics:
+        if metric in detectors_lib.CLASSIFIERS:
+            detectors_lib.CLASSIFIERS[metric].check_network(snapshot.label_dim, snapshot.sources, net)
     detectors = load_detectors(metrics, device, detector_kwargs)
     sampler_kwargs = {} if steps is None else dict(steps=steps)
 

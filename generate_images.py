@@ -6,9 +6,11 @@ Seed-compatible with the official EDM2 generate_images.py: per seed, a torch.Gen
 sampling device seeded with seed % 2**32 draws the initial noise of one image and then its class.
 """
 
+import glob
 import json
 import math
 import os
+import re
 
 import click
 import PIL.Image
@@ -40,19 +42,36 @@ def save_image(image, path, record):
     with util.atomic_path(path) as tmp:
         pil.save(tmp, format='PNG', pnginfo=info)
 
+def made_by(path):
+    """The record of the command that made the PNG at `path`, or None."""
+    try:
+        with PIL.Image.open(path) as image:
+            return image.text.get(RECORD_KEY)
+    except (OSError, AttributeError, ValueError, PIL.Image.DecompressionBombError):
+        return None
+
 def check_outputs(paths, record, overwrite, what):
     """Refuse, before any work, to replace a file that another command made."""
     for path in paths:
         util.check_writable(path, what)
         if overwrite or not os.path.lexists(path):
             continue
-        try:
-            made_by = PIL.Image.open(path).text.get(RECORD_KEY)
-        except (OSError, AttributeError):
-            made_by = None
-        if made_by != record:
+        if made_by(path) != record:
             raise FileExistsError(f'{path} exists and was not made by this command (another network or options); '
                 f'pass --overwrite to replace it, or choose another {what}')
+
+def check_folder(outdir, paths, record):
+    """The images already in --outdir that this command does not write must have been made by it
+    too: one folder never holds the images of two networks (or two sets of options), whatever
+    their seeds. Looks at the seed images (NNNNNN.png, also in NNNNNN/ subfolders)."""
+    if not os.path.isdir(outdir):
+        return
+    ours = {os.path.abspath(path) for path in paths}
+    found = glob.glob(os.path.join(glob.escape(outdir), '*.png')) + glob.glob(os.path.join(glob.escape(outdir), '[0-9]' * 6, '*.png'))
+    for path in sorted(found):
+        if re.fullmatch(r'\d+\.png', os.path.basename(path)) and os.path.abspath(path) not in ours and made_by(path) != record:
+            raise FileExistsError(f'--outdir {outdir} holds {os.path.relpath(path, outdir)}, made by another command (another network '
+                'or options): adding images there would mix two models in one folder; choose another --outdir')
 
 def make_grid(images, rows=None):
     """uint8 [C, H, W] images -> one [C, H * num_rows, W * num_cols] grid. `rows`: lists of
@@ -118,19 +137,23 @@ def main(net, gnet, guidance, outdir, subdirs, seeds, class_spec, batch_size, gr
     torchrun --standalone --nproc_per_node=8 generate_images.py \\
         --net edm2-img512-xs-guid-fid --outdir out --subdirs --seeds 0-49999
     """
-    seeds = util.parse_int_list(seeds)
+    seeds = generate.parse_seeds(seeds)
     if outdir is None and grid is None:
         raise ValueError('Nothing to write: give --outdir and/or --grid')
     preset = presets.GENERATION_PRESETS.get(net, util.EasyDict())
     gnet = gnet if gnet is not None else preset.get('gnet', None)
     guidance = guidance if guidance is not None else preset.get('guidance', 1.0)
+    generate.check_guidance_value(guidance)
     # Only the options the user set: each sampler keeps its own defaults (docs/families.md).
     sampler_kwargs = {key: value for key, value in sampler_opts.items() if value is not None}
+    samplers.check_edm_options(**sampler_kwargs)
 
     local = lambda path: os.path.abspath(path) if path is not None and os.path.exists(path) else path
     record = dict(net=local(net), gnet=local(gnet), guidance=guidance, class_spec=class_spec, **sampler_kwargs)
     image_paths = [os.path.join(outdir, f'{seed // 1000 * 1000:06d}' if subdirs else '', f'{seed:06d}.png') for seed in seeds] if outdir else []
     check_outputs(image_paths, json.dumps(record), overwrite, '--outdir')
+    if outdir is not None:
+        check_folder(outdir, image_paths, json.dumps(record))
     check_outputs([grid] if grid else [], json.dumps(dict(record, seeds=seeds)), overwrite, '--grid')
 
     dist.init()

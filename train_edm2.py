@@ -7,6 +7,8 @@ training/presets.py). The same command runs on a laptop CPU and, under torchrun,
 Re-running the same command resumes from the newest training state in --outdir."""
 
 import ast
+import contextlib
+import functools
 import json
 import os
 import re
@@ -79,7 +81,8 @@ def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, uncond
 
     --outdir belongs to one run: re-running the same command resumes it; a directory holding
     another run (another preset, or outputs without a training state) is refused unless
-    --restart moves its files into a subfolder first."""
+    --restart moves its files into a subfolder first. One process at a time works in it: a second
+    one is refused while the first runs."""
     dist.init()
     flags['cond'] = combine_cond(flags['cond'], uncond)
     overrides = {key: value for key, value in flags.items() if value is not None}
@@ -88,24 +91,41 @@ def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, uncond
     slice_nimg = util.parse_nimg(slice_nimg) if slice_nimg is not None else 0
     if slice_nimg:
         config.check_slice(slice_nimg, c.batch_size)
+    data_record = config.describe_data(c.dataset_kwargs)
 
     dist.print0(f'Preset {preset} ({opts.family}):')
     dist.print0(json.dumps(opts, indent=2))
     dist.print0('Training config:')
     dist.print0(json.dumps(c, indent=2))
-    action = runs.check(outdir, preset, restart=restart)
-    dist.print0(f'Output directory: {outdir} ({dict(new="new run", resume="resuming", restart="moving the earlier run aside")[action]})')
-    dist.print0(f'Processes: {dist.get_world_size()}, device: {dist.get_device()}')
-    if dry_run:
-        dist.print0('Dry run; exiting.')
-        return
+    lock = dist.rank0_outcome(runs.lock, outdir, probe=dry_run)
+    try:
+        action = runs.check(outdir, preset, restart=restart, data=data_record)
+        dist.print0(f'Output directory: {outdir} ({ACTIONS[action]})')
+        dist.print0(f'Processes: {dist.get_world_size()}, device: {dist.get_device()}')
+        if dry_run:
+            dist.print0('Dry run; exiting.')
+            return
+        record = json.loads(json.dumps(dict(options=opts, config=c, data=data_record)))
+        run_id = dist.rank0_outcome(runs.prepare, outdir, preset, record, action)
+        on_resumed = functools.partial(runs.record_resumption, outdir, record) if action == 'resume' else None
+        train(outdir, dict(c, run_id=run_id, slice_nimg=slice_nimg, on_resumed=on_resumed))
+    finally:
+        if lock is not None and dist.get_rank() == 0:
+            lock.release()
 
-    if dist.get_rank() == 0:
-        runs.prepare(outdir, preset, json.loads(json.dumps(dict(options=opts, config=c))), action)
-    dist.barrier()
+ACTIONS = {'new': 'new run', 'start-again': 'starting again a run that stopped before its first training state',
+    'resume': 'resuming', 'restart': 'moving the earlier run aside'}
+
+def train(outdir, loop_kwargs):
+    """The training loop with log.txt capturing the console (rank 0), the error that ends it included."""
     logger = util.Logger(file_name=os.path.join(outdir, 'log.txt'), file_mode='a') if dist.get_rank() == 0 else None
     try:
-        training_loop.training_loop(run_dir=outdir, run_id=runs.run_id_of(outdir), slice_nimg=slice_nimg, **c)
+        training_loop.training_loop(run_dir=outdir, **loop_kwargs)
+    except (ValueError, OSError) as e:
+        if logger is not None and logger.file is not None: # The console gets it from one_line_errors.
+            with contextlib.suppress(OSError):
+                logger.file.write(f'Error: {util.error_message(e)}\n')
+        raise
     finally:
         if logger is not None:
             logger.close()

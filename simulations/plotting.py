@@ -6,6 +6,8 @@ import csv
 import glob
 import os
 
+import numpy as np
+
 from simulations import gaussian as G
 from torch_utils import util
 
@@ -60,11 +62,19 @@ def plot_tag(csv_path, tag, outdir, log_x=None):
     rows = read_csv(csv_path)
     if not rows:
         raise ValueError(f'{csv_path} has no rows')
-    if tag not in rows[0]:
-        raise ValueError(f'{csv_path} has no column {tag!r}; columns: {list(rows[0])}')
-    rows.sort(key=lambda r: float(r[tag]))
-    xs = [float(r[tag]) for r in rows]
-    col = lambda name: [float(r[name]) for r in rows]
+    needed = [tag, G.TV_SINGLE, G.TV_MULTI, G.BOUND_SINGLE, G.BOUND_MULTI]
+    missing = [name for name in needed if name not in rows[0]]
+    if missing:
+        raise ValueError(f'{csv_path} has no column {", ".join(map(repr, missing))} (it has {", ".join(rows[0])}): '
+            f'not a CSV of `python -m simulations.run_gaussian --tag {tag}`')
+    def col(name):
+        try:
+            return [float(r[name]) for r in rows]
+        except (TypeError, ValueError):
+            raise ValueError(f'{csv_path}: column {name!r} holds a value that is not a number') from None
+    order = np.argsort(col(tag), kind='stable')
+    rows = [rows[i] for i in order]
+    xs = col(tag)
     if log_x is None:
         log_x = tag == 'n'
 

@@ -9,6 +9,7 @@ network itself (built on the `meta` device, which allocates nothing).
 """
 
 import copy
+import os
 
 import torch
 
@@ -21,7 +22,7 @@ def build(preset, overrides=None, data=None, world_size=1):
     """(resolved options, training_loop() keyword arguments without run_dir). ValueError or
     FileNotFoundError naming the option or file on any inconsistency."""
     opts = presets.resolve(preset, overrides)
-    check_ranges(opts)
+    check_ranges(opts, world_size)
     dataset_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=opts.cond, xflip=opts.xflip)
     dataset = open_dataset(dataset_kwargs, opts.cond)
     family = presets.family_kwargs(opts)
@@ -50,7 +51,17 @@ def build(preset, overrides=None, data=None, world_size=1):
 #----------------------------------------------------------------------------
 # Checks.
 
-def check_ranges(opts):
+def describe_data(dataset_kwargs):
+    """What the dataset is, as training_options.json records it (training/runs.py compares it on
+    resumption): absolute path, image count, stored shape [C, H, W], number of classes (whether or
+    not this run uses them) and a fingerprint of its listing."""
+    dataset = util.construct_class_by_name(**dict(dataset_kwargs, use_labels=True, xflip=False))
+    return dict(path=os.path.abspath(dataset_kwargs['path']), images=len(dataset), shape=dataset.image_shape,
+        classes=dataset.label_dim, fingerprint=dataset.fingerprint())
+
+def check_ranges(opts, world_size=1):
+    if not 0 <= opts.seed <= 2**32 - world_size: # Rank r seeds with seed + r; NumPy's seeds end at 2^32 - 1.
+        raise ValueError(f'seed must be in 0..{2**32 - world_size}, got {opts.seed}')
     if opts.batch < 1 or opts.duration < 1:
         raise ValueError(f'batch and duration must be at least 1 image, got batch {opts.batch} and duration {opts.duration}')
     if opts.workers < 0:

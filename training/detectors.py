@@ -13,6 +13,7 @@ checkpoint, or the hub when online. When a file is missing the error names it an
 import io
 import os
 import pickle
+import re
 
 import torch
 
@@ -212,6 +213,23 @@ class DigitsClassifier:
     def __init__(self, device=torch.device('cpu')):
         from sklearn.svm import SVC # pylint: disable=import-outside-toplevel
         self.classifier = SVC(gamma='scale').fit(*digits.pixels('train'))
+
+    @classmethod
+    def check_network(cls, label_dim, sources, what):
+        """The network's classes must be digits, or the accuracy means nothing: its sources (from
+        dataset.json) have the original ids 0..9 and names that spell them ('3', 'digit3'), or it
+        records none and has 10 classes. (CIFAR-10's ids are 0..9 too, named 'airplane', ...)"""
+        if label_dim == 0:
+            raise ValueError(f'{cls.name} needs the class of every image, but {what} is unconditional')
+        if sources:
+            other = [s for s in sources if s['original_id'] not in range(digits.NUM_CLASSES)
+                or re.sub(r'\D', '', str(s['name'])) != str(s['original_id'])]
+            if other:
+                raise ValueError(f'{cls.name}: {what} was not trained on digits: its class {other[0]["label"]} is '
+                    f'"{other[0]["name"]}" (original id {other[0]["original_id"]}), not one of the digits 0..9')
+        elif label_dim != digits.NUM_CLASSES:
+            raise ValueError(f'{cls.name}: {what} has {label_dim} classes and records no source names; the digits '
+                f'classifier needs a network of the {digits.NUM_CLASSES} digits')
 
     def __call__(self, images):
         predicted = self.classifier.predict(digits_pixels(images).cpu().numpy())

@@ -6,6 +6,7 @@ Seed-compatible with the official EDM2 generate_images.py: per seed, a torch.Gen
 sampling device seeded with seed % 2**32 draws the initial noise of one image and then its class.
 """
 
+import math
 import os
 import re
 
@@ -70,11 +71,14 @@ def has_unconditional_branch(loss_fn):
     unconditional branch. Losses declare it; official EDM2 losses (no declaration) did not."""
     return bool(getattr(loss_fn, 'has_unconditional_branch', False))
 
+def check_guidance_value(guidance):
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f'--guidance {guidance}: guidance must be at least 0 and finite (1 = none, 0 = the guiding model alone)')
+
 def check_guidance(snapshot, gnet=None, guidance=1.0):
     """Guidance other than 1 needs a guiding network, or a conditional network trained with label
     dropout (its all-zero label is then the unconditional branch)."""
-    if guidance < 0:
-        raise ValueError(f'--guidance {guidance}: guidance must be at least 0 (1 = none, 0 = the guiding model alone)')
+    check_guidance_value(guidance)
     if guidance == 1 or gnet is not None:
         return
     if snapshot.label_dim == 0 or not has_unconditional_branch(snapshot.loss_fn):
@@ -140,6 +144,25 @@ def find_source(text, sources, what):
         raise ValueError(f'--class {text}: {"no" if not matches else "more than one"} source of {what} '
             f'has the {key.replace("_", " ")} {value}; its sources: {known}')
     return matches[0]
+
+#----------------------------------------------------------------------------
+# Seeds: a seed seeds a torch.Generator with seed % 2^32 (as in the official code), so seeds are
+# kept in 0..2^32-1, where each gives its own image.
+
+MAX_SEED = 2**32 - 1
+MAX_SEEDS = 10**7 # Per command: more is split over several commands (or --subdirs runs).
+
+def parse_seeds(text):
+    """--seeds '0-63,100' -> list, checked before a range is expanded."""
+    try:
+        return util.parse_int_list(text, low=0, high=MAX_SEED, max_count=MAX_SEEDS)
+    except ValueError as e:
+        raise ValueError(f'--seeds: {e}; seeds are 0..{MAX_SEED}, at most {MAX_SEEDS:,} per command') from None
+
+def check_seed_range(seed, num):
+    """--seed and --num of calculate_metrics.py gen: seeds seed..seed+num-1."""
+    if seed + num - 1 > MAX_SEED or num > MAX_SEEDS:
+        raise ValueError(f'--seed {seed} --num {num}: seeds are 0..{MAX_SEED}, at most {MAX_SEEDS:,} per command')
 
 #----------------------------------------------------------------------------
 # Generate images for the given seeds, in batches, split across the ranks. Yields one EasyDict

@@ -319,5 +319,25 @@ def check_reference(stats, ref, metrics, feature_dims=None):
         if feature_dims is not None and dim != feature_dims[metric]:
             raise ValueError(f'Reference {ref}: "{metric}" statistics have {dim} features, '
                 f'but the {metric} detector gives {feature_dims[metric]}')
+        problem = covariance_problem(mu, sigma)
+        if problem:
+            raise ValueError(f'Reference {ref}: the "{metric}" statistics are not those of any set of images ({problem}); '
+                f'compute them again with: calculate_metrics.py ref')
+
+def covariance_problem(mu, sigma):
+    """Why (mu, sigma) cannot be a mean and a covariance, or None: non-finite numbers, sigma not
+    symmetric, or not positive semi-definite (the Frechet distance would be meaningless; clipped,
+    it came out 0). Rounding is allowed for: a tolerance of 1e-6 of the trace."""
+    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        return 'they hold NaN or inf'
+    scale = 1e-6 * max(np.trace(sigma), 0) + np.finfo(np.float64).tiny
+    if np.abs(sigma - sigma.T).max(initial=0) > scale:
+        return 'the covariance is not symmetric'
+    try:
+        np.linalg.cholesky(sigma + scale * np.eye(len(sigma)))
+    except np.linalg.LinAlgError:
+        return 'the covariance is not positive semi-definite'
+    return None
 
 #----------------------------------------------------------------------------

@@ -104,6 +104,10 @@ class PowerFunctionEMA(_EMABase):
     def __init__(self, net, stds=[0.050, 0.100]):
         for std in stds:
             std_to_exp(std) # Validate early.
+        names = [f'{std:.3f}' for std in stds]
+        if not stds or len(set(names)) != len(names): # Snapshot names end in -{std:.3f}.
+            raise ValueError(f'ema_stds {list(stds)}: give one or more EMA stds that differ in their first three '
+                'decimals (each one is saved as network-snapshot-<kimg>-<std:.3f>.pkl)')
         super().__init__(net, len(stds))
         self.stds = [float(std) for std in stds]
 

@@ -12,6 +12,7 @@ presets below. The training loop is not touched.
 """
 
 import copy
+import math
 
 from torch_utils import util
 from torch_utils.util import EasyDict
@@ -95,6 +96,11 @@ def check_value(key, value, default):
     if not ok:
         kind = {bool: 'True or False', int: 'an integer', float: 'a number', str: 'a string'}.get(expected, expected.__name__)
         raise ValueError(f'option "{key}" expects {kind}, got {value!r}')
+    # No option takes a negative count or a non-finite number (inf would train to NaN parameters).
+    if expected is float and not math.isfinite(value):
+        raise ValueError(f'option "{key}" must be a finite number, got {value!r}')
+    if expected is int and value < 0:
+        raise ValueError(f'option "{key}" must be at least 0, got {value!r}')
     return value
 
 #----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import pickle
+import pickletools
 import re
 import signal
 import time
@@ -57,10 +58,41 @@ def list_checkpoints(run_dir):
     files = [f for f in glob.glob(os.path.join(run_dir, 'training-state-*.pt')) if _STATE_RE.search(f)]
     return sorted(files, key=lambda f: int(_STATE_RE.search(f).group(1)))
 
+class _WriteErrors:
+    """A file that remembers the OSError of a failed write: torch.save reports one as a
+    RuntimeError that says only "unexpected pos"."""
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+def write_file(path, write, what):
+    """write(file) into `path` atomically. A write that fails (disk full, file-size limit) becomes
+    one OSError naming the file and the cause; nothing of it is left behind."""
+    with util.atomic_path(path) as tmp:
+        stream = None
+        try:
+            with open(tmp, 'wb') as f:
+                stream = _WriteErrors(f)
+                write(stream)
+        except (OSError, RuntimeError) as e:
+            cause = stream.error if stream is not None and stream.error is not None else e
+            if not isinstance(cause, OSError):
+                raise
+            raise OSError(f'cannot write {path} ({cause.strerror or cause}); nothing of it was kept, the files written '
+                f'before it are intact: free some space (or raise the file-size limit) and re-run the same command to {what}') from e
+
 def save_checkpoint(run_dir, state, keep=2):
     path = os.path.join(run_dir, f'training-state-{state["state"]["cur_nimg"] // 1000:07d}.pt')
-    with util.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    write_file(path, lambda f: torch.save(state, f), 'resume from the previous training state')
     for old in list_checkpoints(run_dir)[:-keep]:
         if os.path.abspath(old) != os.path.abspath(path):
             os.remove(old)
@@ -79,7 +111,8 @@ def load_latest_checkpoint(run_dir):
 
 #----------------------------------------------------------------------------
 # Pre-emption: SIGTERM/SIGINT set a flag; the loop saves a training state at the next step
-# boundary (every rank agrees via an all-reduce) and exits with 128 + signal number.
+# boundary (every rank agrees via an all-reduce) and exits with 128 + signal number. The same
+# all-reduce tells every rank whether any rank's loss was not finite.
 
 class _StopRequest:
     def __init__(self):
@@ -98,13 +131,16 @@ class _StopRequest:
     def _handle(self, signum, _frame):
         self.signum = signum
 
-    def agreed(self, device):
-        """The largest signal number seen by any rank (0 = keep going)."""
-        if dist.get_world_size() == 1:
-            return self.signum
-        flag = torch.tensor([self.signum], dtype=torch.int64, device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return int(flag.item())
+    def agreed(self, device, nonfinite=None):
+        """(The largest signal number seen by any rank (0 = keep going), whether the loss of any
+        rank was not finite). `nonfinite`: this rank's flag, a bool tensor, or None."""
+        flags = torch.tensor([self.signum, 0], dtype=torch.int64, device=device)
+        if nonfinite is not None:
+            flags[1] = nonfinite
+        if dist.get_world_size() > 1:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        signum, diverged = flags.tolist()
+        return signum, bool(diverged)
 
 #----------------------------------------------------------------------------
 # Status: one line per interval on stdout (the log), the collected statistics appended to
@@ -142,10 +178,12 @@ class _Status:
         if self.device.type == 'cuda':
             fields += [f'gpumem {collector["Resources/peak_gpu_mem_gb"]:<6.2f}']
         dist.print0(' '.join(fields), flush=True)
-        if dist.get_rank() == 0:
-            append_stats(self.run_dir, collector.as_dict())
-            plot_loss_curve(self.run_dir)
+        dist.rank0_outcome(write_status_files, self.run_dir, collector.as_dict())
         self.prev_time, self.prev_nimg, self.training_time = time.time(), cur_nimg, 0.0
+
+def write_status_files(run_dir, stats):
+    append_stats(run_dir, stats)
+    plot_loss_curve(run_dir)
 
 def append_stats(run_dir, stats):
     fmt = {'Progress/kimg': '%.3f', 'Timing/total_sec': '%.1f'}
@@ -259,51 +297,84 @@ def data_iterator(dataset, start_nimg, batch_gpu, seed, data_loader_kwargs, devi
 #----------------------------------------------------------------------------
 # Saving: network snapshots (rank 0) and training states (every rank takes part).
 
-def save_snapshots(run_dir, r, cur_nimg, dataset_kwargs, run_id=None):
-    """One snapshot per EMA profile (or of the network itself without EMA). Plain dicts and
-    lists, so that EDM2 snapshots load in the official code too (it reads only `ema` and
-    `encoder`). `sources` ([{label, name, original_id}] from dataset.json, or None) lets the
-    generator choose a class by its identity once the dataset is gone; `run_id` ties the
-    snapshot to its run."""
-    for ema_net, ema_suffix in (r.ema.get() if r.ema is not None else [(r.net, '')]):
+def snapshot_names(r, cur_nimg):
+    """{file name: network} of the snapshots at cur_nimg: one per EMA profile (or of the network
+    itself without EMA)."""
+    return {f'network-snapshot-{cur_nimg // 1000:07d}{suffix}.pkl': net for net, suffix in (r.ema.get() if r.ema is not None else [(r.net, '')])}
+
+def save_snapshots(run_dir, r, cur_nimg, dataset_kwargs, run_id=None, only=None):
+    """The snapshots at cur_nimg (rank 0; `only`: these file names). Plain dicts and lists, so
+    that EDM2 snapshots load in the official code too (it reads only `ema` and `encoder`).
+    `sources` ([{label, name, original_id}] from dataset.json, or None) lets the generator choose a
+    class by its identity once the dataset is gone; `run_id` ties the snapshot to its run."""
+    check_finite(r, cur_nimg)
+    for fname, ema_net in snapshot_names(r, cur_nimg).items():
+        if only is not None and fname not in only:
+            continue
         data = dict(ema=copy.deepcopy(ema_net).cpu().eval().requires_grad_(False), loss_fn=r.loss_fn,
             encoder=r.encoder, dataset_kwargs=dict(dataset_kwargs), run_id=run_id,
             sources=getattr(r.dataset, 'sources', None)) # Optional for dataset classes other than ours.
-        fname = f'network-snapshot-{cur_nimg // 1000:07d}{ema_suffix}.pkl'
         dist.print0(f'Saving {fname} ... ', end='', flush=True)
-        with util.atomic_path(os.path.join(run_dir, fname)) as tmp:
-            with open(tmp, 'wb') as f:
-                pickle.dump(data, f)
+        write_file(os.path.join(run_dir, fname), lambda f, data=data: pickle.dump(data, f), 'write it again')
         dist.print0('done')
+
+def repair_snapshots(run_dir, r, cur_nimg, dataset_kwargs, run_id=None):
+    """Rewrite the snapshots of the training state being resumed from when they are missing or
+    damaged (e.g. truncated by a full disk): they hold the state's EMA, so they come out with the
+    same networks as when first written. A finished run re-run then ends with every file whole."""
+    damaged = [fname for fname in snapshot_names(r, cur_nimg) if not pickle_is_complete(os.path.join(run_dir, fname))]
+    if damaged:
+        dist.print0(f'Rewriting {", ".join(damaged)} (missing or damaged) from the training state')
+        save_snapshots(run_dir, r, cur_nimg, dataset_kwargs, run_id, only=damaged)
+
+def pickle_is_complete(path):
+    """Whether `path` holds a whole pickle, walked opcode by opcode without loading anything."""
+    try:
+        with open(path, 'rb') as f:
+            ops = [op.name for op, _arg, _pos in pickletools.genops(f)]
+        return ops[-1:] == ['STOP']
+    except Exception: # pylint: disable=broad-except
+        return False
+
+def check_finite(r, cur_nimg):
+    """Never save a network whose parameters are not finite: resuming from it could not help."""
+    if not torch.stack([p.isfinite().all() for p in r.net.parameters()]).all():
+        raise diverged_error(cur_nimg, 'the network parameters are not finite')
+
+def diverged_error(cur_nimg, what):
+    return ValueError(f'{what} at {cur_nimg / 1e3:g} kimg: training diverged (a learning rate too high?); '
+        'nothing from this point on was saved')
 
 def save_state(run_dir, r, state, run_id=None):
     """Every rank's RNG state goes in, so that a resumed run continues bit for bit; the ranks'
     networks must agree (as EDM2 checks) before one copy is written."""
+    check_finite(r, state.cur_nimg)
     rng = [misc.get_rng_state()]
     if dist.get_world_size() > 1:
         misc.check_ddp_consistency(r.net)
         rng = [None] * dist.get_world_size()
         torch.distributed.all_gather_object(rng, misc.get_rng_state())
-    if dist.get_rank() == 0:
-        path = save_checkpoint(run_dir, dict(state=dict(state), net=r.net.state_dict(), optimizer=r.optimizer.state_dict(),
-            ema=r.ema.state_dict() if r.ema is not None else None, rng=rng, run_id=run_id))
-        dist.print0(f'Saved {os.path.basename(path)}')
-    dist.barrier()
+    path = dist.rank0_outcome(save_checkpoint, run_dir, dict(state=dict(state), net=r.net.state_dict(),
+        optimizer=r.optimizer.state_dict(), ema=r.ema.state_dict() if r.ema is not None else None, rng=rng, run_id=run_id))
+    dist.print0(f'Saved {os.path.basename(path)}')
 
 #----------------------------------------------------------------------------
 # One optimizer step: the per-process batch in accumulation rounds of batch_gpu images.
 
 def train_step(r, dataset_iterator, cur_nimg, batch_size, batch_gpu, lr_kwargs, device,
         loss_scaling=1, force_finite=True, grad_clip=0):
+    """Returns a bool tensor on the device: was the loss of any image not finite?"""
     per_process = batch_size // dist.get_world_size()
     num_rounds = per_process // batch_gpu
     r.optimizer.zero_grad(set_to_none=True)
+    nonfinite = torch.zeros([], dtype=torch.bool, device=device)
     for round_idx in range(num_rounds):
         with misc.ddp_sync(r.ddp, (round_idx == num_rounds - 1)):
             images, labels = next(dataset_iterator)
             images = r.encoder.encode_latents(images.to(device))
             loss = r.loss_fn(net=r.ddp, images=images, labels=labels.to(device))
             training_stats.report('Loss/loss', loss)
+            nonfinite |= ~loss.detach().isfinite().all()
             loss.sum().mul(loss_scaling / per_process).backward()
 
     lr = float(util.call_func_by_name(cur_nimg=cur_nimg, batch_size=batch_size, **lr_kwargs))
@@ -319,6 +390,7 @@ def train_step(r, dataset_iterator, cur_nimg, batch_size, batch_gpu, lr_kwargs, 
     r.optimizer.step()
     if r.ema is not None:
         r.ema.update(cur_nimg=cur_nimg + batch_size, batch_size=batch_size)
+    return nonfinite
 
 #----------------------------------------------------------------------------
 # Main training loop.
@@ -335,6 +407,7 @@ def training_loop(
 
     run_dir             = '.',      # Output directory.
     run_id              = None,     # Identity of the run (training/runs.py), kept in its snapshots and states.
+    on_resumed          = None,     # Called (on rank 0) once a training state has loaded, before the first step.
     seed                = 0,        # Global random seed.
     batch_size          = 2048,     # Total batch size for one training iteration.
     batch_gpu           = 0,        # Limit batch size per GPU (0 = no limit).
@@ -367,6 +440,10 @@ def training_loop(
     r = build_run(dataset_kwargs, encoder_kwargs, network_kwargs, loss_kwargs, optimizer_kwargs, ema_kwargs, device)
     state = resume(run_dir, r, run_id)
     start_nimg = state.cur_nimg
+    if on_resumed is not None and start_nimg:
+        dist.rank0_outcome(on_resumed)
+    if snapshot_nimg and start_nimg and start_nimg % snapshot_nimg == 0:
+        dist.rank0_outcome(repair_snapshots, run_dir, r, start_nimg, dataset_kwargs, run_id)
     stop_at_nimg = min(total_nimg, start_nimg + slice_nimg) if slice_nimg else total_nimg
     dist.print0(f'Training from {start_nimg // 1000} kimg to {stop_at_nimg // 1000} kimg:\n')
     batches = data_iterator(r.dataset, start_nimg, batch_gpu, seed, data_loader_kwargs, device)
@@ -375,16 +452,19 @@ def training_loop(
 
     stop = _StopRequest()
     stop.install()
+    nonfinite = None # Of the latest step.
     try:
         while True:
             done = state.cur_nimg >= stop_at_nimg
-            signum = stop.agreed(device)
+            signum, diverged = stop.agreed(device, nonfinite)
+            if diverged:
+                raise diverged_error(state.cur_nimg, 'the loss is not finite (NaN or inf)')
             fresh = state.cur_nimg != start_nimg or start_nimg == 0 # Not what the resumed state already reported and saved.
             if status_nimg and (done or signum or every(status_nimg)) and fresh:
                 status.report(state.cur_nimg)
                 state.total_elapsed_time = status.total_elapsed_time
-            if every(snapshot_nimg) and fresh and dist.get_rank() == 0:
-                save_snapshots(run_dir, r, state.cur_nimg, dataset_kwargs, run_id)
+            if every(snapshot_nimg) and fresh:
+                dist.rank0_outcome(save_snapshots, run_dir, r, state.cur_nimg, dataset_kwargs, run_id)
             if signum or (checkpoint_nimg and (done or every(checkpoint_nimg)) and state.cur_nimg != start_nimg):
                 save_state(run_dir, r, state, run_id)
             if signum:
@@ -394,7 +474,7 @@ def training_loop(
             if done:
                 break
             step_start = time.time()
-            train_step(r, batches, state.cur_nimg, batch_size, batch_gpu, lr_kwargs, device,
+            nonfinite = train_step(r, batches, state.cur_nimg, batch_size, batch_gpu, lr_kwargs, device,
                 loss_scaling=loss_scaling, force_finite=force_finite, grad_clip=grad_clip)
             state.cur_nimg += batch_size
             status.training_time += time.time() - step_start
