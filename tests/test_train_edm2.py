@@ -72,6 +72,8 @@ def loop_arguments(monkeypatch, args):
     (['--fp16', 'false'], {'network_kwargs.use_fp16': False}),
     (['--batch-gpu', '16'], {'batch_gpu': 16}),
     (['--p-uncond', '0.2', '--dropout', '0.05'], {'loss_kwargs.p_uncond': 0.2, 'network_kwargs.dropout': 0.05}),
+    (['--ls', '1024'], {'loss_scaling': 1024.0}), # EDM2's loss scaling and cuDNN benchmarking flags.
+    (['--bench=False'], {'cudnn_benchmark': False}),
 ])
 def test_each_flag_changes_what_the_loop_receives(digits_zip, tmp_path, monkeypatch, flags, changes):
     base = ['--preset', 'edm2-digits', '--data', digits_zip, '--duration', '1Ki', '--batch', '64']
@@ -96,6 +98,34 @@ def test_bad_options_are_clear_errors(digits_zip, tmp_path, args, message):
     result = invoke(['--data', digits_zip, '--outdir', str(tmp_path / 'run')] + args)
     expect_cli_error(result, message)
     assert not os.path.exists(tmp_path / 'run')
+
+def test_edm2_training_command_and_default_preset(tmp_path, monkeypatch):
+    # The EDM2 README's training command (8 processes there, one here), up to the training loop;
+    # and without --preset, EDM2's default edm2-img512-s. Latents as dataset_tool.py encode writes them.
+    import zipfile
+    import anchors
+    (tmp_path / 'datasets').mkdir()
+    with zipfile.ZipFile(tmp_path / 'datasets' / 'img512-sd.zip', 'w') as zf: # Four 8x8 "latents" (mean and std, 4 channels each).
+        for idx in range(4):
+            buffer = io.BytesIO()
+            np.save(buffer, np.random.RandomState(idx).randn(8, 8, 8).astype(np.float32))
+            zf.writestr(f'00000/img-mean-std-{idx:08d}.npy', buffer.getvalue())
+        zf.writestr('dataset.json', json.dumps({'labels': [[f'00000/img-mean-std-{idx:08d}.npy', idx] for idx in range(4)]}))
+    command = anchors.words('edm2-train-xs')
+    assert command[:3] == ['torchrun', '--standalone', '--nproc_per_node=8'] and command[3] == 'train_edm2.py'
+    (tmp_path / 'default').mkdir()
+    os.symlink(tmp_path / 'datasets', tmp_path / 'default' / 'datasets')
+    for args, preset, cwd in [(command[4:], 'edm2-img512-xs', tmp_path),
+            ([a for a in command[4:] if not a.startswith('--preset')], 'edm2-img512-s', tmp_path / 'default')]:
+        captured = {}
+        monkeypatch.setattr(train_edm2.training_loop, 'training_loop', lambda **kwargs: captured.update(kwargs))
+        with contextlib.chdir(cwd):
+            result = invoke(args)
+        assert result.exit_code == 0, result.output
+        assert f'Preset {preset} (edm2)' in result.output and captured['batch_gpu'] == 32
+        assert captured['network_kwargs']['model_channels'] == presets.resolve(preset).channels
+        assert captured['encoder_kwargs']['class_name'] == 'training.encoders.StabilityVAEEncoder'
+        assert captured['run_dir'] == 'training-runs/00000-edm2-img512-xs'
 
 def test_bad_boolean_is_a_usage_error(digits_zip, tmp_path):
     result = invoke(['--data', digits_zip, '--outdir', str(tmp_path / 'run'), '--preset', 'edm2-digits', '--cond=maybe'])

@@ -36,6 +36,8 @@ COMMON_OPTIONS = dict(
     xflip       = False,        # Random horizontal flips of the dataset (doubles it).
     lr          = 0.01,         # Reference learning rate.
     grad_clip   = 0.0,          # Clip the gradient norm to this value (0 = off).
+    loss_scaling = 1.0,         # Loss scaling factor against fp16 under/overflows (EDM2's --ls).
+    cudnn_benchmark = True,     # torch.backends.cudnn.benchmark (EDM2's --bench).
 )
 NIMG_OPTIONS = ['duration', 'batch', 'batch_gpu', 'status', 'snapshot', 'checkpoint']
 
