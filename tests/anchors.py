@@ -17,14 +17,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(ROOT, 'tests', 'data', 'anchor_commands.json')) as _f:
     ANCHORS = {name: entry for name, entry in json.load(_f).items() if not name.startswith('_')}
 
-def words(name):
-    """The command as the README writes it, split as a shell would."""
-    return shlex.split(ANCHORS[name]['command'])
+def words(name, env=None):
+    """The command as the README writes it, split as a shell would, with its $VARIABLES (e.g.
+    $HOME) taken from `env` (default: this process's environment)."""
+    command = ANCHORS[name]['command']
+    for var, value in sorted((env if env is not None else os.environ).items(), key=lambda item: -len(item[0])):
+        command = command.replace(f'${var}', value)
+    return shlex.split(command)
 
-def argv(name):
+def argv(name, env=None):
     """The command for this machine: `python` is this interpreter, `torchrun` is
     `python -m torch.distributed.run` (what the torchrun entry point runs)."""
-    command = words(name)
+    command = words(name, env)
     launcher = {'python': [sys.executable], 'torchrun': [sys.executable, '-m', 'torch.distributed.run']}[command[0]]
     return launcher + command[1:]
 
@@ -33,7 +37,7 @@ def run(name, root=ROOT, env=None, timeout=600, check=True):
     repository itself) and return the CompletedProcess; with `check`, assert that it succeeds."""
     cwd = os.path.join(root, ANCHORS[name]['cwd'])
     env = dict(env or os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
-    result = subprocess.run(argv(name), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(argv(name, env), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert not check or result.returncode == 0, f'{ANCHORS[name]["command"]}\n{result.stdout[-3000:]}{result.stderr[-3000:]}'
     return result
 
