@@ -106,8 +106,10 @@ def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, uncond
         runs.prepare(outdir, preset, json.loads(json.dumps(dict(options=opts, config=c))), action)
     dist.barrier()
     logger = util.Logger(file_name=os.path.join(outdir, 'log.txt'), file_mode='a') if dist.get_rank() == 0 else None
+    # A run of the official code keeps every training state; so does this code when it continues one.
+    keep = 0 if runs.is_official_run(runs.read_options(outdir)) else 2
     try:
-        training_loop.training_loop(run_dir=outdir, run_id=runs.run_id_of(outdir), slice_nimg=slice_nimg, **c)
+        training_loop.training_loop(run_dir=outdir, run_id=runs.run_id_of(outdir), slice_nimg=slice_nimg, keep_checkpoints=keep, **c)
     finally:
         if logger is not None:
             logger.close()

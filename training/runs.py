@@ -14,6 +14,7 @@ import time
 import uuid
 
 from torch_utils import util
+from training import presets
 
 OPTIONS_FILE = 'training_options.json'
 RUN_FILES = [OPTIONS_FILE, 'log.txt', 'stats.jsonl', 'loss.png'] # Plus the patterns below.
@@ -49,6 +50,12 @@ def check(run_dir, preset, restart=False):
     choices = f'choose another --outdir, or pass --restart to move its files into {run_dir}/previous-<time>/ and start over'
     if OPTIONS_FILE not in files:
         raise ValueError(f'--outdir {run_dir} holds files of a training run ({", ".join(files[:3])}...) but no {OPTIONS_FILE}; {choices}')
+    if is_official_run(read_options(run_dir)):
+        if presets.resolve(preset).family != 'edm2':
+            raise ValueError(f'--outdir {run_dir} holds a run of the official EDM2 code; preset "{preset}" is not an EDM2 preset; {choices}')
+        if not any(name.startswith('training-state-') for name in files):
+            raise ValueError(f'--outdir {run_dir} holds a run of the official EDM2 code but no training state to resume it from; {choices}')
+        return 'resume'
     recorded = read_options(run_dir).get('preset')
     if recorded != preset:
         raise ValueError(f'--outdir {run_dir} belongs to a run of preset "{recorded}", not "{preset}"; {choices}')
@@ -70,8 +77,11 @@ def prepare(run_dir, preset, record, action):
         print(f'Moved the earlier run into {aside}')
     if action == 'resume':
         previous = read_options(run_dir)
-        changed = sorted(k for k in set(previous.get('options', {})) | set(record['options'])
-            if previous.get('options', {}).get(k) != record['options'].get(k))
+        if is_official_run(previous):
+            changed = [f'{name} {theirs} -> {ours}' for name, theirs, ours in official_differences(previous, record['config'])]
+        else:
+            changed = sorted(k for k in set(previous.get('options', {})) | set(record['options'])
+                if previous.get('options', {}).get(k) != record['options'].get(k))
         if changed:
             print(f'Note: resuming in {run_dir} with changed options: {", ".join(changed)}')
         return previous.get('run_id')
@@ -85,3 +95,30 @@ def prepare(run_dir, preset, record, action):
 def run_id_of(run_dir):
     """The run id recorded in run_dir (None for a run of an earlier version of this code)."""
     return read_options(run_dir).get('run_id')
+
+#----------------------------------------------------------------------------
+# A run directory of the official EDM2 train_edm2.py: its training_options.json holds the
+# arguments of its training loop (no preset, no run id). The same command resumes it here.
+
+def is_official_run(recorded):
+    return 'preset' not in recorded and recorded.get('network_kwargs', {}).get('class_name') == 'training.networks_edm2.Precond'
+
+# Where the official arguments and ours keep the same setting, with the official default where
+# its record leaves it out.
+_OFFICIAL_SETTINGS = [
+    ('channels', 'network_kwargs', 'model_channels', None), ('channel_mult', 'network_kwargs', 'channel_mult', [1, 2, 3, 4]),
+    ('num_blocks', 'network_kwargs', 'num_blocks', 3), ('attn_resolutions', 'network_kwargs', 'attn_resolutions', [16, 8]),
+    ('dropout', 'network_kwargs', 'dropout', 0.0), ('P_mean', 'loss_kwargs', 'P_mean', -0.4), ('P_std', 'loss_kwargs', 'P_std', 1.0),
+    ('lr', 'lr_kwargs', 'ref_lr', None), ('decay', 'lr_kwargs', 'ref_batches', None), ('batch', None, 'batch_size', None),
+    ('duration', None, 'total_nimg', None), ('cond', 'dataset_kwargs', 'use_labels', True), ('data', 'dataset_kwargs', 'path', None),
+]
+
+def official_differences(recorded, config):
+    """[(option, the official run's value, this command's)] where they differ."""
+    found = []
+    for option, section, key, default in _OFFICIAL_SETTINGS:
+        theirs = (recorded.get(section) or {}) if section else recorded
+        ours = (config.get(section) or {}) if section else config
+        if theirs.get(key, default) != ours.get(key):
+            found.append((option, theirs.get(key, default), ours.get(key)))
+    return found
