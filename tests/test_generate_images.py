@@ -329,7 +329,8 @@ def test_metrics_gen_uses_the_preset_guidance(tmp_path, monkeypatch):
         result = invoke_ok('calculate_metrics', 'gen', *args, '--ref', ref, '--metrics', 'fd_digits', '--num', 12, '--steps', 4)
         (record,) = [json.loads(line) for line in result.output.splitlines() if line.startswith('{')]
         return record
-    by_name, by_preset = fd('--net', 'edm2-img512-xs-guid-fid'), fd('--preset', 'edm2-img512-xs-guid-fid')
+    import anchors
+    by_name, by_preset = fd(*anchors.words('issue-gen-preset')[3:]), fd('--preset', 'edm2-img512-xs-guid-fid')
     explicit = fd('--net', files[preset.net], '--gnet', files[preset.gnet], '--guidance', 1.4)
     unguided = fd('--net', files[preset.net])
     assert by_name['value'] == by_preset['value'] == explicit['value'] != unguided['value']
