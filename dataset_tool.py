@@ -143,9 +143,22 @@ def open_source(source):
 
 def is_imagenet_root(path):
     """The root that torchvision's ImageNet reads (the multi-source code passes it as --source):
-    a train/ folder beside the devkit or the meta.bin parsed from it. Its train/ is the source."""
-    markers = ['meta.bin', 'ILSVRC2012_devkit_t12.tar.gz']
-    return os.path.isdir(os.path.join(path, 'train')) and any(os.path.isfile(os.path.join(path, m)) for m in markers)
+    a train/ folder beside the devkit or the meta.bin parsed from it, or (without either) whose
+    class folders are ImageNet synsets (the bundled list is all the labels need). Its train/ is
+    the source."""
+    train = os.path.join(path, 'train')
+    if not os.path.isdir(train):
+        return False
+    if any(os.path.isfile(os.path.join(path, m)) for m in ['meta.bin', 'ILSVRC2012_devkit_t12.tar.gz']):
+        return True
+    folders = [e.name for e in os.scandir(train) if e.is_dir()]
+    return bool(folders) and all(name in imagenet_synsets() for name in folders)
+
+@functools.lru_cache(maxsize=1)
+def imagenet_synsets():
+    """{synset: official ILSVRC-2012 class id}: the position in training/imagenet_synsets.txt."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'training', 'imagenet_synsets.txt')) as f:
+        return {name: i for i, name in enumerate(f.read().split())}
 
 def open_file_tree(path):
     """A folder or ZIP of images. Classes come from its dataset.json, or else from the class
@@ -208,8 +221,7 @@ def folder_class_ids(folder_names):
     """Class id of each class folder: for ImageNet synset folders (n01440764, ...) the official
     ILSVRC-2012 id, which is the position in the sorted list of all 1000 synsets, so that a tree
     holding only some of the classes keeps their ids; otherwise the position in sorted order."""
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'training', 'imagenet_synsets.txt')) as f:
-        synsets = {name: i for i, name in enumerate(f.read().split())}
+    synsets = imagenet_synsets()
     if all(name in synsets for name in folder_names):
         return {name: synsets[name] for name in folder_names}
     return {name: i for i, name in enumerate(sorted(folder_names))}
@@ -334,18 +346,20 @@ def parse_classes(source, spec):
         raise SourceError(f'--classes {spec}: a class is listed twice')
     return chosen
 
-def select_images(source, classes=None, per_class=None, seed=0, max_images=None, level=None, held_out=False):
+def select_images(source, classes=None, per_class=None, seed=0, max_images=None, level=None, held_out=False,
+        per_class_flag='--per-class'):
     """Returns (image indices into the source, output label per image or None, [(class id, name,
     original id)] per output label or None). Chosen classes (choose_classes) become labels
     0..K-1 in the order given; each class's sample depends only on (seed, class), not on the
     other classes chosen. The sample is the first `per_class` images of a seeded permutation of
     the class, so a smaller sample is part of a larger one with the same seed; `held_out` keeps
-    instead the class's images that the sample leaves out."""
+    instead the class's images that the sample leaves out. `per_class_flag`: the option the user
+    gave the count with (--nums is the multi-source code's), for the error messages."""
     if held_out and per_class is None:
-        raise SourceError('--held-out: keeps the images that --per-class leaves out; give --per-class (and its --seed)')
+        raise SourceError(f'--held-out: keeps the images that {per_class_flag} leaves out; give {per_class_flag} (and its --seed)')
     if source.labels is None:
         if classes is not None or per_class is not None or level is not None:
-            raise SourceError(f'--classes/--per-class/--sim_name: {source.name} has no class labels')
+            raise SourceError(f'--classes/{per_class_flag}/--sim_name: {source.name} has no class labels')
         indices = np.arange(source.size)[:max_images]
         return indices, None, None
 
@@ -360,8 +374,9 @@ def select_images(source, classes=None, per_class=None, seed=0, max_images=None,
         members = np.flatnonzero(source.labels == c)
         if per_class is not None:
             if len(members) < per_class:
-                raise SourceError(f'--per-class {per_class}: class {c} ({source.classes[c][0]}) has only {len(members)} images '
-                    '(images are drawn without repeats; leave --per-class out, or --nums -1, for every image)')
+                every = '--nums -1' if per_class_flag == '--nums' else 'leave --per-class out'
+                raise SourceError(f'{per_class_flag} {per_class}: class {c} ({source.classes[c][0]}) has only {len(members)} images '
+                    f'(images are drawn without repeats; {every} for every image)')
             drawn = members[np.random.RandomState([seed, c]).choice(len(members), per_class, replace=False)]
             members = np.setdiff1d(members, drawn) if held_out else drawn
         indices.append(members)
@@ -637,6 +652,7 @@ def convert(source, dest, transform, resolution, max_images, classes, per_class,
     reads it (its train/ folder is the source).
     """
     classes = one_value({'--classes': classes, '--class_labels': class_labels}, class_list)
+    per_class_given = per_class
     per_class = one_value({'--per-class': per_class, '--nums': nums}, images_per_class)
     per_class = None if per_class == 'all' else per_class
     level = one_value({'--sim_name': sim_name, '--level_name': level_name}, similarity_level)
@@ -645,8 +661,10 @@ def convert(source, dest, transform, resolution, max_images, classes, per_class,
     transform_image = make_transform(transform, width, height)
     if width is not None:
         check_memory(width, width if transform == 'center-crop-wide' else height, workers)
+    selection = dict(classes=classes, per_class=per_class, seed=seed, max_images=max_images, level=level, held_out=held_out,
+        per_class_flag='--nums' if nums is not None and per_class_given is None else '--per-class')
     with util.stop_on_signals():
-        convert_images(source, dest, transform_image, max_images, classes, per_class, seed, workers, level)
+        convert_images(source, dest, transform_image, workers, selection)
 
 def check_memory(width, height, workers):
     """Each worker holds about four copies of an output image at a time (the resized array, PIL's,
@@ -658,11 +676,12 @@ def check_memory(width, height, workers):
             f'({workers} worker(s) x 4 copies of one {width}x{height} RGB image), more than the {available / 2**30:.1f} GiB '
             'available; choose a smaller --resolution or fewer --workers')
 
-def convert_images(source, dest, transform_image, max_images, classes, per_class, seed, workers, level):
+def convert_images(source, dest, transform_image, workers, selection):
+    """Write the images that select_images(**selection) chooses from `source` into `dest`."""
     src = open_source(source)
     if getattr(src, 'is_latent', False):
         raise SourceError(f'--source {source} holds latents (.npy); use `dataset_tool.py decode`')
-    indices, labels, sources = select_images(src, classes, per_class, seed, max_images, level, held_out)
+    indices, labels, sources = select_images(src, **selection)
     src.choose_mode(indices)
     results = map_ordered(functools.partial(convert_image, src, transform_image), indices, workers)
 

@@ -21,7 +21,6 @@ import tqdm
 from torch_utils import distributed as dist
 from torch_utils import util
 from training import generate
-from training import presets
 from training import samplers
 
 #----------------------------------------------------------------------------
@@ -99,12 +98,13 @@ def _gather(items):
 # Command line.
 
 @click.command()
-@click.option('--net',        help='Snapshot: path, URL or preset name', metavar='PATH|URL|PRESET', type=str, required=True)
-@click.option('--gnet',       help='Guiding network: path, URL or preset  [default: the preset\'s, or none]', metavar='PATH|URL', type=str, default=None)
+@click.option('--preset',     help='Generation preset: an official EDM2 snapshot with its guiding network and guidance', metavar='NAME', type=str, default=None)
+@click.option('--net',        help='Snapshot: path, URL (or a preset name)  [default: the preset\'s]', metavar='PATH|URL', type=str, default=None)
+@click.option('--gnet',       help='Guiding network: path or URL  [default: the preset\'s, or none]', metavar='PATH|URL', type=str, default=None)
 @click.option('--guidance',   help='Guidance weight  [default: the preset\'s, or 1 = none]', metavar='FLOAT', type=float, default=None)
 @click.option('--outdir',     help='Where to save the images', metavar='DIR', type=str, default=None)
 @click.option('--subdirs',    help='Save images in subdirectories of 1000 seeds', is_flag=True)
-@click.option('--seeds',      help='Random seeds (e.g. 1,2,5-10)', metavar='LIST', type=str, default='0-63', show_default=True)
+@click.option('--seeds',      help='Random seeds (e.g. 1,2,5-10)', metavar='LIST', type=str, default='16-19', show_default=True)
 @click.option('--class', 'class_spec', help='Class index 0..K-1, "all" to cycle through the classes, or a source: id:N (original class id, e.g. id:171), name:NAME or NAME  [default: random]', metavar='INT|all|id:N|NAME', type=str, default=None)
 @click.option('--batch', 'batch_size', help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=32, show_default=True)
 @click.option('--grid',       help='Also save one image grid (rows per class with --class all)', metavar='PNG', type=str, default=None)
@@ -119,14 +119,18 @@ def _gather(items):
 @click.option('--S_noise', 'S_noise', help='Stochastic noise inflation  [default: 1]', metavar='FLOAT', type=float, default=None)
 @click.option('--overwrite',  help='Replace images or a grid that another command made', is_flag=True)
 @util.one_line_errors
-def main(net, gnet, guidance, outdir, subdirs, seeds, class_spec, batch_size, grid, overwrite, **sampler_opts):
+def main(preset, net, gnet, guidance, outdir, subdirs, seeds, class_spec, batch_size, grid, overwrite, **sampler_opts):
     """Generate images from a snapshot (any model family) or an official EDM2 preset.
 
     Examples:
 
     \b
+    # A couple of images of an official EDM2 model (seeds 16-19), as the EDM2 README writes it
+    python generate_images.py --preset=edm2-img512-s-guid-dino --outdir=out
+
+    \b
     # 64 images of the built-in digits model, class 3, and a grid
-    python generate_images.py --net run/network-snapshot-0000256-0.100.pkl --class 3 --outdir out --grid grid.png
+    python generate_images.py --net run/network-snapshot-0000256-0.100.pkl --seeds 0-63 --class 3 --outdir out --grid grid.png
 
     \b
     # 5000 images of the source with ImageNet id 171 of a multi-source model
@@ -135,15 +139,13 @@ def main(net, gnet, guidance, outdir, subdirs, seeds, class_spec, batch_size, gr
     \b
     # 50000 images on 8 GPUs with an official EDM2 preset
     torchrun --standalone --nproc_per_node=8 generate_images.py \\
-        --net edm2-img512-xs-guid-fid --outdir out --subdirs --seeds 0-49999
+        --preset edm2-img512-xs-guid-fid --outdir out --subdirs --seeds 0-49999
     """
     seeds = generate.parse_seeds(seeds)
     if outdir is None and grid is None:
         raise ValueError('Nothing to write: give --outdir and/or --grid')
-    preset = presets.GENERATION_PRESETS.get(net, util.EasyDict())
-    gnet = gnet if gnet is not None else preset.get('gnet', None)
-    guidance = guidance if guidance is not None else preset.get('guidance', 1.0)
-    generate.check_guidance_value(guidance)
+    spec = generate.resolve_generation(net, preset, gnet, guidance)
+    net, gnet, guidance = spec.net, spec.gnet, spec.guidance
     # Only the options the user set: each sampler keeps its own defaults (docs/families.md).
     sampler_kwargs = {key: value for key, value in sampler_opts.items() if value is not None}
     samplers.check_edm_options(**sampler_kwargs)

@@ -59,11 +59,28 @@ def say(text):
     with _print_lock:
         print(text, flush=True)
 
-def tool(script, *args, gpus=1):
+def tool(script, *args, gpus=1, nodes=None, job=0):
     """The command line of one of the project's scripts, under torchrun for several processes
-    (`--` keeps the script's options, e.g. --num, away from torchrun's prefix matching)."""
-    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={gpus}', '--'] if gpus > 1 else [sys.executable]
+    (`--` keeps the script's options, e.g. --num, away from torchrun's prefix matching). `nodes`
+    (nnodes, node_rank, master_addr, master_port) spans several machines as
+    bash_files/common.sh does: torchrun's static rendezvous, so that node 0 holds global rank 0,
+    on master_port + job, so that one command's nodes never meet another command's."""
+    if nodes and nodes['nnodes'] > 1:
+        launcher = [sys.executable, '-m', 'torch.distributed.run', f'--nnodes={nodes["nnodes"]}', f'--node-rank={nodes["node_rank"]}',
+            f'--master-addr={nodes["master_addr"]}', f'--master-port={nodes["master_port"] + job}', f'--nproc_per_node={gpus}', '--']
+    elif gpus > 1:
+        launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={gpus}', '--']
+    else:
+        launcher = [sys.executable]
     return launcher + [os.path.join(ROOT, script)] + [str(a) for a in args]
+
+def wait_for(paths, poll=10):
+    """Block until every path exists (another node is making them)."""
+    missing = [path for path in paths if not os.path.exists(path)]
+    if missing:
+        say(f'Waiting for node 0 to write {len(missing)} file(s), e.g. {missing[0]}')
+    while any(not os.path.exists(path) for path in missing):
+        time.sleep(poll)
 
 def run(args, log=None, threads=None):
     say('+ ' + ' '.join(args))
@@ -82,8 +99,12 @@ def run(args, log=None, threads=None):
 class Study:
     """The files and steps of one study under `out` (see the module docstring)."""
     def __init__(self, out, data, source=None, resolution=256, vae='stabilityai/sd-vae-ft-mse', preset=None,
-            duration=None, num=None, gpus=1, batch_gpu=None, jobs=1, workers=2, train_args=()):
+            duration=None, num=None, gpus=1, batch_gpu=None, jobs=1, workers=2, train_args=(), nodes=None):
         self.out, self.data, self.gpus, self.batch_gpu, self.jobs, self.workers = out, data, gpus, batch_gpu, jobs, workers
+        # Several machines: every node runs the same grid; node 0 builds the data and writes the
+        # summary, the others wait for its files and join every training and scoring command.
+        self.nodes = nodes or dict(nnodes=1, node_rank=0)
+        self.torchrun_jobs = 0
         self.profile = PROFILES[data]
         self.source = source or self.profile['source']
         self.held_out = self.profile['held_out'] or self.source
@@ -152,8 +173,13 @@ class Study:
             '--snapshot', duration, '--checkpoint', duration, '--status', duration // 4, *self.train_args]
         args += ['--set', f'vae={self.vae}'] if self.profile['encode'] else [] # Decodes the snapshot's samples.
         args += ['--batch-gpu', self.batch_gpu] if self.batch_gpu else []
-        run(tool('train_edm2.py', *args, gpus=self.gpus), log, self.threads)
+        run(self.distributed('train_edm2.py', *args), log, self.threads)
         return True
+
+    def distributed(self, script, *args):
+        """A training or scoring command: on all nodes, each command a torchrun job of its own."""
+        self.torchrun_jobs += 1
+        return tool(script, *args, gpus=self.gpus, nodes=self.nodes, job=self.torchrun_jobs - 1)
 
     def score(self, model, log=None):
         """Every source of the model against its own reference: scores/{model}.jsonl, one record
@@ -161,10 +187,13 @@ class Study:
         results = self.path('scores', f'{model["name"]}.jsonl')
         if os.path.exists(results):
             return False
+        args = ['gen', '--net', self.snapshot(model), '--per-class', '--ref', self.reference('{source}'),
+            '--metrics', self.profile['metrics'], '--num', self.num, *self.profile['gen'], '--tag', f'model={model["name"]}']
+        if self.nodes['node_rank'] > 0: # Global rank 0 is on node 0: it writes the results.
+            run(self.distributed('calculate_metrics.py', *args), log, self.threads)
+            return True
         with util.atomic_path(results) as tmp:
-            run(tool('calculate_metrics.py', 'gen', '--net', self.snapshot(model), '--per-class', '--ref', self.reference('{source}'),
-                '--metrics', self.profile['metrics'], '--num', self.num, *self.profile['gen'], '--results', tmp,
-                '--tag', f'model={model["name"]}', gpus=self.gpus), log, self.threads)
+            run(self.distributed('calculate_metrics.py', *args, '--results', tmp), log, self.threads)
         return True
 
     #------------------------------------------------------------------------
@@ -173,9 +202,12 @@ class Study:
         say(f'Working directory: {os.getcwd()}')
         say(f'Study in {self.out} ({self.data}): {sum(m["kind"] == "multi" for m in models)} multi-source and '
             f'{sum(m["kind"] == "single" for m in models)} single-source models, {self.jobs} at a time')
-        with concurrent.futures.ThreadPoolExecutor(self.jobs) as pool: # list(): re-raise the first failure.
-            list(pool.map(self.build_reference, sorted({c for m in models for c in m['classes']})))
-            list(pool.map(self.build_dataset, {self.dataset(m): m for m in models}.values())) # Each file once.
+        if self.nodes['node_rank'] > 0:
+            wait_for([self.reference(c) for m in models for c in m['classes']] + [self.dataset(m, latents=self.profile['encode']) for m in models])
+        else:
+            with concurrent.futures.ThreadPoolExecutor(self.jobs) as pool: # list(): re-raise the first failure.
+                list(pool.map(self.build_reference, sorted({c for m in models for c in m['classes']})))
+                list(pool.map(self.build_dataset, {self.dataset(m): m for m in models}.values())) # Each file once.
         start, done = time.time(), []
         def train_and_score(model):
             began = time.time()
@@ -250,20 +282,31 @@ def cmdline():
 @click.option('--vae', help='VAE for the ImageNet latents: hub name or local folder', metavar='NAME|DIR', type=str, default='stabilityai/sd-vae-ft-mse', show_default=True)
 @click.option('--preset', help='Preset of every model  [default: digits edm2-digits; ImageNet edm2-img256-xs-{K}c-{N}]', metavar='NAME', type=str, default=None)
 @click.option('--set', 'set_options', help='Preset override passed to train_edm2.py', metavar='KEY=VALUE', multiple=True)
+@click.option('--nnodes', help='Machines that run every training and scoring command together (the same command on each)', metavar='INT', type=click.IntRange(min=1), default=1, show_default=True)
+@click.option('--node-rank', help='This machine\'s rank (0 builds the data and writes the summary)', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--master-addr', help='Address of node 0 (torchrun\'s static rendezvous)', metavar='HOST', type=str, default=None)
+@click.option('--master-port', help='First port of the rendezvous (one more per command)', metavar='PORT', type=click.IntRange(min=1, max=65535), default=29500, show_default=True)
 @click.option('--dry-run', help='List the models and exit', is_flag=True)
 @util.one_line_errors
-def grid(data, source, out, levels, num_sources, per_class, seeds, quick, dry_run, set_options, **options):
+def grid(data, source, out, levels, num_sources, per_class, seeds, quick, dry_run, set_options, nnodes, node_rank, master_addr, master_port, **options):
     """Train and score every model of a grid, then write the summary."""
     if data == 'imagenet' and not source:
         raise ValueError('--source: the ImageNet training folder is needed for --data imagenet')
+    if node_rank >= nnodes or (nnodes > 1 and not master_addr) or (nnodes > 1 and options['jobs'] > 1):
+        raise ValueError(f'--nnodes {nnodes} --node-rank {node_rank}: the rank must be below --nnodes, and several nodes need '
+            '--master-addr (node 0\'s address) and one job at a time (--jobs 1)')
     models = grid_models(data, levels, num_sources, per_class, seeds, quick)
     if dry_run:
         for model in models:
             print(f'{model["name"]}: classes {",".join(map(str, model["classes"]))}')
         return
     util.check_writable(os.path.join(out, 'study.csv'), '--out')
-    the_study = Study(out, data, source, train_args=[item for text in set_options for item in ['--set', text]], **options)
+    nodes = dict(nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port)
+    the_study = Study(out, data, source, train_args=[item for text in set_options for item in ['--set', text]], nodes=nodes, **options)
     the_study.run_grid(models)
+    if node_rank > 0:
+        print(f'Node {node_rank}: every model trained and scored; node 0 writes the summary')
+        return
     print(the_study.report(models), end='')
     print(f'Wrote {the_study.path("study.csv")}, {the_study.path("study.md")} and {the_study.path("study.png")}')
 

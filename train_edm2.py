@@ -49,7 +49,7 @@ def combine_cond(cond, uncond):
 @click.command(context_settings=dict(show_default=True))
 @click.option('--outdir',       help='Run directory (created; re-running resumes in it)', metavar='DIR', type=str, required=True)
 @click.option('--data',         help='Dataset ZIP or folder (dataset_tool.py)', metavar='ZIP|DIR', type=str, required=True)
-@click.option('--preset',       help='Configuration preset (training/presets.py)', metavar='NAME', type=str, required=True)
+@click.option('--preset',       help='Configuration preset (training/presets.py)', metavar='NAME', type=str, default='edm2-img512-s')
 @click.option('--cond',         help='Class-conditional training (--cond alone, or =True/False as in EDM2)', metavar='[BOOL]', type=bool, is_flag=False, flag_value=True, default=None)
 @click.option('--uncond',       help='Unconditional training (same as --cond=False)', is_flag=True, default=False)
 @click.option('--duration',     help='Training duration (images; Ki/Mi/Gi)', metavar='NIMG', type=str, default=None)
@@ -64,6 +64,8 @@ def combine_cond(cond, uncond):
 @click.option('--P_std', 'P_std', help='Noise level standard deviation', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option('--p-uncond',     help='Label dropout probability (classifier-free guidance)', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=None)
 @click.option('--fp16',         help='Mixed precision on CUDA', metavar='BOOL', type=bool, default=None)
+@click.option('--ls',           'loss_scaling', help='Loss scaling (against fp16 under/overflows)', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option('--bench',        'cudnn_benchmark', help='Enable cuDNN benchmarking', metavar='BOOL', type=bool, default=None)
 @click.option('--xflip',        help='Random x-flips of the dataset', metavar='BOOL', type=bool, default=None)
 @click.option('--status',       help='Status interval (images)', metavar='NIMG', type=str, default=None)
 @click.option('--snapshot',     help='Snapshot interval (images; 0 = off)', metavar='NIMG', type=str, default=None)
@@ -79,7 +81,8 @@ def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, uncond
     """Train a model from a named preset. Every preset value can be overridden: the common ones
     with their flags, any other with --set KEY=VALUE.
 
-    --outdir belongs to one run: re-running the same command resumes it; a directory holding
+    --outdir belongs to one run: re-running the same command resumes it (a run directory of the
+    official EDM2 code too, with an EDM2 preset); a directory holding
     another run (another preset, or outputs without a training state) is refused unless
     --restart moves its files into a subfolder first. One process at a time works in it: a second
     one is refused while the first runs."""
@@ -108,7 +111,9 @@ def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, uncond
         record = json.loads(json.dumps(dict(options=opts, config=c, data=data_record)))
         run_id = dist.rank0_outcome(runs.prepare, outdir, preset, record, action)
         on_resumed = functools.partial(runs.record_resumption, outdir, record) if action == 'resume' else None
-        train(outdir, dict(c, run_id=run_id, slice_nimg=slice_nimg, on_resumed=on_resumed))
+        # A run of the official code keeps every training state; so does this code when it continues one.
+        keep = 0 if action == 'resume' and runs.is_official_run(runs.read_options(outdir)) else 2
+        train(outdir, dict(c, run_id=run_id, slice_nimg=slice_nimg, on_resumed=on_resumed, keep_checkpoints=keep))
     finally:
         if lock is not None and dist.get_rank() == 0:
             lock.release()

@@ -291,13 +291,36 @@ def test_multisource_study_commands(imagenet_root, tmp_path):
     (['--sim_name=sim4'], 'unknown similarity level'),
     (['--class_labels=171,1', '--sim_name=sim3'], 'class id 1 is not one of the sim3 classes'),
     (['--sim_name=sim2'], 'no class with the ImageNet id 269'),
-    (['--class_labels=182', '--nums=5'], 'class 182 (n00000182) has only 3 images'),
+    (['--class_labels=182', '--nums=5'], '--nums 5: class 182 (n00000182) has only 3 images (images are drawn without repeats; --nums -1 for every image)'),
+    (['--class_labels=182', '--per-class=5'], '--per-class 5: class 182 (n00000182) has only 3 images (images are drawn without repeats; leave --per-class out'),
 ])
 def test_multisource_study_flag_errors(imagenet_root, tmp_path, args, message):
     result = run('convert', f'--source={imagenet_root}', f'--dest={tmp_path / "out.zip"}', *args)
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
     assert message in result.output, result.output
     assert not os.listdir(tmp_path)
+
+def test_multisource_scripts_on_an_imagenet_root_without_devkit(tmp_path, monkeypatch):
+    # The convert scripts of Multi-Source-GM as they run (variables filled in): the root holds
+    # train/ with synset folders and no meta.bin or devkit (before: "has no class labels"); the
+    # bundled synset list gives the ids. Then --nums=1000 on a class of fewer images names --nums.
+    import anchors
+    synsets = {class_id: name for name, class_id in dataset_tool.imagenet_synsets().items()}
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    train = tmp_path / 'home' / 'datas' / 'Datasets' / 'ImageNet' / 'train'
+    for class_id in [171, 182, 198, 208, 215, 231]:
+        for j in range(100):
+            save_png(str(train / synsets[class_id] / f'{synsets[class_id]}_{j}.JPEG.png'), np.full([4, 4, 3], [class_id % 256, j, 7], dtype=np.uint8))
+    (tmp_path / 'work').mkdir()
+    result = anchors.invoke('msgm-convert-5c', tmp_path / 'work')
+    assert result.exit_code == 0, result.output
+    images, labels, metadata = read_zip(tmp_path / 'work' / 'datasets' / 'ori_datasets' / 'sim3' / 'inet-256-5c-100.zip')
+    assert len(images) == 500 and images[0].shape == (256, 256, 3) and collections.Counter(labels) == {k: 100 for k in range(5)}
+    assert [(s['label'], s['name'], s['original_id']) for s in metadata['sources']] == [(k, synsets[c], c) for k, c in enumerate([171, 182, 198, 208, 215])]
+    assert sorted({int(image[0, 0, 0]) for image in images}) == sorted(c % 256 for c in [171, 182, 198, 208, 215])
+    result = anchors.invoke('msgm-convert-1c', tmp_path / 'work')
+    expect_cli_error(result, '--nums 1000: class 171 (n02091032) has only 100 images', '--nums -1 for every image')
+    assert not os.path.exists(tmp_path / 'work' / 'datasets' / 'ori_datasets' / 'Sim3')
 
 def test_labels_from_dataset_json_in_folder(tmp_path):
     for name in ['x.png', 'y.png', 'z.png']:

@@ -69,3 +69,36 @@ def test_grid_dry_run_lists_the_models(tmp_path):
     result = CliRunner().invoke(run_study.cmdline, ['report', '--data', 'digits', '--out', str(tmp_path / 'none'), '--quick'])
     assert result.exit_code == 1 and 'no scores yet' in result.output
     assert not (tmp_path / 's').exists()
+
+def test_several_nodes_run_the_same_distributed_commands(tmp_path, monkeypatch):
+    # compare_single_vs_multi.sh on two machines: each node runs the same grid; node 0 builds the
+    # data, the other waits for it; both run the same torchrun command lines (one rendezvous port
+    # per command, node 0 holding global rank 0, which alone writes the scores). The commands are
+    # recorded, not run (bash_files/ runs such torchrun commands across two nodes for real).
+    import os
+    models = run_study.grid_models('digits', 'similar', '2', '20', '0', False)
+    commands = {}
+    for rank in [1, 0]:
+        calls = commands[rank] = []
+        def record(args, log=None, threads=None):
+            calls.append(args)
+            if '--results' in args: # What calculate_metrics.py's rank 0 would write.
+                open(args[args.index('--results') + 1], 'w').close()
+        monkeypatch.setattr(run_study, 'run', record)
+        study_ = run_study.Study(str(tmp_path / str(rank)), 'digits', nodes=dict(nnodes=2, node_rank=rank, master_addr='10.0.0.1', master_port=29500))
+        if rank == 1: # Node 0's data: node 1 waits for these files before its first command.
+            for path in [study_.reference(c) for m in models for c in m['classes']] + [study_.dataset(m) for m in models]:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                open(path, 'w').close()
+        study_.run_grid(models)
+    torchrun = lambda calls: [c for c in calls if 'torch.distributed.run' in c]
+    assert [c for c in commands[1] if c not in torchrun(commands[1])] == [] # Node 1 builds nothing.
+    assert any('dataset_tool.py' in ' '.join(c) for c in commands[0])
+    assert len(torchrun(commands[0])) == len(torchrun(commands[1])) == 2 * len(models) # Train and score each model.
+    for ports, (a, b) in enumerate(zip(torchrun(commands[0]), torchrun(commands[1]))):
+        assert a[:a.index('--')] == [arg.replace('--node-rank=1', '--node-rank=0') for arg in b[:b.index('--')]]
+        assert f'--master-port={29500 + ports}' in a and '--nnodes=2' in a and '--master-addr=10.0.0.1' in a
+        strip = lambda c: [arg.replace(str(tmp_path / '0'), '').replace(str(tmp_path / '1'), '') for arg in c[c.index('--'):]]
+        assert strip(a)[:len(strip(b))] == strip(b) and ('--results' in a) == ('gen' in a) and '--results' not in b
+    result = CliRunner().invoke(run_study.cmdline, ['grid', '--data', 'digits', '--out', str(tmp_path / 'x'), '--nnodes', '2', '--node-rank', '1'])
+    assert result.exit_code == 1 and 'need --master-addr' in result.output

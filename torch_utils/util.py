@@ -39,6 +39,16 @@ class EasyDict(dict):
     def __delattr__(self, name):
         del self[name]
 
+def plain_containers(value):
+    """`value` with every dict (EasyDicts too, ours or an official snapshot's) inside dicts, lists
+    and tuples made a plain dict, other objects untouched: what a snapshot written here must hold,
+    because this module does not exist in the official tree that may load it."""
+    if isinstance(value, dict):
+        return {key: plain_containers(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_containers(item) for item in value)
+    return value
+
 #----------------------------------------------------------------------------
 # Construct objects and call functions given by their fully qualified name, e.g.
 # construct_class_by_name(class_name='training.networks_edm2.Precond', img_resolution=64).
@@ -102,23 +112,39 @@ def parse_int_list(s, low=None, high=None, max_count=None):
     return [value for lo, hi in parts for value in range(lo, hi + 1)]
 
 def parse_float_list(s):
-    """'0.05,0.1' or ranges 'start:stop:step' (stop included) -> [0.05, 0.1] / [start, ..., stop]."""
+    """'0.05,0.1' -> [0.05, 0.1]. Two ways to write an evenly spaced run, stop included: EDM2's
+    '0.010,0.015,...,0.250' (the step is the difference of the two numbers before '...', and the
+    values are computed as the official code computes them, prev + step * k) or 'start:stop:step'."""
     if isinstance(s, (list, tuple)):
         return [float(v) for v in s]
-    values = []
-    for part in str(s).split(','):
-        part = part.strip()
+    raw = []
+    for part in (p.strip() for p in str(s).split(',')):
         try:
-            if ':' in part:
+            if part == '...':
+                raw.append(None)
+            elif ':' in part:
                 start, stop, step = (float(v) for v in part.split(':'))
                 if step <= 0 or stop < start:
                     raise ValueError
                 count = int(np.floor((stop - start) / step + 1e-6)) + 1
-                values.extend(float(np.round(start + i * step, 10)) for i in range(count))
+                raw.extend(float(np.round(start + i * step, 10)) for i in range(count))
             else:
-                values.append(float(part))
+                raw.append(float(part))
         except ValueError:
-            raise ValueError(f'Invalid float list item "{part}": expected a number or start:stop:step') from None
+            raise ValueError(f'Invalid float list item "{part}": expected a number, start:stop:step or "..."') from None
+    values = []
+    for i, value in enumerate(raw):
+        if value is not None:
+            values.append(value)
+            continue
+        if i < 2 or raw[i - 2] is None or raw[i - 1] is None or i + 1 >= len(raw) or raw[i + 1] is None:
+            raise ValueError(f'"{s}": "..." needs two numbers before it and one after it, e.g. 0.010,0.015,...,0.250')
+        step = raw[i - 1] - raw[i - 2]
+        count = (raw[i + 1] - raw[i - 1]) / step - 1 if step != 0 else 0 # Values strictly between.
+        if step == 0 or round(count) <= 0 or abs(round(count) - count) > 1e-4:
+            raise ValueError(f'"{s}": the numbers around "..." must be evenly spaced and increase or decrease, '
+                f'e.g. 0.010,0.015,...,0.250')
+        values.extend(raw[i - 1] + step * (k + 1) for k in range(round(count)))
     return values
 
 _NIMG_SUFFIXES = {'': 1, 'k': 10**3, 'M': 10**6, 'G': 10**9, 'Ki': 2**10, 'Mi': 2**20, 'Gi': 2**30}

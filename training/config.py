@@ -43,6 +43,8 @@ def build(preset, overrides=None, data=None, world_size=1):
         snapshot_nimg       = opts.snapshot,
         checkpoint_nimg     = opts.checkpoint,
         grad_clip           = opts.grad_clip,
+        loss_scaling        = opts.loss_scaling,
+        cudnn_benchmark     = opts.cudnn_benchmark,
     )
     check_batch(c, world_size)
     check_network(c, dataset)
@@ -68,6 +70,8 @@ def check_ranges(opts, world_size=1):
         raise ValueError(f'workers must be at least 0, got {opts.workers}')
     if not opts.lr > 0 or opts.grad_clip < 0:
         raise ValueError(f'lr must be positive and grad_clip at least 0, got lr {opts.lr} and grad_clip {opts.grad_clip}')
+    if not opts.loss_scaling > 0:
+        raise ValueError(f'loss_scaling (--ls) must be positive, got {opts.loss_scaling}')
 
 def check_batch(c, world_size):
     """The batch splits evenly into processes x accumulation rounds x batch_gpu, and every

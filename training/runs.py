@@ -5,7 +5,9 @@ or holds none of a run's files), starts again a run that stopped before its firs
 (nothing of it worth keeping: its options, a status line and snapshots at kimg 0), resumes the
 run recorded there (same preset, same kind of data, a training state to resume from), or is
 refused with the choices: another --outdir, or --restart, which moves the earlier run's files
-into a subfolder and starts afresh. Nothing of two runs is ever mixed.
+into a subfolder and starts afresh. Nothing of two runs is ever mixed. A run directory of the
+official EDM2 code (its training_options.json holds its loop's arguments: no preset, no run id)
+is resumed by any EDM2 preset, its options compared with the command's.
 
 While a process works in a run directory it holds its lock (lock(): an flock on `.lock`, which
 the operating system drops when the process ends in any way, kill -9 included), so that a second
@@ -26,6 +28,7 @@ import time
 import uuid
 
 from torch_utils import util
+from training import presets
 
 OPTIONS_FILE = 'training_options.json'
 LOCK_FILE = '.lock'
@@ -135,9 +138,14 @@ def check(run_dir, preset, restart=False, data=None):
     if OPTIONS_FILE not in files:
         raise ValueError(f'--outdir {run_dir} holds files of a training run ({", ".join(files[:3])}...) but no {OPTIONS_FILE}; {choices}')
     record = read_options(run_dir)
-    if record.get('preset') != preset:
+    official = is_official_run(record)
+    if official and presets.resolve(preset).family != 'edm2':
+        raise ValueError(f'--outdir {run_dir} holds a run of the official EDM2 code; preset "{preset}" is not an EDM2 preset; {choices}')
+    if not official and record.get('preset') != preset:
         raise ValueError(f'--outdir {run_dir} belongs to a run of preset "{record.get("preset")}", not "{preset}"; {choices}')
     if not any(name.startswith('training-state-') for name in files):
+        if official:
+            raise ValueError(f'--outdir {run_dir} holds a run of the official EDM2 code but no training state to resume it from; {choices}')
         if is_unfinished_start(run_dir, files):
             return 'start-again'
         outputs = [name for name in files if name not in [OPTIONS_FILE, 'log.txt']]
@@ -202,12 +210,17 @@ def record_resumption(run_dir, record):
 def changes(run_dir, previous, record):
     """{'time', 'options': {key: [old, new]}, 'data': [old, new]} of a resumption, said on the
     console, or None."""
-    old_options, new_options = previous.get('options', {}), record['options']
-    options = {key: [old_options.get(key), new_options.get(key)] for key in sorted(set(old_options) | set(new_options))
-        if old_options.get(key) != new_options.get(key)}
+    if is_official_run(previous) and 'options' not in previous: # Its first resumption here: its own arguments.
+        options = {option: [theirs, ours] for option, theirs, ours in official_differences(previous, record['config'])}
+        old_config = previous
+    else:
+        old_options, new_options = previous.get('options', {}), record['options']
+        options = {key: [old_options.get(key), new_options.get(key)] for key in sorted(set(old_options) | set(new_options))
+            if old_options.get(key) != new_options.get(key)}
+        old_config = previous.get('config', {})
     old_data, new_data = previous.get('data'), record.get('data')
-    if old_data is None: # Recorded by an earlier version: the path as given is all there is.
-        old_data = dict(path=os.path.abspath(previous.get('config', {}).get('dataset_kwargs', {}).get('path') or ''))
+    if old_data is None: # Recorded by an earlier version or by the official code: the path as given is all there is.
+        old_data = dict(path=os.path.abspath(old_config.get('dataset_kwargs', {}).get('path') or ''))
     data_changed = new_data is not None and (old_data.get('path') != new_data['path'] or
         old_data.get('fingerprint', new_data['fingerprint']) != new_data['fingerprint'])
     if options:
@@ -227,3 +240,30 @@ def write_options(run_dir, record):
     with util.atomic_path(os.path.join(run_dir, OPTIONS_FILE)) as tmp:
         with open(tmp, 'wt') as f:
             json.dump(record, f, indent=2)
+
+#----------------------------------------------------------------------------
+# A run directory of the official EDM2 train_edm2.py: its training_options.json holds the
+# arguments of its training loop (no preset, no run id). The same command resumes it here.
+
+def is_official_run(recorded):
+    return 'preset' not in recorded and recorded.get('network_kwargs', {}).get('class_name') == 'training.networks_edm2.Precond'
+
+# Where the official arguments and ours keep the same setting, with the official default where
+# its record leaves it out.
+_OFFICIAL_SETTINGS = [
+    ('channels', 'network_kwargs', 'model_channels', None), ('channel_mult', 'network_kwargs', 'channel_mult', [1, 2, 3, 4]),
+    ('num_blocks', 'network_kwargs', 'num_blocks', 3), ('attn_resolutions', 'network_kwargs', 'attn_resolutions', [16, 8]),
+    ('dropout', 'network_kwargs', 'dropout', 0.0), ('P_mean', 'loss_kwargs', 'P_mean', -0.4), ('P_std', 'loss_kwargs', 'P_std', 1.0),
+    ('lr', 'lr_kwargs', 'ref_lr', None), ('decay', 'lr_kwargs', 'ref_batches', None), ('batch', None, 'batch_size', None),
+    ('duration', None, 'total_nimg', None), ('cond', 'dataset_kwargs', 'use_labels', True),
+] # The dataset is compared by changes(), as for runs of this code.
+
+def official_differences(recorded, config):
+    """[(option, the official run's value, this command's)] where they differ."""
+    found = []
+    for option, section, key, default in _OFFICIAL_SETTINGS:
+        theirs = (recorded.get(section) or {}) if section else recorded
+        ours = (config.get(section) or {}) if section else config
+        if theirs.get(key, default) != ours.get(key):
+            found.append((option, theirs.get(key, default), ours.get(key)))
+    return found

@@ -50,7 +50,10 @@ def param_groups(net, weight_decay):
 #----------------------------------------------------------------------------
 # Training state checkpoints: `training-state-{kimg:07d}.pt`, written atomically, loadable with
 # torch.load(weights_only=True). The newest one that loads wins; a damaged one is skipped with a
-# warning. The two newest are kept.
+# warning. The two newest are kept. A training state of the official EDM2 code loads too: the
+# same restricted unpickler admits the two things it holds beyond tensors and plain containers,
+# its state dict (a dnnlib.util.EasyDict, read as a plain dict) and its learning rate (a numpy
+# float64); its network, optimizer and EMA states have the layout of ours.
 
 _STATE_RE = re.compile(r'training-state-(\d+)\.pt$')
 
@@ -91,23 +94,50 @@ def write_file(path, write, what):
                 f'before it are intact: free some space (or raise the file-size limit) and re-run the same command to {what}') from e
 
 def save_checkpoint(run_dir, state, keep=2):
+    """Write a training state; keep the `keep` newest ones (0 = all of them)."""
     path = os.path.join(run_dir, f'training-state-{state["state"]["cur_nimg"] // 1000:07d}.pt')
     write_file(path, lambda f: torch.save(state, f), 'resume from the previous training state')
-    for old in list_checkpoints(run_dir)[:-keep]:
+    for old in list_checkpoints(run_dir)[:-keep] if keep else []:
         if os.path.abspath(old) != os.path.abspath(path):
             os.remove(old)
     return path
 
+_numpy_scalar = getattr(np, '_core', np.core).multiarray.scalar
+OFFICIAL_STATE_GLOBALS = [(dict, 'dnnlib.util.EasyDict'), (_numpy_scalar, 'numpy._core.multiarray.scalar'),
+    (_numpy_scalar, 'numpy.core.multiarray.scalar'), np.dtype, type(np.dtype(np.float64))]
+
+def load_training_state(path):
+    """A training state written here or by the official EDM2 code, without running code."""
+    with torch.serialization.safe_globals(OFFICIAL_STATE_GLOBALS):
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+def why_unloadable(path, error):
+    """What is wrong with a training state that does not load: objects that only code could
+    rebuild (named), or a damaged file."""
+    allowed = {name if isinstance(name, str) else f'{name.__module__}.{name.__qualname__}'
+        for name in (entry[1] if isinstance(entry, tuple) else entry for entry in OFFICIAL_STATE_GLOBALS)}
+    try:
+        foreign = [name for name in torch.serialization.get_unsafe_globals_in_checkpoint(path) if name not in allowed]
+    except Exception: # pylint: disable=broad-except
+        foreign = []
+    if foreign:
+        return (f'it holds {", ".join(foreign)}, which only code could rebuild: not a training state of this code '
+            'or of the official EDM2 code')
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else ''
+    return f'damaged ({type(error).__name__}: {reason})'
+
 def load_latest_checkpoint(run_dir):
-    """(path, state) of the newest checkpoint that loads, or (None, None)."""
+    """(path, state, {name: why it did not load}) of the newest checkpoint that loads, or
+    (None, None, ...) when none does."""
+    failed = {}
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            return path, torch.load(path, map_location='cpu', weights_only=True)
+            return path, load_training_state(path), failed
         except Exception as e: # pylint: disable=broad-except
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
-            warnings.warn(f'Cannot load {path} ({type(e).__name__}: {reason}); falling back to the previous training state')
+            failed[os.path.basename(path)] = why_unloadable(path, e)
+            warnings.warn(f'Cannot load {path}: {failed[os.path.basename(path)]}; falling back to the previous training state')
             dist.print0(f'WARNING: cannot load {os.path.basename(path)}; trying the previous training state')
-    return None, None
+    return None, None, failed
 
 #----------------------------------------------------------------------------
 # Pre-emption: SIGTERM/SIGINT set a flag; the loop saves a training state at the next step
@@ -255,16 +285,16 @@ def resume(run_dir, r, run_id=None):
     into the run's network, optimizer, EMA and RNGs, or a fresh start when there is none. A run
     directory whose training states are all damaged, or belong to another run, is refused."""
     state = util.EasyDict(cur_nimg=0, total_elapsed_time=0.0)
-    ckpt_path, ckpt = load_latest_checkpoint(run_dir)
+    ckpt_path, ckpt, failed = load_latest_checkpoint(run_dir)
     if ckpt is None:
-        damaged = [os.path.basename(path) for path in list_checkpoints(run_dir)]
-        if damaged:
-            raise ValueError(f'--outdir {run_dir}: no training state loads ({", ".join(damaged)} damaged); starting over '
-                'would mix two runs: choose another --outdir, or pass --restart to move the old files aside')
+        if failed:
+            raise ValueError(f'--outdir {run_dir}: no training state loads ({"; ".join(f"{name}: {why}" for name, why in failed.items())}); '
+                'starting over would mix two runs: choose another --outdir, or pass --restart to move the old files aside')
         return state
     if run_id is not None and ckpt.get('run_id', run_id) != run_id:
         raise ValueError(f'{ckpt_path} belongs to run {ckpt["run_id"]}, not to the run {run_id} recorded in {run_dir}')
-    dist.print0(f'Resuming from {os.path.basename(ckpt_path)}')
+    official = 'rng' not in ckpt # The official EDM2 code keeps no random states (it reseeds every step).
+    dist.print0(f'Resuming from {os.path.basename(ckpt_path)}' + (' (a training state of the official EDM2 code)' if official else ''))
     state.update(ckpt['state'])
     try:
         r.net.load_state_dict(ckpt['net'])
@@ -275,7 +305,12 @@ def resume(run_dir, r, run_id=None):
         first = str(e).strip().splitlines()[0]
         raise ValueError(f'{ckpt_path} does not fit this network (an architecture option changed since the run '
             f'started?): {first}') from e
-    if len(ckpt['rng']) == dist.get_world_size():
+    if official:
+        loss_fn = {key: getattr(r.loss_fn, key, None) for key in (ckpt.get('loss_fn') or {}) if not key.startswith('_')}
+        if any(ckpt['loss_fn'][key] != value for key, value in loss_fn.items()):
+            dist.print0(f'Note: the training state was trained with the loss {ckpt["loss_fn"]}; this run continues with {loss_fn}')
+        dist.print0('Note: weights, optimizer, EMA and time resume; the random streams and the order of the images start afresh')
+    elif len(ckpt['rng']) == dist.get_world_size():
         misc.set_rng_state(ckpt['rng'][dist.get_rank()])
     else:
         dist.print0(f'WARNING: the checkpoint was written by {len(ckpt["rng"])} processes, not {dist.get_world_size()}; '
@@ -345,18 +380,32 @@ def diverged_error(cur_nimg, what):
     return ValueError(f'{what} at {cur_nimg / 1e3:g} kimg: training diverged (a learning rate too high?); '
         'nothing from this point on was saved')
 
-def save_state(run_dir, r, state, run_id=None):
+def save_state(run_dir, r, state, run_id=None, keep=2):
     """Every rank's RNG state goes in, so that a resumed run continues bit for bit; the ranks'
-    networks must agree (as EDM2 checks) before one copy is written."""
+    networks must agree (as EDM2 checks) before one copy is written. The loss's settings go in
+    too, under the official key `loss_fn`, so that the official EDM2 code resumes EDM2 runs of
+    this code."""
     check_finite(r, state.cur_nimg)
     rng = [misc.get_rng_state()]
     if dist.get_world_size() > 1:
         misc.check_ddp_consistency(r.net)
         rng = [None] * dist.get_world_size()
         torch.distributed.all_gather_object(rng, misc.get_rng_state())
-    path = dist.rank0_outcome(save_checkpoint, run_dir, dict(state=dict(state), net=r.net.state_dict(),
-        optimizer=r.optimizer.state_dict(), ema=r.ema.state_dict() if r.ema is not None else None, rng=rng, run_id=run_id))
+    path = dist.rank0_outcome(save_checkpoint, run_dir, dict(state=dict(state), net=r.net.state_dict(), loss_fn=plain_settings(r.loss_fn),
+        optimizer=r.optimizer.state_dict(), ema=r.ema.state_dict() if r.ema is not None else None, rng=rng, run_id=run_id), keep)
     dist.print0(f'Saved {os.path.basename(path)}')
+
+def plain_settings(obj):
+    """The attributes of `obj` made of numbers, strings, None and lists, tuples and dicts of
+    them (e.g. a loss's P_mean and P_std, and the constructor arguments a persistent class
+    records): what the official code restores a loss from, loadable weights-only."""
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return all(plain(item) for item in value)
+        if isinstance(value, dict):
+            return all(isinstance(key, str) and plain(item) for key, item in value.items())
+        return value is None or isinstance(value, (bool, int, float, str))
+    return {key: value for key, value in vars(obj).items() if plain(value)}
 
 #----------------------------------------------------------------------------
 # One optimizer step: the per-process batch in accumulation rounds of batch_gpu images.
@@ -416,6 +465,7 @@ def training_loop(
     status_nimg         = 128<<10,  # Report status every N training images (0 = off).
     snapshot_nimg       = 8<<20,    # Save network snapshots every N training images (0 = off).
     checkpoint_nimg     = 128<<20,  # Save a training state every N training images (0 = off).
+    keep_checkpoints    = 2,        # Keep the N newest training states (0 = all, as the official code does).
 
     loss_scaling        = 1,        # Loss scaling factor for reducing FP16 under/overflows.
     force_finite        = True,     # Replace NaN/Inf gradients with zeros.
@@ -466,7 +516,7 @@ def training_loop(
             if every(snapshot_nimg) and fresh:
                 dist.rank0_outcome(save_snapshots, run_dir, r, state.cur_nimg, dataset_kwargs, run_id)
             if signum or (checkpoint_nimg and (done or every(checkpoint_nimg)) and state.cur_nimg != start_nimg):
-                save_state(run_dir, r, state, run_id)
+                save_state(run_dir, r, state, run_id, keep=keep_checkpoints)
             if signum:
                 dist.print0(f'Stopping on signal {signal.Signals(signum).name} at {state.cur_nimg // 1000} kimg; '
                     're-run the same command to resume.', flush=True)
