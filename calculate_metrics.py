@@ -77,10 +77,12 @@ def _tag_value(value):
 
 def detector_options(fn):
     """--inception, --dinov2-repo, --dinov2-weights, --dinov2-model -> detector_kwargs."""
-    @click.option('--inception', help='Inception-v3 pickle: path, file:// or http(s) URL  [default: NVIDIA URL via cache]', metavar='PATH|URL')
-    @click.option('--dinov2-repo', help='Local dinov2 torch.hub repository  [default: hub cache]', metavar='DIR')
-    @click.option('--dinov2-weights', help='Local dinov2_vitl14_pretrain.pth  [default: hub cache]', metavar='PTH')
-    @click.option('--dinov2-model', help='Whole DINOv2 model file (TorchScript or pickled module)', metavar='FILE')
+    @click.option('--inception', help='Inception-v3 pickle: path, file:// or http(s) URL; a pickle runs the code it holds: '
+        'use only NVIDIA\'s file or one you trust  [default: NVIDIA URL via cache]', metavar='PATH|URL')
+    @click.option('--dinov2-repo', help='Local dinov2 torch.hub repository (its code runs)  [default: hub cache]', metavar='DIR')
+    @click.option('--dinov2-weights', help='Local dinov2_vitl14_pretrain.pth (loaded as weights only)  [default: hub cache]', metavar='PTH')
+    @click.option('--dinov2-model', help='Whole DINOv2 model file: TorchScript, or a pickled module, which runs the code it '
+        'holds: use only a file you trust', metavar='FILE')
     @functools.wraps(fn)
     def wrapper(*args, inception, dinov2_repo, dinov2_weights, dinov2_model, **kwargs):
         detector_kwargs = dict(fid=dict(path=inception), fd_dinov2=dict(repo=dinov2_repo, weights=dinov2_weights, model=dinov2_model))
@@ -172,8 +174,12 @@ def report(records, results_path, tags):
         print(line)
     if results_path:
         os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
-        with open(results_path, 'a') as f:
-            f.write(''.join(line + '\n' for line in lines))
+        with open(results_path, 'a+b') as f: # Writes go to the end, wherever the file position is.
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b'\n': # The last line was left unfinished (by hand, or by a killed writer).
+                    f.write(b'\n')
+            f.write(''.join(line + '\n' for line in lines).encode())
 
 #----------------------------------------------------------------------------
 
@@ -298,26 +304,31 @@ def floor(data, ref_path, metrics, class_spec, num, draws, seed, batch, workers,
 #----------------------------------------------------------------------------
 
 @cmdline.command()
-@click.option('--net', help='Network snapshot', metavar='PKL|URL', type=str, required=True)
+@click.option('--net', help='Network snapshot (or a generation preset name)  [default: the preset\'s]', metavar='PKL|URL', type=str, default=None)
+@click.option('--preset', help='Generation preset (generate_images.py --preset): its network, guiding network and guidance', metavar='NAME', type=str, default=None)
 @click.option('--ref', 'ref_path', help='Reference statistics (for the Frechet metrics)', metavar='PKL|NPZ|URL', type=str, default=None)
 @click.option('--metrics', help='Comma-separated metrics', metavar='LIST', type=str, default='fid,fd_dinov2', show_default=True)
 @click.option('--num', help='Number of generated images', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
 @click.option('--seed', help='First seed (seeds seed..seed+num-1)', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--class', 'class_spec', help='Generate only this class: index 0..K-1, or a source: id:N (original class id), name:NAME or NAME  [default: random classes]', metavar='INT|id:N|NAME', type=str, default=None)
 @click.option('--per-class', help='Score every class separately (--num images each); --ref may name a file per class with {source} (its original id) or {class} (its index)', is_flag=True)
-@click.option('--guidance', help='Guidance strength', metavar='FLOAT', type=float, default=1.0, show_default=True)
-@click.option('--gnet', help='Guiding network snapshot', metavar='PKL|URL', type=str, default=None)
+@click.option('--guidance', help='Guidance strength  [default: the preset\'s, or 1 = none]', metavar='FLOAT', type=float, default=None)
+@click.option('--gnet', help='Guiding network snapshot  [default: the preset\'s, or none]', metavar='PKL|URL', type=str, default=None)
 @click.option('--steps', help='Sampling steps  [default: the family\'s own]', metavar='INT', type=click.IntRange(min=1), default=None)
 @click.option('--batch', help='Images per batch per process', metavar='INT', type=click.IntRange(min=1), default=32, show_default=True)
 @click.option('--results', help='Append the results to this JSONL file', metavar='FILE', type=str, default=None)
 @click.option('--tag', help='Extra result fields, "key=value key2=value2"', metavar='STR', type=str, default=None)
 @detector_options
 @util.one_line_errors
-def gen(net, ref_path, metrics, num, seed, class_spec, per_class, guidance, gnet, steps, batch, results, tag, detector_kwargs):
+def gen(net, preset, ref_path, metrics, num, seed, class_spec, per_class, guidance, gnet, steps, batch, results, tag, detector_kwargs):
     """Generate images in memory and calculate their metrics: of random classes, of one class,
     or of every class separately (--per-class, e.g. each source of a multi-source model against
     that source's reference). Accuracy metrics compare the predicted class with the class's
-    original id when the snapshot records its sources (dataset.json), else with its index."""
+    original id when the snapshot records its sources (dataset.json), else with its index. A
+    generation preset (--preset, or its name as --net) brings its guiding network and guidance,
+    as in generate_images.py."""
+    spec = generate.resolve_generation(net, preset, gnet, guidance)
+    net, gnet, guidance = spec.net, spec.gnet, spec.guidance
     dist.init()
     metrics = parse_metrics(metrics, ALL_METRICS)
     tags = parse_tags(tag)
@@ -326,6 +337,7 @@ def gen(net, ref_path, metrics, num, seed, class_spec, per_class, guidance, gnet
         raise ValueError(f'--ref: needed for {", ".join(ref_metrics)}')
     if per_class and class_spec is not None:
         raise ValueError('--per-class scores every class; it does not go with --class')
+    generate.check_seed_range(seed, num)
     if results:
         util.check_writable(results, '--results')
     device = dist.get_device()
@@ -337,9 +349,12 @@ def gen(net, ref_path, metrics, num, seed, class_spec, per_class, guidance, gnet
     refs = {c: class_reference(ref_path, c, ids) for c in classes} if ref_metrics else {}
     for ref in dict.fromkeys(refs.values()):
         load_reference(ref, ref_metrics) # Every file readable before any work.
-    guide = generate.load_snapshot(gnet, device=device, verbose=(dist.get_rank() == 0)).net if gnet else None
+    guide = generate.load_snapshot(gnet, device=device, verbose=(dist.get_rank() == 0)).net if gnet and guidance != 1 else None
     generate.check_guidance(snapshot, gnet=guide, guidance=guidance)
     generate.check_guide(snapshot.net, guide)
+    for metric in metrics:
+        if metric in detectors_lib.CLASSIFIERS:
+            detectors_lib.CLASSIFIERS[metric].check_network(snapshot.label_dim, snapshot.sources, net)
     detectors = load_detectors(metrics, device, detector_kwargs)
     sampler_kwargs = {} if steps is None else dict(steps=steps)
 
@@ -352,7 +367,7 @@ def gen(net, ref_path, metrics, num, seed, class_spec, per_class, guidance, gnet
                 batch_size=batch, device=device, gnet=guide, guidance=guidance, verbose=(dist.get_rank() == 0), **sampler_kwargs):
             evaluation.update(r.images.to(device), r.labels if ids is None or r.labels is None else torch.as_tensor(ids)[r.labels.cpu()])
         ref_stats = load_reference(refs[class_idx], ref_metrics, detectors) if ref_metrics else None
-        base = dict(net=net, num=num, seed=seed, **{'class': class_idx}, guidance=guidance)
+        base = dict(net=net, **({'preset': spec.preset} if spec.preset else {}), num=num, seed=seed, **{'class': class_idx}, guidance=guidance)
         base.update(dict(source=ids[class_idx]) if ids is not None and isinstance(class_idx, int) else {})
         base.update(dict(steps=steps) if steps is not None else {})
         base.update(dict(ref=refs[class_idx]) if ref_metrics else {})

@@ -11,17 +11,19 @@ import multiprocessing
 import os
 import pickle
 import re
+import signal
 import tarfile
 import zipfile
 import click
 import numpy as np
 import PIL.Image
+import psutil
 from tqdm import tqdm
 
 from torch_utils import util
 from training import digits
 from training import study
-from training.dataset import FileTree, is_image_file, load_metadata
+from training.dataset import FileTree, is_image_file, label_map, load_metadata, open_image
 
 TRANSFORMS = ['none', 'center-crop', 'center-crop-wide', 'center-crop-dhariwal']
 
@@ -88,7 +90,7 @@ class FileSource(Source):
             with self.files.open(self.fnames[idx]) as f:
                 if self.is_latent:
                     return np.load(f)
-                image = PIL.Image.open(f)
+                image = open_image(f, self.describe(idx))
                 if decode:
                     image.load() # Decode now: truncated files fail here, inside the try.
                 return image
@@ -141,13 +143,28 @@ def open_source(source):
 
 def is_imagenet_root(path):
     """The root that torchvision's ImageNet reads (the multi-source code passes it as --source):
-    a train/ folder beside the devkit or the meta.bin parsed from it. Its train/ is the source."""
-    markers = ['meta.bin', 'ILSVRC2012_devkit_t12.tar.gz']
-    return os.path.isdir(os.path.join(path, 'train')) and any(os.path.isfile(os.path.join(path, m)) for m in markers)
+    a train/ folder beside the devkit or the meta.bin parsed from it, or (without either) whose
+    class folders are ImageNet synsets (the bundled list is all the labels need). Its train/ is
+    the source."""
+    train = os.path.join(path, 'train')
+    if not os.path.isdir(train):
+        return False
+    if any(os.path.isfile(os.path.join(path, m)) for m in ['meta.bin', 'ILSVRC2012_devkit_t12.tar.gz']):
+        return True
+    folders = [e.name for e in os.scandir(train) if e.is_dir()]
+    return bool(folders) and all(name in imagenet_synsets() for name in folders)
+
+@functools.lru_cache(maxsize=1)
+def imagenet_synsets():
+    """{synset: official ILSVRC-2012 class id}: the position in training/imagenet_synsets.txt."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'training', 'imagenet_synsets.txt')) as f:
+        return {name: i for i, name in enumerate(f.read().split())}
 
 def open_file_tree(path):
-    """A folder or ZIP of images. Classes come from its dataset.json, or else from the top-level
-    subfolders (class id = index in the sorted folder names, as in ImageNet's synset order)."""
+    """A folder or ZIP of images. Classes come from its dataset.json, or else from the class
+    subfolders (class id = index in the sorted folder names, as in ImageNet's synset order). Both
+    are looked for where the images begin: a ZIP made with `zip -r data.zip mydata/` holds every
+    file under mydata/, and its class folders are mydata's subfolders."""
     try:
         files = FileTree(path)
     except (OSError, zipfile.BadZipFile) as e:
@@ -155,39 +172,56 @@ def open_file_tree(path):
     fnames = [f for f in files.fnames if is_image_file(f)]
     if len(fnames) == 0:
         raise SourceError(f'--source {path}: no images found')
+    root = common_folder(fnames, stop_at=set(files.fnames))
+    where = files.describe(root + 'dataset.json')
     try:
-        metadata = load_metadata(files)
+        metadata = load_metadata(files, root + 'dataset.json')
     except ValueError as e:
-        raise SourceError(f'Cannot parse {files.describe("dataset.json")}: {e}')
+        raise SourceError(f'Cannot parse {where}: {e}')
 
     labels, classes = None, {}
     if metadata.get('labels') is not None:
         try:
-            label_of = dict(metadata['labels'])
+            label_of = label_map(metadata['labels'], where)
+        except ValueError as e:
+            raise SourceError(str(e)) from None
+        try:
             classes = {s['label']: (s['name'], s.get('original_id', s['label'])) for s in metadata.get('sources') or []}
         except (TypeError, ValueError, KeyError) as e:
-            raise SourceError(f'{files.describe("dataset.json")}: expected {{"labels": [[name, id], ...], '
-                f'"sources": [{{"label", "name", "original_id"}}, ...]}} ({type(e).__name__}: {e})')
-        missing = [f for f in fnames if not isinstance(label_of.get(f), int) or label_of[f] < 0]
+            raise SourceError(f'{where}: expected "sources": [{{"label", "name", "original_id"}}, ...] ({type(e).__name__}: {e})')
+        missing = [f for f in fnames if not isinstance(label_of.get(f[len(root):]), int) or label_of[f[len(root):]] < 0]
         if missing:
-            raise SourceError(f'{files.describe("dataset.json")}: no class id >= 0 for {missing[0]} '
-                f'(got {label_of.get(missing[0])!r})')
-        labels = [label_of[f] for f in fnames]
+            raise SourceError(f'{where}: no class id >= 0 for {missing[0][len(root):]} '
+                f'(got {label_of.get(missing[0][len(root):])!r})')
+        labels = [label_of[f[len(root):]] for f in fnames]
     else:
-        folders = [f.split('/')[0] if '/' in f else '' for f in fnames]
-        folder_names = sorted(set(folders))
+        folders = [f[len(root):].split('/')[0] if '/' in f[len(root):] else None for f in fnames]
+        folder_names = sorted(set(folders) - {None})
+        if folder_names and None in folders: # An image beside the class folders has no class.
+            stray = fnames[folders.index(None)]
+            raise SourceError(f'--source {path}: {stray} lies beside the class folders ({", ".join(folder_names[:5])}'
+                f'{", ..." if len(folder_names) > 5 else ""}) and so has no class; move it into one of them or remove it')
         if len(folder_names) >= 2:
             index = folder_class_ids(folder_names)
             labels = [index[folder] for folder in folders]
             classes = {i: (folder, i) for folder, i in index.items()}
     return FileSource(files, fnames, labels, classes)
 
+def common_folder(fnames, stop_at=()):
+    """The deepest folder ('a/b/', or '' for the root) that holds every one of `fnames`, or the
+    first one on the way down whose dataset.json is in `stop_at`."""
+    root = ''
+    while True:
+        tops = {f[len(root):].split('/')[0] if '/' in f[len(root):] else None for f in fnames}
+        if len(tops) != 1 or None in tops or root + 'dataset.json' in stop_at:
+            return root
+        root += tops.pop() + '/'
+
 def folder_class_ids(folder_names):
     """Class id of each class folder: for ImageNet synset folders (n01440764, ...) the official
     ILSVRC-2012 id, which is the position in the sorted list of all 1000 synsets, so that a tree
     holding only some of the classes keeps their ids; otherwise the position in sorted order."""
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'training', 'imagenet_synsets.txt')) as f:
-        synsets = {name: i for i, name in enumerate(f.read().split())}
+    synsets = imagenet_synsets()
     if all(name in synsets for name in folder_names):
         return {name: synsets[name] for name in folder_names}
     return {name: i for i, name in enumerate(sorted(folder_names))}
@@ -288,9 +322,9 @@ def choose_classes(source, spec=None, level=None):
         raise SourceError(f'--sim_name {level}: {source.name} has no class with the ImageNet id {missing[0]}')
     return [by_original_id[i] for i in SIMILARITY_LEVELS[level]]
 
-def parse_class_range(token):
+def parse_class_range(token, source):
     try:
-        return util.parse_int_list(token)
+        return util.parse_int_list(token, max_count=len(source.classes))
     except ValueError as e:
         raise SourceError(f'--classes: {e}') from None
 
@@ -302,8 +336,8 @@ def parse_classes(source, spec):
     for token in (t.strip() for t in spec.split(',')):
         if token in by_name:
             chosen.append(by_name[token])
-        elif re.fullmatch(r'\d+(-\d+)?', token) and all(c in source.classes for c in parse_class_range(token)):
-            chosen += parse_class_range(token)
+        elif re.fullmatch(r'\d+(-\d+)?', token) and all(c in source.classes for c in parse_class_range(token, source)):
+            chosen += parse_class_range(token, source)
         else:
             known = ', '.join(f'{c} ({name})' for c, (name, _) in sorted(source.classes.items())[:20])
             raise SourceError(f'--classes: unknown class "{token}" in {source.name}; its classes are {known}'
@@ -312,18 +346,20 @@ def parse_classes(source, spec):
         raise SourceError(f'--classes {spec}: a class is listed twice')
     return chosen
 
-def select_images(source, classes=None, per_class=None, seed=0, max_images=None, level=None, held_out=False):
+def select_images(source, classes=None, per_class=None, seed=0, max_images=None, level=None, held_out=False,
+        per_class_flag='--per-class'):
     """Returns (image indices into the source, output label per image or None, [(class id, name,
     original id)] per output label or None). Chosen classes (choose_classes) become labels
     0..K-1 in the order given; each class's sample depends only on (seed, class), not on the
     other classes chosen. The sample is the first `per_class` images of a seeded permutation of
     the class, so a smaller sample is part of a larger one with the same seed; `held_out` keeps
-    instead the class's images that the sample leaves out."""
+    instead the class's images that the sample leaves out. `per_class_flag`: the option the user
+    gave the count with (--nums is the multi-source code's), for the error messages."""
     if held_out and per_class is None:
-        raise SourceError('--held-out: keeps the images that --per-class leaves out; give --per-class (and its --seed)')
+        raise SourceError(f'--held-out: keeps the images that {per_class_flag} leaves out; give {per_class_flag} (and its --seed)')
     if source.labels is None:
         if classes is not None or per_class is not None or level is not None:
-            raise SourceError(f'--classes/--per-class/--sim_name: {source.name} has no class labels')
+            raise SourceError(f'--classes/{per_class_flag}/--sim_name: {source.name} has no class labels')
         indices = np.arange(source.size)[:max_images]
         return indices, None, None
 
@@ -338,8 +374,9 @@ def select_images(source, classes=None, per_class=None, seed=0, max_images=None,
         members = np.flatnonzero(source.labels == c)
         if per_class is not None:
             if len(members) < per_class:
-                raise SourceError(f'--per-class {per_class}: class {c} ({source.classes[c][0]}) has only {len(members)} images '
-                    '(images are drawn without repeats; leave --per-class out, or --nums -1, for every image)')
+                every = '--nums -1' if per_class_flag == '--nums' else 'leave --per-class out'
+                raise SourceError(f'{per_class_flag} {per_class}: class {c} ({source.classes[c][0]}) has only {len(members)} images '
+                    f'(images are drawn without repeats; {every} for every image)')
             drawn = members[np.random.RandomState([seed, c]).choice(len(members), per_class, replace=False)]
             members = np.setdiff1d(members, drawn) if held_out else drawn
         indices.append(members)
@@ -417,9 +454,17 @@ def check_output_size(width, height, what):
 
 _worker_func = None
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
 def _install_worker_func(func):
     global _worker_func
     _worker_func = func
+    # The parent stops the pool: Ctrl-C (SIGINT to the whole process group) is for it alone, and
+    # SIGTERM ends a worker quietly, without the parent's handler (util.stop_on_signals). Until
+    # now both were blocked (map_ordered): none arrived under the parent's handlers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 def _call_worker_func(item):
     return _worker_func(item)
@@ -431,7 +476,12 @@ def map_ordered(func, items, workers):
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context('fork' if 'fork' in methods else 'spawn')
     chunksize = max(1, min(64, len(items) // (workers * 8)))
-    with context.Pool(workers, initializer=_install_worker_func, initargs=(func,)) as pool:
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) # Workers start with them blocked.
+    try:
+        pool = context.Pool(workers, initializer=_install_worker_func, initargs=(func,))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    with pool:
         yield from pool.imap(_call_worker_func, items, chunksize=chunksize)
 
 def default_workers():
@@ -445,16 +495,42 @@ def archive_name(idx, ext='png'):
     idx_str = f'{idx:08d}'
     return f'{idx_str[:5]}/img{idx_str}.png' if ext == 'png' else f'{idx_str[:5]}/img-mean-std-{idx_str}.npy'
 
+# What this tool writes: dataset.json and the images (or latents) under archive_name(), in their folders.
+WRITTEN_HERE = re.compile(r'dataset\.json|\d{5}/|\d{5}/img\d{8}\.png|\d{5}/img-mean-std-\d{8}\.npy')
+
 def check_dest(dest, overwrite=False):
     """The outputs policy (README): an existing --dest is refused unless --overwrite, which
-    replaces a ZIP, or a folder that holds a dataset (dataset.json); an empty folder is filled."""
+    replaces only what this tool writes: a ZIP, or a folder, that holds a dataset and nothing
+    else. An empty folder is filled."""
     if dest == '':
         raise SourceError('--dest must not be empty')
-    is_dataset_folder = os.path.isdir(dest) and os.path.isfile(os.path.join(dest, 'dataset.json'))
-    if os.path.isdir(dest) and len(os.listdir(dest)) != 0 and not (overwrite and is_dataset_folder):
-        raise SourceError(f'--dest {dest} is a folder that is not empty' + ('' if is_dataset_folder else
-            ' and holds no dataset (dataset.json); --overwrite replaces datasets only') + '; choose another name')
-    util.check_new_output(dest, '--dest', overwrite=overwrite or os.path.isdir(dest), folder=not dest.lower().endswith('.zip'))
+    is_zip = dest.lower().endswith('.zip')
+    if os.path.isdir(dest) and os.listdir(dest) and not overwrite:
+        raise SourceError(f'--dest {dest} is a folder that is not empty; choose another name, or pass --overwrite to replace '
+            'the dataset in it')
+    if os.path.isfile(dest) and not is_zip:
+        raise SourceError(f'--dest {dest} is a file; name a folder, or a .zip')
+    if overwrite and os.path.lexists(dest):
+        foreign = not_written_here(dest)
+        if foreign:
+            raise SourceError(f'--dest {dest} holds {len(foreign)} file(s) that dataset_tool.py did not write (e.g. {foreign[0]}); '
+                '--overwrite replaces only a dataset as this tool writes it, nothing else: choose another --dest')
+    util.check_new_output(dest, '--dest', overwrite=overwrite or os.path.isdir(dest), folder=not is_zip)
+
+def not_written_here(dest):
+    """The names in an existing --dest (folder or ZIP; folders end in /) that a dataset of this
+    tool does not hold."""
+    if os.path.isdir(dest):
+        names = []
+        for root, dirs, files in os.walk(dest):
+            prefix = os.path.relpath(root, dest).replace(os.sep, '/') + '/' if root != dest else ''
+            names += [prefix + name + '/' for name in dirs] + [prefix + name for name in files]
+        return [name for name in names if not WRITTEN_HERE.fullmatch(name)]
+    try:
+        with zipfile.ZipFile(dest) as zf:
+            return [name for name in zf.namelist() if not WRITTEN_HERE.fullmatch(name)]
+    except (OSError, zipfile.BadZipFile):
+        return [f'{os.path.basename(dest)} itself, which is not a ZIP archive']
 
 @contextlib.contextmanager
 def open_dest(dest):
@@ -543,7 +619,7 @@ def convert_image(source, transform, idx):
 @click.option('--max-images', help='Stop after this many images', metavar='INT', type=click.IntRange(min=1))
 @click.option('--classes',    help='Classes to keep, in label order: ids, id ranges or names, e.g. 3,7 or 0-9 or n01440764,n01443537', metavar='LIST', type=str)
 @click.option('--per-class',  help='Pick this many images per class at random, without replacement', metavar='INT', type=click.IntRange(min=1))
-@click.option('--seed',       help='Random seed for --per-class', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--seed',       help='Random seed for --per-class', metavar='INT', type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
 @click.option('--held-out',   help='Keep the images of each class that --per-class (same --seed) leaves out', is_flag=True)
 @click.option('--workers',    help='Decoding processes  [default: all cores]', metavar='INT', type=click.IntRange(min=1), default=default_workers())
 @click.option('--sim_name',   help='Similarity level of the multi-source study (sim1..3, or level3..1): its ImageNet classes, or a check of --classes', metavar='NAME', type=str)
@@ -576,16 +652,36 @@ def convert(source, dest, transform, resolution, max_images, classes, per_class,
     reads it (its train/ folder is the source).
     """
     classes = one_value({'--classes': classes, '--class_labels': class_labels}, class_list)
+    per_class_given = per_class
     per_class = one_value({'--per-class': per_class, '--nums': nums}, images_per_class)
     per_class = None if per_class == 'all' else per_class
     level = one_value({'--sim_name': sim_name, '--level_name': level_name}, similarity_level)
     check_dest(dest, overwrite)
     width, height = resolution if resolution is not None else (None, None)
     transform_image = make_transform(transform, width, height)
+    if width is not None:
+        check_memory(width, width if transform == 'center-crop-wide' else height, workers)
+    selection = dict(classes=classes, per_class=per_class, seed=seed, max_images=max_images, level=level, held_out=held_out,
+        per_class_flag='--nums' if nums is not None and per_class_given is None else '--per-class')
+    with util.stop_on_signals():
+        convert_images(source, dest, transform_image, workers, selection)
+
+def check_memory(width, height, workers):
+    """Each worker holds about four copies of an output image at a time (the resized array, PIL's,
+    the PNG, the one sent to the writer): refuse sizes that cannot fit before any work."""
+    need = 4 * width * height * 3 * workers
+    available = psutil.virtual_memory().available
+    if need > available:
+        raise SourceError(f'--resolution {width}x{height}: converting takes about {need / 2**30:,.1f} GiB of memory '
+            f'({workers} worker(s) x 4 copies of one {width}x{height} RGB image), more than the {available / 2**30:.1f} GiB '
+            'available; choose a smaller --resolution or fewer --workers')
+
+def convert_images(source, dest, transform_image, workers, selection):
+    """Write the images that select_images(**selection) chooses from `source` into `dest`."""
     src = open_source(source)
     if getattr(src, 'is_latent', False):
         raise SourceError(f'--source {source} holds latents (.npy); use `dataset_tool.py decode`')
-    indices, labels, sources = select_images(src, classes, per_class, seed, max_images, level, held_out)
+    indices, labels, sources = select_images(src, **selection)
     src.choose_mode(indices)
     results = map_ordered(functools.partial(convert_image, src, transform_image), indices, workers)
 
@@ -604,7 +700,10 @@ def convert(source, dest, transform, resolution, max_images, classes, per_class,
                     f'{src.describe(first[0])} is {first[1][1]}x{first[1][0]}; pass --resolution')
             yield data
 
-    num_written = write_dataset(dest, records(), labels, sources, total=len(indices))
+    try:
+        num_written = write_dataset(dest, records(), labels, sources, total=len(indices))
+    finally:
+        results.close() # Stops the worker processes now, also when the writing failed.
     if num_written < len(indices):
         print(f'Skipped {len(indices) - num_written} images smaller than --resolution (center-crop-wide).')
     print(f'Wrote {num_written} images to {dest}')
@@ -660,7 +759,8 @@ def transcode(source, dest, model_url, max_images, batch, overwrite, want_latent
             with torch.no_grad():
                 yield from convert_batch(load_batch(src, chunk, source), encoder, device)
     ext, what = ('png', 'images') if want_latents else ('npy', 'latents')
-    num_written = write_dataset(dest, records(), labels, sources, total=len(indices), ext=ext, desc='decode' if want_latents else 'encode')
+    with util.stop_on_signals():
+        num_written = write_dataset(dest, records(), labels, sources, total=len(indices), ext=ext, desc='decode' if want_latents else 'encode')
     print(f'Wrote {num_written} {what} to {dest}')
 
 @vae_command(source_help='Image dataset (ZIP or folder)', batch_help='Images per VAE call')

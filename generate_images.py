@@ -6,9 +6,11 @@ Seed-compatible with the official EDM2 generate_images.py: per seed, a torch.Gen
 sampling device seeded with seed % 2**32 draws the initial noise of one image and then its class.
 """
 
+import glob
 import json
 import math
 import os
+import re
 
 import click
 import PIL.Image
@@ -19,7 +21,6 @@ import tqdm
 from torch_utils import distributed as dist
 from torch_utils import util
 from training import generate
-from training import presets
 from training import samplers
 
 #----------------------------------------------------------------------------
@@ -40,19 +41,36 @@ def save_image(image, path, record):
     with util.atomic_path(path) as tmp:
         pil.save(tmp, format='PNG', pnginfo=info)
 
+def made_by(path):
+    """The record of the command that made the PNG at `path`, or None."""
+    try:
+        with PIL.Image.open(path) as image:
+            return image.text.get(RECORD_KEY)
+    except (OSError, AttributeError, ValueError, PIL.Image.DecompressionBombError):
+        return None
+
 def check_outputs(paths, record, overwrite, what):
     """Refuse, before any work, to replace a file that another command made."""
     for path in paths:
         util.check_writable(path, what)
         if overwrite or not os.path.lexists(path):
             continue
-        try:
-            made_by = PIL.Image.open(path).text.get(RECORD_KEY)
-        except (OSError, AttributeError):
-            made_by = None
-        if made_by != record:
+        if made_by(path) != record:
             raise FileExistsError(f'{path} exists and was not made by this command (another network or options); '
                 f'pass --overwrite to replace it, or choose another {what}')
+
+def check_folder(outdir, paths, record):
+    """The images already in --outdir that this command does not write must have been made by it
+    too: one folder never holds the images of two networks (or two sets of options), whatever
+    their seeds. Looks at the seed images (NNNNNN.png, also in NNNNNN/ subfolders)."""
+    if not os.path.isdir(outdir):
+        return
+    ours = {os.path.abspath(path) for path in paths}
+    found = glob.glob(os.path.join(glob.escape(outdir), '*.png')) + glob.glob(os.path.join(glob.escape(outdir), '[0-9]' * 6, '*.png'))
+    for path in sorted(found):
+        if re.fullmatch(r'\d+\.png', os.path.basename(path)) and os.path.abspath(path) not in ours and made_by(path) != record:
+            raise FileExistsError(f'--outdir {outdir} holds {os.path.relpath(path, outdir)}, made by another command (another network '
+                'or options): adding images there would mix two models in one folder; choose another --outdir')
 
 def make_grid(images, rows=None):
     """uint8 [C, H, W] images -> one [C, H * num_rows, W * num_cols] grid. `rows`: lists of
@@ -80,12 +98,13 @@ def _gather(items):
 # Command line.
 
 @click.command()
-@click.option('--net',        help='Snapshot: path, URL or preset name', metavar='PATH|URL|PRESET', type=str, required=True)
-@click.option('--gnet',       help='Guiding network: path, URL or preset  [default: the preset\'s, or none]', metavar='PATH|URL', type=str, default=None)
+@click.option('--preset',     help='Generation preset: an official EDM2 snapshot with its guiding network and guidance', metavar='NAME', type=str, default=None)
+@click.option('--net',        help='Snapshot: path, URL (or a preset name)  [default: the preset\'s]', metavar='PATH|URL', type=str, default=None)
+@click.option('--gnet',       help='Guiding network: path or URL  [default: the preset\'s, or none]', metavar='PATH|URL', type=str, default=None)
 @click.option('--guidance',   help='Guidance weight  [default: the preset\'s, or 1 = none]', metavar='FLOAT', type=float, default=None)
 @click.option('--outdir',     help='Where to save the images', metavar='DIR', type=str, default=None)
 @click.option('--subdirs',    help='Save images in subdirectories of 1000 seeds', is_flag=True)
-@click.option('--seeds',      help='Random seeds (e.g. 1,2,5-10)', metavar='LIST', type=str, default='0-63', show_default=True)
+@click.option('--seeds',      help='Random seeds (e.g. 1,2,5-10)', metavar='LIST', type=str, default='16-19', show_default=True)
 @click.option('--class', 'class_spec', help='Class index 0..K-1, "all" to cycle through the classes, or a source: id:N (original class id, e.g. id:171), name:NAME or NAME  [default: random]', metavar='INT|all|id:N|NAME', type=str, default=None)
 @click.option('--batch', 'batch_size', help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=32, show_default=True)
 @click.option('--grid',       help='Also save one image grid (rows per class with --class all)', metavar='PNG', type=str, default=None)
@@ -100,14 +119,18 @@ def _gather(items):
 @click.option('--S_noise', 'S_noise', help='Stochastic noise inflation  [default: 1]', metavar='FLOAT', type=float, default=None)
 @click.option('--overwrite',  help='Replace images or a grid that another command made', is_flag=True)
 @util.one_line_errors
-def main(net, gnet, guidance, outdir, subdirs, seeds, class_spec, batch_size, grid, overwrite, **sampler_opts):
+def main(preset, net, gnet, guidance, outdir, subdirs, seeds, class_spec, batch_size, grid, overwrite, **sampler_opts):
     """Generate images from a snapshot (any model family) or an official EDM2 preset.
 
     Examples:
 
     \b
+    # A couple of images of an official EDM2 model (seeds 16-19), as the EDM2 README writes it
+    python generate_images.py --preset=edm2-img512-s-guid-dino --outdir=out
+
+    \b
     # 64 images of the built-in digits model, class 3, and a grid
-    python generate_images.py --net run/network-snapshot-0000256-0.100.pkl --class 3 --outdir out --grid grid.png
+    python generate_images.py --net run/network-snapshot-0000256-0.100.pkl --seeds 0-63 --class 3 --outdir out --grid grid.png
 
     \b
     # 5000 images of the source with ImageNet id 171 of a multi-source model
@@ -116,21 +139,23 @@ def main(net, gnet, guidance, outdir, subdirs, seeds, class_spec, batch_size, gr
     \b
     # 50000 images on 8 GPUs with an official EDM2 preset
     torchrun --standalone --nproc_per_node=8 generate_images.py \\
-        --net edm2-img512-xs-guid-fid --outdir out --subdirs --seeds 0-49999
+        --preset edm2-img512-xs-guid-fid --outdir out --subdirs --seeds 0-49999
     """
-    seeds = util.parse_int_list(seeds)
+    seeds = generate.parse_seeds(seeds)
     if outdir is None and grid is None:
         raise ValueError('Nothing to write: give --outdir and/or --grid')
-    preset = presets.GENERATION_PRESETS.get(net, util.EasyDict())
-    gnet = gnet if gnet is not None else preset.get('gnet', None)
-    guidance = guidance if guidance is not None else preset.get('guidance', 1.0)
+    spec = generate.resolve_generation(net, preset, gnet, guidance)
+    net, gnet, guidance = spec.net, spec.gnet, spec.guidance
     # Only the options the user set: each sampler keeps its own defaults (docs/families.md).
     sampler_kwargs = {key: value for key, value in sampler_opts.items() if value is not None}
+    samplers.check_edm_options(**sampler_kwargs)
 
     local = lambda path: os.path.abspath(path) if path is not None and os.path.exists(path) else path
     record = dict(net=local(net), gnet=local(gnet), guidance=guidance, class_spec=class_spec, **sampler_kwargs)
     image_paths = [os.path.join(outdir, f'{seed // 1000 * 1000:06d}' if subdirs else '', f'{seed:06d}.png') for seed in seeds] if outdir else []
     check_outputs(image_paths, json.dumps(record), overwrite, '--outdir')
+    if outdir is not None:
+        check_folder(outdir, image_paths, json.dumps(record))
     check_outputs([grid] if grid else [], json.dumps(dict(record, seeds=seeds)), overwrite, '--grid')
 
     dist.init()

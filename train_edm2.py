@@ -6,6 +6,8 @@ training/presets.py). The same command runs on a laptop CPU and, under torchrun,
 
 Re-running the same command resumes from the newest training state in --outdir."""
 
+import contextlib
+import functools
 import json
 import os
 
@@ -34,7 +36,7 @@ def combine_cond(cond, uncond):
 @click.command(context_settings=dict(show_default=True))
 @click.option('--outdir',       help='Run directory (created; re-running resumes in it)', metavar='DIR', type=str, required=True)
 @click.option('--data',         help='Dataset ZIP or folder (dataset_tool.py)', metavar='ZIP|DIR', type=str, required=True)
-@click.option('--preset',       help='Configuration preset (training/presets.py)', metavar='NAME', type=str, required=True)
+@click.option('--preset',       help='Configuration preset (training/presets.py)', metavar='NAME', type=str, default='edm2-img512-s')
 @click.option('--cond',         help='Class-conditional training (--cond alone, or =True/False as in EDM2)', metavar='[BOOL]', type=bool, is_flag=False, flag_value=True, default=None)
 @click.option('--uncond',       help='Unconditional training (same as --cond=False)', is_flag=True, default=False)
 @click.option('--duration',     help='Training duration (images; Ki/Mi/Gi)', metavar='NIMG', type=str, default=None)
@@ -49,6 +51,8 @@ def combine_cond(cond, uncond):
 @click.option('--P_std', 'P_std', help='Noise level standard deviation', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option('--p-uncond',     help='Label dropout probability (classifier-free guidance)', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=None)
 @click.option('--fp16',         help='Mixed precision on CUDA', metavar='BOOL', type=bool, default=None)
+@click.option('--ls',           'loss_scaling', help='Loss scaling (against fp16 under/overflows)', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option('--bench',        'cudnn_benchmark', help='Enable cuDNN benchmarking', metavar='BOOL', type=bool, default=None)
 @click.option('--xflip',        help='Random x-flips of the dataset', metavar='BOOL', type=bool, default=None)
 @click.option('--status',       help='Status interval (images)', metavar='NIMG', type=str, default=None)
 @click.option('--snapshot',     help='Snapshot interval (images; 0 = off)', metavar='NIMG', type=str, default=None)
@@ -64,9 +68,11 @@ def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, uncond
     """Train a model from a named preset. Every preset value can be overridden: the common ones
     with their flags, any other with --set KEY=VALUE.
 
-    --outdir belongs to one run: re-running the same command resumes it; a directory holding
+    --outdir belongs to one run: re-running the same command resumes it (a run directory of the
+    official EDM2 code too, with an EDM2 preset); a directory holding
     another run (another preset, or outputs without a training state) is refused unless
-    --restart moves its files into a subfolder first."""
+    --restart moves its files into a subfolder first. One process at a time works in it: a second
+    one is refused while the first runs."""
     dist.init()
     flags['cond'] = combine_cond(flags['cond'], uncond)
     overrides = {key: value for key, value in flags.items() if value is not None}
@@ -75,24 +81,43 @@ def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, uncond
     slice_nimg = util.parse_nimg(slice_nimg) if slice_nimg is not None else 0
     if slice_nimg:
         config.check_slice(slice_nimg, c.batch_size)
+    data_record = config.describe_data(c.dataset_kwargs)
 
     dist.print0(f'Preset {preset} ({opts.family}):')
     dist.print0(json.dumps(opts, indent=2))
     dist.print0('Training config:')
     dist.print0(json.dumps(c, indent=2))
-    action = runs.check(outdir, preset, restart=restart)
-    dist.print0(f'Output directory: {outdir} ({dict(new="new run", resume="resuming", restart="moving the earlier run aside")[action]})')
-    dist.print0(f'Processes: {dist.get_world_size()}, device: {dist.get_device()}')
-    if dry_run:
-        dist.print0('Dry run; exiting.')
-        return
+    lock = dist.rank0_outcome(runs.lock, outdir, probe=dry_run)
+    try:
+        action = runs.check(outdir, preset, restart=restart, data=data_record)
+        dist.print0(f'Output directory: {outdir} ({ACTIONS[action]})')
+        dist.print0(f'Processes: {dist.get_world_size()}, device: {dist.get_device()}')
+        if dry_run:
+            dist.print0('Dry run; exiting.')
+            return
+        record = json.loads(json.dumps(dict(options=opts, config=c, data=data_record)))
+        run_id = dist.rank0_outcome(runs.prepare, outdir, preset, record, action)
+        on_resumed = functools.partial(runs.record_resumption, outdir, record) if action == 'resume' else None
+        # A run of the official code keeps every training state; so does this code when it continues one.
+        keep = 0 if action == 'resume' and runs.is_official_run(runs.read_options(outdir)) else 2
+        train(outdir, dict(c, run_id=run_id, slice_nimg=slice_nimg, on_resumed=on_resumed, keep_checkpoints=keep))
+    finally:
+        if lock is not None and dist.get_rank() == 0:
+            lock.release()
 
-    if dist.get_rank() == 0:
-        runs.prepare(outdir, preset, json.loads(json.dumps(dict(options=opts, config=c))), action)
-    dist.barrier()
+ACTIONS = {'new': 'new run', 'start-again': 'starting again a run that stopped before its first training state',
+    'resume': 'resuming', 'restart': 'moving the earlier run aside'}
+
+def train(outdir, loop_kwargs):
+    """The training loop with log.txt capturing the console (rank 0), the error that ends it included."""
     logger = util.Logger(file_name=os.path.join(outdir, 'log.txt'), file_mode='a') if dist.get_rank() == 0 else None
     try:
-        training_loop.training_loop(run_dir=outdir, run_id=runs.run_id_of(outdir), slice_nimg=slice_nimg, **c)
+        training_loop.training_loop(run_dir=outdir, **loop_kwargs)
+    except (ValueError, OSError) as e:
+        if logger is not None and logger.file is not None: # The console gets it from one_line_errors.
+            with contextlib.suppress(OSError):
+                logger.file.write(f'Error: {util.error_message(e)}\n')
+        raise
     finally:
         if logger is not None:
             logger.close()

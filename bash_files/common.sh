@@ -6,7 +6,9 @@
 #                        flags of $FLAGS to 1, collect --set KEY=VALUE into SET_ARGS; --dry-run
 #   run CMD...           print the command; execute it unless DRY_RUN=1
 #   py SCRIPT ARGS...    run one of the project's Python scripts
-#   torchrun_py N SCRIPT ARGS...  the same under torchrun with N processes (N = 1: plain python)
+#   torchrun_py N SCRIPT ARGS...  the same under torchrun with N processes on this node, joined
+#                        by the other nodes of $NODE_OPTIONS (one node, one process: plain python)
+#   first_node           true on node rank 0 (for the steps that only one node should do)
 #   die MSG              print the usage of the calling script and MSG, exit 2
 # Every script documents its usage in its header comment; `usage` prints that header.
 
@@ -17,6 +19,17 @@ export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON="${PYTHON:-python}"
 DRY_RUN="${DRY_RUN:-0}"
 SET_ARGS=()
+
+# Several machines: the launchers that run torchrun take these options (add $NODE_OPTIONS to
+# their OPTIONS). Every node starts the same command with its own --node-rank; the nodes meet at
+# --master-addr:--master-port (node 0's address; torchrun's static rendezvous) or at a
+# rendezvous endpoint HOST:PORT (torchrun's c10d rendezvous, ranks in order of arrival). A
+# launcher that runs several torchrun commands gives each its own port (master port + k) or
+# rendezvous id (--rdzv-id-k), so that a node never meets the previous command.
+# shellcheck disable=SC2034 # Read by the launchers that source this file.
+NODE_OPTIONS="nnodes node-rank master-addr master-port rdzv-endpoint rdzv-id"
+nnodes=1 node_rank=0 master_addr="" master_port=29500 rdzv_endpoint="" rdzv_id=multisource
+TORCHRUN_JOB=0
 
 usage() {
     # The header comment of the calling script (lines starting with '#', after the shebang).
@@ -85,17 +98,41 @@ py() {
     run "$PYTHON" "$REPO_ROOT/$script" "$@"
 }
 
+check_nodes() {
+    # The values of $NODE_OPTIONS make sense together.
+    check_int nnodes "$nnodes"
+    [[ "$node_rank" =~ ^[0-9]+$ ]] && [ "$node_rank" -lt "$nnodes" ] || die "--node-rank must be 0..$((nnodes - 1)) for --nnodes $nnodes, got '$node_rank'"
+    check_int master-port "$master_port"
+    if [ "$nnodes" -gt 1 ]; then
+        [ -n "$master_addr" ] || [ -n "$rdzv_endpoint" ] || die "--nnodes $nnodes needs --master-addr (node 0's address) or --rdzv-endpoint HOST:PORT"
+        [ -z "$master_addr" ] || [ -z "$rdzv_endpoint" ] || die "give --master-addr or --rdzv-endpoint, not both"
+        [ -z "$rdzv_endpoint" ] || [[ "$rdzv_endpoint" =~ ^[^:]+:[0-9]+$ ]] || die "--rdzv-endpoint must be HOST:PORT, got '$rdzv_endpoint'"
+    fi
+}
+
+first_node() {
+    [ "$node_rank" = 0 ]
+}
+
 torchrun_py() {
     # `--` keeps the script's own options (e.g. --num) away from torchrun's option parser,
-    # which takes a prefix like --num for its --numa-binding. One process needs no torchrun: a
-    # plain python call is a world of one (the same results, a few seconds less per command).
-    local procs="$1" script="$2"
+    # which takes a prefix like --num for its --numa-binding. One process on one node needs no
+    # torchrun: a plain python call is a world of one (the same results, a few seconds less).
+    local procs="$1" script="$2" nodes=()
     shift 2
-    if [ "$procs" = 1 ]; then
+    if [ "$procs" = 1 ] && [ "$nnodes" = 1 ]; then
         py "$script" "$@"
-    else
-        run "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$procs" -- "$REPO_ROOT/$script" "$@"
+        return
     fi
+    if [ "$nnodes" = 1 ]; then
+        nodes=(--standalone)
+    elif [ -n "$rdzv_endpoint" ]; then
+        nodes=(--nnodes="$nnodes" --rdzv-backend=c10d --rdzv-endpoint="$rdzv_endpoint" --rdzv-id="$rdzv_id-$TORCHRUN_JOB")
+    else
+        nodes=(--nnodes="$nnodes" --node-rank="$node_rank" --master-addr="$master_addr" --master-port="$((master_port + TORCHRUN_JOB))")
+    fi
+    TORCHRUN_JOB=$((TORCHRUN_JOB + 1))
+    run "$PYTHON" -m torch.distributed.run "${nodes[@]}" --nproc_per_node="$procs" -- "$REPO_ROOT/$script" "$@"
 }
 
 newest_file() {

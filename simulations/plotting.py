@@ -1,16 +1,26 @@
 """Files and figures of the conditional-Gaussian study (simulations/gaussian.py): one CSV per
 grid, and one figure per grid drawn from the newest CSV. The CLIs `python -m simulations.run_gaussian`
-and `python -m simulations.plot_gaussian_{K,n,sim}` are thin layers over this module."""
+and `python -m simulations.plot_gaussian_{K,n,sim}` are thin layers over this module (they also
+run as files: `python simulations/run_gaussian.py`, or `python run_gaussian.py` inside simulations/,
+as the Multi-Source-GM README writes them)."""
 
 import csv
 import glob
 import os
 
+import numpy as np
+
 from simulations import gaussian as G
 from torch_utils import util
 
 #----------------------------------------------------------------------------
-# Files.
+# Files. The default folders are this package's results/ and figures/, wherever the command runs
+# from: the Multi-Source-GM README runs the scripts inside simulations/ and finds them there too.
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(HERE, 'results')
+FIGURES_DIR = os.path.join(HERE, 'figures')
+DEFAULT_SHOWN = dict(results='simulations/results/ of this repository', figures='simulations/figures/ of this repository')
 
 def write_csv(rows, tag, path):
     """Write rows atomically (temporary file, then rename)."""
@@ -60,11 +70,19 @@ def plot_tag(csv_path, tag, outdir, log_x=None):
     rows = read_csv(csv_path)
     if not rows:
         raise ValueError(f'{csv_path} has no rows')
-    if tag not in rows[0]:
-        raise ValueError(f'{csv_path} has no column {tag!r}; columns: {list(rows[0])}')
-    rows.sort(key=lambda r: float(r[tag]))
-    xs = [float(r[tag]) for r in rows]
-    col = lambda name: [float(r[name]) for r in rows]
+    needed = [tag, G.TV_SINGLE, G.TV_MULTI, G.BOUND_SINGLE, G.BOUND_MULTI]
+    missing = [name for name in needed if name not in rows[0]]
+    if missing:
+        raise ValueError(f'{csv_path} has no column {", ".join(map(repr, missing))} (it has {", ".join(rows[0])}): '
+            f'not a CSV of `python -m simulations.run_gaussian --tag {tag}`')
+    def col(name):
+        try:
+            return [float(r[name]) for r in rows]
+        except (TypeError, ValueError):
+            raise ValueError(f'{csv_path}: column {name!r} holds a value that is not a number') from None
+    order = np.argsort(col(tag), kind='stable')
+    rows = [rows[i] for i in order]
+    xs = col(tag)
     if log_x is None:
         log_x = tag == 'n'
 
@@ -97,8 +115,8 @@ def plot_command(tag):
     @click.command(help=f'Plot the conditional-Gaussian study against {tag} (newest CSV unless --csv).')
     @click.option('--csv', 'csv_path', type=click.Path(exists=True, dir_okay=False), default=None,
                   help='CSV to plot (default: newest of this tag under --results_dir).')
-    @click.option('--results_dir', default=os.path.join('simulations', 'results'), show_default=True)
-    @click.option('--outdir', default=os.path.join('simulations', 'figures'), show_default=True)
+    @click.option('--results_dir', default=RESULTS_DIR, show_default=DEFAULT_SHOWN['results'])
+    @click.option('--outdir', default=FIGURES_DIR, show_default=DEFAULT_SHOWN['figures'])
     @click.option('--overwrite', help='Replace existing figures', is_flag=True)
     @util.one_line_errors
     def main(csv_path, results_dir, outdir, overwrite):

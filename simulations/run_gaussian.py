@@ -3,15 +3,20 @@
     python -m simulations.run_gaussian --tag K|n|sim|all [--seeds 3,33,520,2025,25731]
         [--K 5] [--D 10] [--sim 0.5] [--n 500] [--values 1,3,5] [--num-test 500]
         [--results_dir simulations/results]
+    python simulations/run_gaussian.py --tag=K      # as a file too, from anywhere
 
 Each CSV goes to {results_dir}/gaussian/{tag}/gaussian_{tag}_{YYYYmmdd-HHMMSS}.csv, one row per value
 of the tag, averaged over the seeds.
 """
 
 import os
+import sys
 import time
 
-import click
+if not __package__: # Run as a file: import this repository's packages, as `python -m` from its root would.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import click # pylint: disable=wrong-import-position
 
 from simulations import gaussian as G
 from simulations import plotting
@@ -64,7 +69,7 @@ def format_table(rows, tag):
 @click.option('--values', default=None, callback=_values,
               help='Comma-separated grid for the tag (default: the published grid; not with --tag all).')
 @click.option('--num-test', 'num_test', type=click.IntRange(min=1), default=500, show_default=True)
-@click.option('--results_dir', default=os.path.join('simulations', 'results'), show_default=True)
+@click.option('--results_dir', default=plotting.RESULTS_DIR, show_default=plotting.DEFAULT_SHOWN['results'])
 @util.one_line_errors
 def main(tag, seeds, K, D, sim, n, values, num_test, results_dir):
     if tag == 'all' and values is not None:

@@ -51,7 +51,7 @@ def test_scripts_exist():
     names = {os.path.relpath(p, os.path.join(ROOT, 'bash_files')) for p in SCRIPTS}
     assert names == {'common.sh', 'demo.sh', 'compare_single_vs_multi.sh', 'convert/build_multisource.sh', 'convert/build_all.sh',
         'train/train_multisource.sh', 'generate/generate_multisource.sh', 'metrics/score_multisource.sh',
-        'study/digits.sh', 'study/imagenet.sh'}
+        'study/digits.sh', 'study/imagenet.sh', 'slurm/train_multisource.sh'}
 
 @pytest.mark.parametrize('script', SCRIPTS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_shellcheck(script):
@@ -69,6 +69,11 @@ def test_shellcheck(script):
     ('study/digits.sh', [], 'OUTDIR is required'),
     ('study/imagenet.sh', ['--out', 'o'], '--imagenet DIR is required'),
     ('demo.sh', ['--bogus'], "unknown argument '--bogus'"),
+    ('train/train_multisource.sh', ['--data', 'x', '--sources', '2', '--per-class', '9', '--outdir', 'o', '--nnodes', '2'], '--nnodes 2 needs --master-addr'),
+    ('train/train_multisource.sh', ['--data', 'x', '--sources', '2', '--per-class', '9', '--outdir', 'o', '--nnodes', '2', '--node-rank', '2',
+        '--master-addr', 'h'], '--node-rank must be 0..1'),
+    ('metrics/score_multisource.sh', ['--run', 'r', '--refs', 'f', '--nnodes', '2', '--master-addr', 'h', '--rdzv-endpoint', 'h:1'], 'not both'),
+    ('generate/generate_multisource.sh', ['--run', 'r', '--sources', '2', '--outdir', 'o', '--nnodes', '2', '--rdzv-endpoint', 'h'], 'HOST:PORT'),
 ])
 def test_wrong_argument_prints_usage(script, args, message):
     result = bash(script, *args)
@@ -194,3 +199,90 @@ def test_digits_study(work):
     assert [line.split(',')[:6] for line in rows[1:]] == [['similar', '1', '5', '0', kind, '0'] for kind in ['multi', 'multi', 'single', 'single']]
     again = launch(work, 'study/digits.sh', *args)
     assert [c for c in commands(again) if 'run_study.py' not in c] == [] and 'already done' in again.stdout # Nothing redone.
+
+#----------------------------------------------------------------------------
+# Several machines: two torchrun "nodes" on this machine (--nnodes 2, one process each, started
+# together, meeting on 127.0.0.1) train and score exactly as one node with two processes.
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+def launch_nodes(work, script, *args, nodes=2):
+    """Start `script` once per node, all at the same time, each with its --node-rank; wait for
+    all. Returns the results (node 0 first) and the wall time."""
+    import time
+    directory, env = work
+    start = time.time()
+    procs = [subprocess.Popen(['bash', os.path.join(ROOT, 'bash_files', script), *[str(a) for a in args], '--nnodes', str(nodes), '--node-rank', str(rank)],
+        cwd=directory, env=dict(env, PYTHON=sys.executable, OMP_NUM_THREADS='1'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in range(nodes)]
+    results = [proc.communicate(timeout=900) for proc in procs]
+    for proc, (out, err) in zip(procs, results):
+        assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    return [out for out, _ in results], time.time() - start
+
+def snapshot_tensors(path):
+    from torch_utils import persistence
+    with open(path, 'rb') as f:
+        net = persistence.load_pickle(f)['ema']
+    return [t.detach() for t in list(net.parameters()) + list(net.buffers())]
+
+# Stand-ins for SLURM's commands: `scontrol show hostnames` lists this machine; `srun` starts its
+# command once per node of the job at the same time, each with its SLURM_NODEID, as srun
+# --ntasks-per-node=1 does, and fails when one of them fails.
+FAKE_SCONTROL = '#!/usr/bin/env bash\necho 127.0.0.1\n'
+FAKE_SRUN = """#!/usr/bin/env bash
+while [[ "$1" == --* ]]; do shift; done
+pids=()
+for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do SLURM_NODEID=$node "$@" & pids+=($!); done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit $status
+"""
+
+def test_two_nodes_train_and_score_as_one_node_with_two_processes(work, tmp_path):
+    import time
+    import torch
+    from training import training_loop
+    train = ['--data', 'study/data/sim3-2c-12-latents.zip', '--sources', 2, '--per-class', 12, '--batch-gpu', 8,
+        '--preset', 'edm2-img256-xs-3c-100', '--duration', '1Ki', *TINY_XS]
+    start = time.time()
+    if not (work[0] / 'runs' / 'two' / 'training-state-0000001.pt').exists(): # Made by test_train_generate_score.
+        launch(work, 'train/train_multisource.sh', *train, '--outdir', 'runs/two', '--gpus', 2)
+    one_node = time.time() - start
+    # Two nodes through the SLURM job of bash_files/slurm/ (srun: one task per node, started together).
+    for name, text in [('srun', FAKE_SRUN), ('scontrol', FAKE_SCONTROL)]:
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    directory, env = work
+    slurm = dict(env, PATH=f'{tmp_path}{os.pathsep}{env["PATH"]}', SLURM_JOB_NODELIST='node[1-2]', SLURM_JOB_NUM_NODES='2',
+        SLURM_JOB_ID='7', REPO_ROOT=ROOT, MASTER_PORT=str(free_port()))
+    start = time.time()
+    result = bash('slurm/train_multisource.sh', *train, '--outdir', 'runs/two-nodes', '--gpus', 1, cwd=directory, env=slurm, check=True)
+    two_nodes = time.time() - start
+    torchruns = [c for c in commands(result) if 'torch.distributed.run' in c]
+    assert sorted(c.split('--node-rank=')[1][0] for c in torchruns) == ['0', '1']
+    assert all('--nnodes=2' in c and '--master-addr=127.0.0.1' in c and '--nproc_per_node=1 --' in c for c in torchruns)
+    print(f'training: two nodes with one process each {two_nodes:.1f} s' + (f', one node with two processes {one_node:.1f} s' if one_node > 1 else ''))
+    a, b = work[0] / 'runs' / 'two', work[0] / 'runs' / 'two-nodes'
+    for name in ['network-snapshot-0000001-0.050.pkl', 'network-snapshot-0000001-0.100.pkl']:
+        assert all(torch.equal(x, y) for x, y in zip(snapshot_tensors(a / name), snapshot_tensors(b / name))), name
+    state_a, state_b = (training_loop.load_training_state(str(run / 'training-state-0000001.pt')) for run in [a, b])
+    assert all(torch.equal(state_a['net'][k], state_b['net'][k]) for k in state_a['net'])
+    assert len(state_b['rng']) == 2 and state_a['state']['cur_nimg'] == state_b['state']['cur_nimg'] == 1024
+    # Scoring the same snapshot: two processes on one node, then two nodes started together that
+    # meet at a rendezvous endpoint (c10d: ranks in order of arrival); node 0 alone writes the table.
+    score = ['--run', 'runs/two-nodes', '--refs', 'study/refs', '--num', 10, '--steps', 2]
+    start = time.time()
+    launch(work, 'metrics/score_multisource.sh', *score, '--gpus', 2)
+    one_node = time.time() - start
+    outputs, two_nodes = launch_nodes(work, 'metrics/score_multisource.sh', *score, '--gpus', 1, '--rdzv-endpoint', f'127.0.0.1:{free_port()}')
+    print(f'scoring: one node with two processes {one_node:.1f} s, two nodes with one process each {two_nodes:.1f} s')
+    assert all('--nnodes=2 --rdzv-backend=c10d --rdzv-endpoint=127.0.0.1:' in out for out in outputs)
+    assert 'Table:' in outputs[0] and 'Table:' not in outputs[1]
+    records = [json.loads(line) for line in open(b / 'metrics-per-source.jsonl')]
+    assert len(records) == 8 and [r['value'] for r in records[:4]] == [r['value'] for r in records[4:]]
+    assert all(r['value'] > 0 for r in records)

@@ -187,6 +187,26 @@ def test_kernel_distance_and_floor_commands(digits):
     expect_error(['floor', '--data', digits['test'], '--ref', dest, '--metrics', 'fd_digits,fid', '--num', '10'], 'has no "fid" statistics')
     expect_error(['floor', '--data', digits['test'], '--ref', dest, '--metrics', 'digits_acc', '--num', '10'], 'digits_acc')
 
+def test_kernel_reference_with_non_finite_features_is_refused(digits, tmp_path):
+    # As a Frechet reference whose statistics hold NaN or inf is refused (covariance_problem), so
+    # is a kernel reference whose features do, before any work (before: kid_digits NaN, written).
+    train, labels = digits_features('train')
+    features = train[labels == 3]
+    metrics.check_reference(dict(kid_digits=dict(features=features)), 'good.pkl', ['kid_digits'], dict(kid_digits=train.shape[1]))
+    for value in [np.nan, np.inf, -np.inf]:
+        bad = features.copy()
+        bad[5, 2] = value
+        with pytest.raises(ValueError, match=r'Reference bad.pkl: the "kid_digits" statistics are not those of any set of images '
+                r'\(they hold NaN or inf\)'):
+            metrics.check_reference(dict(kid_digits=dict(features=bad)), 'bad.pkl', ['kid_digits'], dict(kid_digits=train.shape[1]))
+    with pytest.raises(ValueError, match=r'\(they are <U1, not numbers\)'):
+        metrics.check_reference(dict(kid_digits=dict(features=np.array([['a', 'b'], ['c', 'd']]))), 'text.pkl', ['kid_digits'])
+    path, results = tmp_path / 'bad.npz', tmp_path / 'results.jsonl'
+    np.savez(path, **{'kid_digits.features': bad})
+    expect_error(['calc', '--images', digits['test'], '--ref', str(path), '--metrics', 'kid_digits', '--num', '359', '--workers', '0',
+        '--results', str(results)], 'bad.npz', '"kid_digits" statistics are not those of any set of images (they hold NaN or inf)')
+    assert not results.exists()
+
 def test_ref_and_calc(digits):
     with open(digits['ref'], 'rb') as f:
         ref = pickle.load(f)

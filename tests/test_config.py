@@ -17,7 +17,7 @@ def test_build_gives_every_loop_argument(tiny_zip):
     opts, c = config.build('edm2-digits', dict(duration='2Ki', batch=64, channels=16, channel_mult=[1, 1]), data=tiny_zip)
     assert opts.family == 'edm2' and opts.duration == 2048 and opts.channels == 16
     loop_params = set(inspect.signature(training_loop.training_loop).parameters)
-    assert set(c) <= loop_params and loop_params - set(c) == {'run_dir', 'run_id', 'slice_nimg', 'loss_scaling', 'force_finite', 'cudnn_benchmark', 'device'}
+    assert set(c) <= loop_params and loop_params - set(c) == {'run_dir', 'run_id', 'on_resumed', 'slice_nimg', 'force_finite', 'keep_checkpoints', 'device'}
     assert (c.total_nimg, c.batch_size, c.batch_gpu, c.status_nimg, c.snapshot_nimg) == (2048, 64, 0, 8 << 10, 64 << 10)
     assert c.network_kwargs == dict(class_name='training.networks_edm2.Precond', model_channels=16, channel_mult=[1, 1],
         num_blocks=2, attn_resolutions=[4], dropout=0.0, sigma_data=0.5, use_fp16=True)

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pickle
+import subprocess
 import tarfile
 import zipfile
 import numpy as np
@@ -290,13 +291,36 @@ def test_multisource_study_commands(imagenet_root, tmp_path):
     (['--sim_name=sim4'], 'unknown similarity level'),
     (['--class_labels=171,1', '--sim_name=sim3'], 'class id 1 is not one of the sim3 classes'),
     (['--sim_name=sim2'], 'no class with the ImageNet id 269'),
-    (['--class_labels=182', '--nums=5'], 'class 182 (n00000182) has only 3 images'),
+    (['--class_labels=182', '--nums=5'], '--nums 5: class 182 (n00000182) has only 3 images (images are drawn without repeats; --nums -1 for every image)'),
+    (['--class_labels=182', '--per-class=5'], '--per-class 5: class 182 (n00000182) has only 3 images (images are drawn without repeats; leave --per-class out'),
 ])
 def test_multisource_study_flag_errors(imagenet_root, tmp_path, args, message):
     result = run('convert', f'--source={imagenet_root}', f'--dest={tmp_path / "out.zip"}', *args)
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
     assert message in result.output, result.output
     assert not os.listdir(tmp_path)
+
+def test_multisource_scripts_on_an_imagenet_root_without_devkit(tmp_path, monkeypatch):
+    # The convert scripts of Multi-Source-GM as they run (variables filled in): the root holds
+    # train/ with synset folders and no meta.bin or devkit (before: "has no class labels"); the
+    # bundled synset list gives the ids. Then --nums=1000 on a class of fewer images names --nums.
+    import anchors
+    synsets = {class_id: name for name, class_id in dataset_tool.imagenet_synsets().items()}
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    train = tmp_path / 'home' / 'datas' / 'Datasets' / 'ImageNet' / 'train'
+    for class_id in [171, 182, 198, 208, 215, 231]:
+        for j in range(100):
+            save_png(str(train / synsets[class_id] / f'{synsets[class_id]}_{j}.JPEG.png'), np.full([4, 4, 3], [class_id % 256, j, 7], dtype=np.uint8))
+    (tmp_path / 'work').mkdir()
+    result = anchors.invoke('msgm-convert-5c', tmp_path / 'work')
+    assert result.exit_code == 0, result.output
+    images, labels, metadata = read_zip(tmp_path / 'work' / 'datasets' / 'ori_datasets' / 'sim3' / 'inet-256-5c-100.zip')
+    assert len(images) == 500 and images[0].shape == (256, 256, 3) and collections.Counter(labels) == {k: 100 for k in range(5)}
+    assert [(s['label'], s['name'], s['original_id']) for s in metadata['sources']] == [(k, synsets[c], c) for k, c in enumerate([171, 182, 198, 208, 215])]
+    assert sorted({int(image[0, 0, 0]) for image in images}) == sorted(c % 256 for c in [171, 182, 198, 208, 215])
+    result = anchors.invoke('msgm-convert-1c', tmp_path / 'work')
+    expect_cli_error(result, '--nums 1000: class 171 (n02091032) has only 100 images', '--nums -1 for every image')
+    assert not os.path.exists(tmp_path / 'work' / 'datasets' / 'ori_datasets' / 'Sim3')
 
 def test_labels_from_dataset_json_in_folder(tmp_path):
     for name in ['x.png', 'y.png', 'z.png']:
@@ -466,3 +490,56 @@ def test_imagenet_synset_folders_keep_their_official_ids(tmp_path):
     ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "two.zip"}', '--classes=171,n01443537')
     _, labels, metadata = read_zip(tmp_path / 'two.zip')
     assert labels == [1, 1, 0, 0] and [s['original_id'] for s in metadata['sources']] == [171, 1]
+
+#----------------------------------------------------------------------------
+# Labels at conversion: where the class folders are, what lies beside them, dataset.json.
+
+def test_class_folders_of_a_zipped_folder_and_macos_archives(tmp_path):
+    # `zip -r data.zip mydata/` (run for real) holds every file under mydata/: its class folders
+    # are mydata's subfolders. macOS adds __MACOSX/ (an AppleDouble ._ file per file) and .DS_Store.
+    make_class_folder(tmp_path / 'mydata', counts={'cat': 2, 'dog': 3})
+    if subprocess.run(['zip', '-qr', 'data.zip', 'mydata/'], cwd=tmp_path).returncode != 0:
+        pytest.skip('no zip command')
+    ok('convert', f'--source={tmp_path / "data.zip"}', f'--dest={tmp_path / "plain.zip"}')
+    with zipfile.ZipFile(tmp_path / 'data.zip', 'a') as zf:
+        for name in zf.namelist():
+            zf.writestr(f'__MACOSX/{os.path.dirname(name)}/._{os.path.basename(name)}', b'\0\5\x16\7\0\2\0\0Mac OS X')
+        zf.writestr('mydata/.DS_Store', b'\0\0\0\1Bud1')
+    ok('convert', f'--source={tmp_path / "data.zip"}', f'--dest={tmp_path / "mac.zip"}')
+    for dest in ['plain.zip', 'mac.zip']:
+        images, labels, metadata = read_zip(tmp_path / dest)
+        assert labels == [0, 0, 1, 1, 1] and identities(images) == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
+        assert metadata['sources'] == sources((0, 'cat', 0), (1, 'dog', 1))
+    # A zipped dataset folder keeps the labels of its dataset.json.
+    ok('convert', f'--source={tmp_path / "plain.zip"}', f'--dest={tmp_path / "ds"}')
+    subprocess.run(['zip', '-qr', 'ds.zip', 'ds/'], cwd=tmp_path, check=True)
+    ok('convert', f'--source={tmp_path / "ds.zip"}', f'--dest={tmp_path / "again.zip"}')
+    assert read_zip(tmp_path / 'again.zip')[1:] == read_zip(tmp_path / 'plain.zip')[1:]
+
+def test_an_image_beside_the_class_folders_is_refused(tmp_path):
+    # Before: it made a class "" and renumbered the real ones (official ImageNet ids 151/152 became 1/2).
+    with open(os.path.join(os.path.dirname(dataset_tool.__file__), 'training', 'imagenet_synsets.txt')) as f:
+        synsets = f.read().split()
+    for synset in [synsets[151], synsets[152]]:
+        save_png(str(tmp_path / 'src' / synset / '0.png'), np.full([8, 8, 3], 7, dtype=np.uint8))
+    ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "ok.zip"}')
+    assert read_zip(tmp_path / 'ok.zip')[1] == [151, 152]
+    save_png(str(tmp_path / 'src' / 'preview.png'), np.zeros([8, 8, 3], dtype=np.uint8))
+    expect_cli_error(run('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "bad.zip"}'),
+        'preview.png lies beside the class folders', synsets[151], 'has no class')
+    assert listing(tmp_path) == ['ok.zip', 'src']
+
+def test_a_file_listed_twice_with_two_labels_is_refused(tmp_path):
+    # dataset.json read into a dict took the last of the two labels.
+    for image in range(2):
+        save_png(str(tmp_path / 'src' / f'{image}.png'), np.full([4, 4], image, dtype=np.uint8))
+    (tmp_path / 'src' / 'dataset.json').write_text(json.dumps({'labels': [['0.png', 0], ['1.png', 1], ['0.png', 1]]}))
+    expect_cli_error(run('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out.zip"}'),
+        'lists 0.png twice, with the labels 0 and 1')
+    from training.dataset import ImageFolderDataset # pylint: disable=import-outside-toplevel
+    with pytest.raises(ValueError, match='lists 0.png twice'):
+        ImageFolderDataset(str(tmp_path / 'src')).get_label(0)
+    # The same label twice is only redundant.
+    (tmp_path / 'src' / 'dataset.json').write_text(json.dumps({'labels': [['0.png', 0], ['1.png', 1], ['0.png', 0]]}))
+    ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out.zip"}')
+    assert read_zip(tmp_path / 'out.zip')[1] == [0, 1]

@@ -150,6 +150,7 @@ def test_dinov2_local_hub_repo(tmp_path):
 
 def test_dinov2_environment_and_hub_dir_defaults(tmp_path, monkeypatch):
     repo, weights, state = fake_dinov2(tmp_path)
+    monkeypatch.setenv('EDM2_CACHE_DIR', str(tmp_path / 'dnnlib-cache')) # Nothing there.
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path)) # The hub cache layout.
     x = random_images(resolution=20)
     torch.testing.assert_close(detectors.DINOv2Detector()(x), detectors.DINOv2Detector(repo=repo, weights=weights)(x))
@@ -157,6 +158,23 @@ def test_dinov2_environment_and_hub_dir_defaults(tmp_path, monkeypatch):
     monkeypatch.setenv('EDM2_DINOV2_REPO', repo)
     monkeypatch.setenv('EDM2_DINOV2_WEIGHTS', weights)
     assert detectors.DINOv2Detector.missing_files()[0] == []
+
+def test_dinov2_where_edm2_downloads_it(tmp_path, monkeypatch):
+    # The official calculate_metrics.py downloads DINOv2 with torch.hub into
+    # $DNNLIB_CACHE_DIR/torch_hub: found there without any option (before: only in torch.hub.get_dir()).
+    monkeypatch.delenv('EDM2_CACHE_DIR', raising=False)
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'torch-hub')) # Empty.
+    (tmp_path / 'cache' / 'torch_hub').mkdir(parents=True)
+    repo, weights, _ = fake_dinov2(tmp_path / 'cache' / 'torch_hub')
+    assert detectors.DINOv2Detector.resolve() == (repo, weights, None)
+    x = random_images(resolution=20)
+    torch.testing.assert_close(detectors.DINOv2Detector()(x), detectors.DINOv2Detector(repo=repo, weights=weights)(x))
+    # Missing everywhere: the message names both places.
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'nothing'))
+    files, hint = detectors.DINOv2Detector.missing_files()
+    assert files[0] == str(tmp_path / 'nothing' / 'torch_hub' / 'facebookresearch_dinov2_main')
+    assert str(tmp_path / 'nothing' / 'torch_hub') in hint and str(tmp_path / 'torch-hub') in hint
 
 def test_dinov2_whole_model_file(tmp_path):
     torch.manual_seed(1)

@@ -16,7 +16,7 @@ from conftest import expect_cli_error, torchrun
 from torch_utils import persistence
 from training import encoders
 from training import generate
-from training import presets
+from torch_utils import util
 
 #----------------------------------------------------------------------------
 # Tiny persistent stand-ins for the networks (pickled with their source, as snapshots are).
@@ -218,49 +218,123 @@ def test_class_identity_errors(spec, sources, message):
         generate.resolve_class(spec, 3, sources)
     assert message in str(error.value)
 
-def test_official_presets_table():
-    table = presets.GENERATION_PRESETS
+# NVlabs/edm2 generate_images.py, config_presets: name -> (network, guiding network, guidance),
+# as snapshot names under https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/.
+OFFICIAL_GENERATION_PRESETS = {
+    'edm2-img512-xs-fid': ('edm2-img512-xs-2147483-0.135', None, None),
+    'edm2-img512-xs-dino': ('edm2-img512-xs-2147483-0.200', None, None),
+    'edm2-img512-s-fid': ('edm2-img512-s-2147483-0.130', None, None),
+    'edm2-img512-s-dino': ('edm2-img512-s-2147483-0.190', None, None),
+    'edm2-img512-m-fid': ('edm2-img512-m-2147483-0.100', None, None),
+    'edm2-img512-m-dino': ('edm2-img512-m-2147483-0.155', None, None),
+    'edm2-img512-l-fid': ('edm2-img512-l-1879048-0.085', None, None),
+    'edm2-img512-l-dino': ('edm2-img512-l-1879048-0.155', None, None),
+    'edm2-img512-xl-fid': ('edm2-img512-xl-1342177-0.085', None, None),
+    'edm2-img512-xl-dino': ('edm2-img512-xl-1342177-0.155', None, None),
+    'edm2-img512-xxl-fid': ('edm2-img512-xxl-0939524-0.070', None, None),
+    'edm2-img512-xxl-dino': ('edm2-img512-xxl-0939524-0.150', None, None),
+    'edm2-img64-s-fid': ('edm2-img64-s-1073741-0.075', None, None),
+    'edm2-img64-m-fid': ('edm2-img64-m-2147483-0.060', None, None),
+    'edm2-img64-l-fid': ('edm2-img64-l-1073741-0.040', None, None),
+    'edm2-img64-xl-fid': ('edm2-img64-xl-0671088-0.040', None, None),
+    'edm2-img512-xs-guid-fid': ('edm2-img512-xs-2147483-0.045', 'edm2-img512-xs-uncond-2147483-0.045', 1.40),
+    'edm2-img512-xs-guid-dino': ('edm2-img512-xs-2147483-0.150', 'edm2-img512-xs-uncond-2147483-0.150', 1.70),
+    'edm2-img512-s-guid-fid': ('edm2-img512-s-2147483-0.025', 'edm2-img512-xs-uncond-2147483-0.025', 1.40),
+    'edm2-img512-s-guid-dino': ('edm2-img512-s-2147483-0.085', 'edm2-img512-xs-uncond-2147483-0.085', 1.90),
+    'edm2-img512-m-guid-fid': ('edm2-img512-m-2147483-0.030', 'edm2-img512-xs-uncond-2147483-0.030', 1.20),
+    'edm2-img512-m-guid-dino': ('edm2-img512-m-2147483-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 2.00),
+    'edm2-img512-l-guid-fid': ('edm2-img512-l-1879048-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 1.20),
+    'edm2-img512-l-guid-dino': ('edm2-img512-l-1879048-0.035', 'edm2-img512-xs-uncond-2147483-0.035', 1.70),
+    'edm2-img512-xl-guid-fid': ('edm2-img512-xl-1342177-0.020', 'edm2-img512-xs-uncond-2147483-0.020', 1.20),
+    'edm2-img512-xl-guid-dino': ('edm2-img512-xl-1342177-0.030', 'edm2-img512-xs-uncond-2147483-0.030', 1.70),
+    'edm2-img512-xxl-guid-fid': ('edm2-img512-xxl-0939524-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 1.20),
+    'edm2-img512-xxl-guid-dino': ('edm2-img512-xxl-0939524-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 1.70),
+    'edm2-img512-s-autog-fid': ('edm2-img512-s-2147483-0.070', 'edm2-img512-xs-0134217-0.125', 2.10),
+    'edm2-img512-s-autog-dino': ('edm2-img512-s-2147483-0.120', 'edm2-img512-xs-0134217-0.165', 2.45),
+    'edm2-img512-xxl-autog-fid': ('edm2-img512-xxl-0939524-0.075', 'edm2-img512-m-0268435-0.155', 2.05),
+    'edm2-img512-xxl-autog-dino': ('edm2-img512-xxl-0939524-0.130', 'edm2-img512-m-0268435-0.205', 2.30),
+    'edm2-img512-s-uncond-autog-fid': ('edm2-img512-s-uncond-2147483-0.070', 'edm2-img512-xs-uncond-0134217-0.110', 2.85),
+    'edm2-img512-s-uncond-autog-dino': ('edm2-img512-s-uncond-2147483-0.090', 'edm2-img512-xs-uncond-0134217-0.125', 2.90),
+    'edm2-img64-s-autog-fid': ('edm2-img64-s-1073741-0.045', 'edm2-img64-xs-0134217-0.110', 1.70),
+    'edm2-img64-s-autog-dino': ('edm2-img64-s-1073741-0.105', 'edm2-img64-xs-0134217-0.175', 2.20),
+}
+
+def test_generation_presets_are_the_official_table():
     root = 'https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions'
-    assert table['edm2-img512-xs-fid'] == dict(net=f'{root}/edm2-img512-xs-2147483-0.135.pkl')
-    assert table['edm2-img512-xs-guid-fid'] == dict(net=f'{root}/edm2-img512-xs-2147483-0.045.pkl',
-        gnet=f'{root}/edm2-img512-xs-uncond-2147483-0.045.pkl', guidance=1.4)
-    assert len(table) == 36 and all(p.net.startswith(root) for p in table.values())
+    table = generate.GENERATION_PRESETS
+    assert len(OFFICIAL_GENERATION_PRESETS) == 36 and sorted(table) == sorted(OFFICIAL_GENERATION_PRESETS)
+    for name, (net, gnet, guidance) in OFFICIAL_GENERATION_PRESETS.items():
+        expected = dict(net=f'{root}/{net}.pkl') if gnet is None else dict(net=f'{root}/{net}.pkl', gnet=f'{root}/{gnet}.pkl', guidance=guidance)
+        assert table[name] == expected, name
+        assert isinstance(table[name], util.EasyDict) and util.is_url(table[name].net)
 
 def read_pngs(folder):
     return {name: np.asarray(PIL.Image.open(os.path.join(folder, name))) for name in sorted(os.listdir(folder))}
 
-def test_official_preset_fills_in_gnet_and_guidance(tmp_path, monkeypatch):
-    # --net PRESET: the preset's snapshot, guiding network and guidance, found in the download
-    # cache where dnnlib puts a downloaded file ($EDM2_CACHE_DIR/downloads/<md5 of URL>_<name>),
-    # so nothing is downloaded.
+def cache_official_snapshots(tmp_path, monkeypatch, *names):
+    """Small stand-ins for the networks of generation presets, placed in the download cache where
+    dnnlib puts a downloaded file ($EDM2_CACHE_DIR/downloads/<md5 of URL>_<name>), so that the
+    presets' URLs load offline (any download attempt fails the test). Returns {URL: local copy}."""
     import hashlib
     import urllib.request
     monkeypatch.setattr(urllib.request, 'urlopen', lambda *args, **kwargs: pytest.fail('tried to download'))
     monkeypatch.setenv('EDM2_CACHE_DIR', str(tmp_path / 'cache'))
-    (tmp_path / 'cache' / 'downloads').mkdir(parents=True)
-    preset = presets.GENERATION_PRESETS['edm2-img512-xs-guid-fid']
+    os.makedirs(tmp_path / 'cache' / 'downloads', exist_ok=True)
     files = {}
-    for seed, key in enumerate(['net', 'gnet']):
-        torch.manual_seed(seed) # Two different networks.
-        files[key] = write_snapshot(tmp_path / f'{key}.pkl', TinyDenoiser())
-        cached = tmp_path / 'cache' / 'downloads' / f'{hashlib.md5(preset[key].encode()).hexdigest()}_{os.path.basename(preset[key])}'
-        cached.write_bytes((tmp_path / f'{key}.pkl').read_bytes())
-    common = ['--seeds', '0-3', '--steps', 4]
+    for url in dict.fromkeys(url for name in names for key, url in generate.GENERATION_PRESETS[name].items() if key != 'guidance'):
+        torch.manual_seed(len(files)) # A different network for every URL.
+        files[url] = write_snapshot(tmp_path / f'local-{len(files)}.pkl', TinyDenoiser())
+        cached = tmp_path / 'cache' / 'downloads' / f'{hashlib.md5(url.encode()).hexdigest()}_{os.path.basename(url)}'
+        cached.write_bytes((tmp_path / f'local-{len(files) - 1}.pkl').read_bytes())
+    return files
+
+def test_official_preset_fills_in_gnet_and_guidance(tmp_path, monkeypatch):
+    # The first command of the EDM2 README, unchanged: --preset brings the network, its guiding
+    # network and the guidance (1.9), and the default seeds are EDM2's, 16-19.
+    import anchors
+    files = cache_official_snapshots(tmp_path, monkeypatch, 'edm2-img512-s-guid-dino', 'edm2-img512-xs-guid-fid')
+    preset = generate.GENERATION_PRESETS['edm2-img512-s-guid-dino']
+    result = anchors.invoke('edm2-generate-preset', tmp_path)
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(tmp_path / 'out')) == ['000016.png', '000017.png', '000018.png', '000019.png']
+    common = ['--seeds', '16-19']
     runs = {
-        'preset': ['--net', 'edm2-img512-xs-guid-fid'],
-        'explicit': ['--net', files['net'], '--gnet', files['gnet'], '--guidance', 1.4],
-        'preset-unguided': ['--net', 'edm2-img512-xs-guid-fid', '--guidance', 1], # The user's option wins.
-        'plain': ['--net', files['net']],
+        'explicit': ['--net', files[preset.net], '--gnet', files[preset.gnet], '--guidance', 1.9],
+        'as-net': ['--net', 'edm2-img512-s-guid-dino'], # A preset name as --net: the same (here only).
+        'preset-unguided': ['--preset', 'edm2-img512-s-guid-dino', '--guidance', 1], # The user's option wins.
+        'plain': ['--net', files[preset.net]],
     }
     for name, args in runs.items():
         result = invoke(*args, *common, '--outdir', tmp_path / name)
         assert result.exit_code == 0, result.output
-    images = {name: read_pngs(tmp_path / name) for name in runs}
-    assert len(images['preset']) == 4 and preset.guidance == 1.4
-    for key in images['preset']:
-        assert np.array_equal(images['preset'][key], images['explicit'][key])
+    images = {name: read_pngs(tmp_path / name) for name in ['out', *runs]}
+    for key in images['out']:
+        assert np.array_equal(images['out'][key], images['explicit'][key]) and np.array_equal(images['out'][key], images['as-net'][key])
         assert np.array_equal(images['preset-unguided'][key], images['plain'][key])
-    assert any(not np.array_equal(images['preset'][key], images['plain'][key]) for key in images['plain']) # Guidance shows.
+    assert any(not np.array_equal(images['out'][key], images['plain'][key]) for key in images['plain']) # Guidance shows.
+    expect_cli_error(invoke('--preset', 'edm2-img512-s-guid', '--outdir', tmp_path / 'x'), '--preset edm2-img512-s-guid: not a generation preset')
+    expect_cli_error(invoke('--outdir', tmp_path / 'x'), 'give --net', '--preset')
+
+def test_metrics_gen_uses_the_preset_guidance(tmp_path, monkeypatch):
+    # calculate_metrics.py gen --net PRESET samples as generate_images.py does: with the preset's
+    # guiding network and guidance (before: the network alone, unguided).
+    import json
+    from conftest import invoke_ok, write_image_zip
+    files = cache_official_snapshots(tmp_path, monkeypatch, 'edm2-img512-xs-guid-fid')
+    preset = generate.GENERATION_PRESETS['edm2-img512-xs-guid-fid']
+    ref = str(tmp_path / 'ref.pkl')
+    images = np.random.RandomState(0).randint(0, 256, size=[30, 4, 4, 3], dtype=np.uint8)
+    invoke_ok('calculate_metrics', 'ref', '--data', write_image_zip(tmp_path / 'data.zip', images), '--dest', ref, '--metrics', 'fd_digits', '--workers', 0)
+    def fd(*args):
+        result = invoke_ok('calculate_metrics', 'gen', *args, '--ref', ref, '--metrics', 'fd_digits', '--num', 12, '--steps', 4)
+        (record,) = [json.loads(line) for line in result.output.splitlines() if line.startswith('{')]
+        return record
+    import anchors
+    by_name, by_preset = fd(*anchors.words('issue-gen-preset')[3:]), fd('--preset', 'edm2-img512-xs-guid-fid')
+    explicit = fd('--net', files[preset.net], '--gnet', files[preset.gnet], '--guidance', 1.4)
+    unguided = fd('--net', files[preset.net])
+    assert by_name['value'] == by_preset['value'] == explicit['value'] != unguided['value']
+    assert by_name['guidance'] == 1.4 and by_name['preset'] == 'edm2-img512-xs-guid-fid' and by_name['net'] == preset.net
 
 def test_torchrun_two_processes_match_one(snapshot, tmp_path):
     args = ['generate_images.py', '--net', snapshot, '--seeds', '0-6', '--steps', '3', '--class', 'all']

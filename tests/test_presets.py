@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from torch_utils import util
 from training import config
 from training import presets
 from training import training_loop
@@ -86,7 +85,7 @@ def test_every_preset_takes_a_training_step(name, tiny_vae):
 
 # Small enough for seconds per preset; the structure is each preset's own.
 DIGITS_SMALL = {
-    'edm2-digits': dict(channels=8, num_blocks=1),
+    'edm2-digits': dict(channels=8, num_blocks=1), 'edm2-digits-study': dict(channels=8),
     'ardm-digits': dict(channels=16, num_blocks=1), 'ardm-digits-bin': dict(channels=16, num_blocks=1),
     'ardm-digits-blur': dict(channels=16, num_blocks=1),
     'mar-digits': dict(width=16, num_heads=2, encoder_depth=1, decoder_depth=1, head_width=16, head_depth=1, batch_mul=1),
@@ -110,55 +109,3 @@ def test_digits_presets_learn(name, digits_zips, tmp_path):
     print(name, losses)
     assert losses[1] < 0.95 * losses[0], losses
 
-#----------------------------------------------------------------------------
-# The official generation presets.
-
-# NVlabs/edm2 generate_images.py, config_presets: name -> (network, guiding network, guidance),
-# as snapshot names under https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/.
-OFFICIAL_GENERATION_PRESETS = {
-    'edm2-img512-xs-fid': ('edm2-img512-xs-2147483-0.135', None, None),
-    'edm2-img512-xs-dino': ('edm2-img512-xs-2147483-0.200', None, None),
-    'edm2-img512-s-fid': ('edm2-img512-s-2147483-0.130', None, None),
-    'edm2-img512-s-dino': ('edm2-img512-s-2147483-0.190', None, None),
-    'edm2-img512-m-fid': ('edm2-img512-m-2147483-0.100', None, None),
-    'edm2-img512-m-dino': ('edm2-img512-m-2147483-0.155', None, None),
-    'edm2-img512-l-fid': ('edm2-img512-l-1879048-0.085', None, None),
-    'edm2-img512-l-dino': ('edm2-img512-l-1879048-0.155', None, None),
-    'edm2-img512-xl-fid': ('edm2-img512-xl-1342177-0.085', None, None),
-    'edm2-img512-xl-dino': ('edm2-img512-xl-1342177-0.155', None, None),
-    'edm2-img512-xxl-fid': ('edm2-img512-xxl-0939524-0.070', None, None),
-    'edm2-img512-xxl-dino': ('edm2-img512-xxl-0939524-0.150', None, None),
-    'edm2-img64-s-fid': ('edm2-img64-s-1073741-0.075', None, None),
-    'edm2-img64-m-fid': ('edm2-img64-m-2147483-0.060', None, None),
-    'edm2-img64-l-fid': ('edm2-img64-l-1073741-0.040', None, None),
-    'edm2-img64-xl-fid': ('edm2-img64-xl-0671088-0.040', None, None),
-    'edm2-img512-xs-guid-fid': ('edm2-img512-xs-2147483-0.045', 'edm2-img512-xs-uncond-2147483-0.045', 1.40),
-    'edm2-img512-xs-guid-dino': ('edm2-img512-xs-2147483-0.150', 'edm2-img512-xs-uncond-2147483-0.150', 1.70),
-    'edm2-img512-s-guid-fid': ('edm2-img512-s-2147483-0.025', 'edm2-img512-xs-uncond-2147483-0.025', 1.40),
-    'edm2-img512-s-guid-dino': ('edm2-img512-s-2147483-0.085', 'edm2-img512-xs-uncond-2147483-0.085', 1.90),
-    'edm2-img512-m-guid-fid': ('edm2-img512-m-2147483-0.030', 'edm2-img512-xs-uncond-2147483-0.030', 1.20),
-    'edm2-img512-m-guid-dino': ('edm2-img512-m-2147483-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 2.00),
-    'edm2-img512-l-guid-fid': ('edm2-img512-l-1879048-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 1.20),
-    'edm2-img512-l-guid-dino': ('edm2-img512-l-1879048-0.035', 'edm2-img512-xs-uncond-2147483-0.035', 1.70),
-    'edm2-img512-xl-guid-fid': ('edm2-img512-xl-1342177-0.020', 'edm2-img512-xs-uncond-2147483-0.020', 1.20),
-    'edm2-img512-xl-guid-dino': ('edm2-img512-xl-1342177-0.030', 'edm2-img512-xs-uncond-2147483-0.030', 1.70),
-    'edm2-img512-xxl-guid-fid': ('edm2-img512-xxl-0939524-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 1.20),
-    'edm2-img512-xxl-guid-dino': ('edm2-img512-xxl-0939524-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 1.70),
-    'edm2-img512-s-autog-fid': ('edm2-img512-s-2147483-0.070', 'edm2-img512-xs-0134217-0.125', 2.10),
-    'edm2-img512-s-autog-dino': ('edm2-img512-s-2147483-0.120', 'edm2-img512-xs-0134217-0.165', 2.45),
-    'edm2-img512-xxl-autog-fid': ('edm2-img512-xxl-0939524-0.075', 'edm2-img512-m-0268435-0.155', 2.05),
-    'edm2-img512-xxl-autog-dino': ('edm2-img512-xxl-0939524-0.130', 'edm2-img512-m-0268435-0.205', 2.30),
-    'edm2-img512-s-uncond-autog-fid': ('edm2-img512-s-uncond-2147483-0.070', 'edm2-img512-xs-uncond-0134217-0.110', 2.85),
-    'edm2-img512-s-uncond-autog-dino': ('edm2-img512-s-uncond-2147483-0.090', 'edm2-img512-xs-uncond-0134217-0.125', 2.90),
-    'edm2-img64-s-autog-fid': ('edm2-img64-s-1073741-0.045', 'edm2-img64-xs-0134217-0.110', 1.70),
-    'edm2-img64-s-autog-dino': ('edm2-img64-s-1073741-0.105', 'edm2-img64-xs-0134217-0.175', 2.20),
-}
-
-def test_generation_presets_are_the_official_table():
-    root = 'https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions'
-    table = presets.GENERATION_PRESETS
-    assert len(OFFICIAL_GENERATION_PRESETS) == 36 and sorted(table) == sorted(OFFICIAL_GENERATION_PRESETS)
-    for name, (net, gnet, guidance) in OFFICIAL_GENERATION_PRESETS.items():
-        expected = dict(net=f'{root}/{net}.pkl') if gnet is None else dict(net=f'{root}/{net}.pkl', gnet=f'{root}/{gnet}.pkl', guidance=guidance)
-        assert table[name] == expected, name
-        assert isinstance(table[name], util.EasyDict) and util.is_url(table[name].net)

@@ -4,6 +4,8 @@ closed form, densities, every published number, CSV output, plots, speed, comman
 import csv
 import math
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -201,3 +203,34 @@ def test_plot_without_csv_names_folder(tmp_path):
     res = CliRunner().invoke(plot_gaussian_n.main, ['--results_dir', str(tmp_path), '--outdir', str(tmp_path / 'f')])
     expect_cli_error(res, os.path.join(str(tmp_path), 'gaussian', 'n'), 'run_gaussian --tag n')
     assert not os.path.exists(tmp_path / 'f')
+
+def test_scripts_run_as_files_as_the_readmes_write_them(tmp_path):
+    # The Multi-Source-GM README runs `python run_gaussian.py --tag=K` and `python plot_gaussian_K.py`
+    # inside simulations/; issue 23 runs them as `python simulations/...py` from the root, and from
+    # anywhere else by path. All of them write to the package's own results/ and figures/ (a copy
+    # of the tree here, so that the test leaves the repository alone).
+    import shutil
+    import anchors
+    repo = tmp_path / 'repo'
+    for package in ['simulations', 'torch_utils']:
+        shutil.copytree(os.path.join(anchors.ROOT, package), repo / package, ignore=shutil.ignore_patterns('__pycache__', 'results', 'figures'))
+    results, figures = repo / 'simulations' / 'results', repo / 'simulations' / 'figures'
+    env = dict(os.environ, PYTHONPATH='') # Nothing but the script's own location makes the imports work.
+    anchors.run('msgm-sim-run-K', repo, env) # In simulations/.
+    anchors.run('msgm-sim-plot-K', repo, env)
+    anchors.run('issue-sim-run-K', repo, env) # From the root: a second CSV of the same numbers.
+    first, second = _csvs(str(results), 'K')
+    assert open(first).read() == open(second).read()
+    with open(second, newline='') as f:
+        rows = list(csv.DictReader(f))
+    np.testing.assert_allclose([float(r['empirical TV of multi']) for r in rows], [m for _, _, m in README_TABLES['K']], rtol=0, atol=5e-5)
+    assert sorted(os.listdir(figures)) == ['gaussian_K.png', 'gaussian_K.svg']
+    refused = anchors.run('issue-sim-plot-K', repo, env, check=False) # The figures exist: the outputs policy.
+    assert refused.returncode == 1 and 'gaussian_K.png already exists; pass --overwrite' in refused.stderr
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    for script, args in [('run_gaussian.py', ['--tag=n']), ('plot_gaussian_n.py', [])]:
+        result = subprocess.run([sys.executable, str(repo / 'simulations' / script), *args], cwd=elsewhere, env=env,
+            capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    assert len(_csvs(str(results), 'n')) == 1 and (figures / 'gaussian_n.png').is_file() and os.listdir(elsewhere) == []

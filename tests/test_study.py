@@ -248,3 +248,38 @@ def test_a_folder_holds_one_set_of_settings(tmp_path, monkeypatch):
     (out / 'scores' / 't3-single-20-r0-base.jsonl').write_text(json.dumps(dict(record, settings=recorded['digest'])) + '\n')
     result = invoke(['report', '--data', 'digits', '--out', out, '--quick', '--replicates', '0'])
     assert result.exit_code == 1 and 'INCOMPLETE: 5 scores missing: t3-single-20-r0 at its doubled budget; t3-similar-2c-20-r0 at its steps budget' in result.output
+
+def test_several_nodes_run_the_same_distributed_commands(tmp_path, monkeypatch):
+    # A study on two machines (compare_single_vs_multi.sh --nnodes 2): each node runs the same
+    # grid; node 0 builds the data, the other waits for it; both run the same torchrun command
+    # lines (one rendezvous port per command, node 0 holding global rank 0, which alone writes the
+    # scores). The commands are recorded, not run (tests/test_bash_files.py runs such torchrun
+    # commands across two nodes for real).
+    commands = {}
+    for rank in [1, 0]:
+        calls = commands[rank] = []
+        def record(args, log=None, threads=None):
+            calls.append(args)
+            for option in ['--dest', '--results']: # What the tool (its rank 0) would write.
+                if option in args:
+                    os.makedirs(os.path.dirname(args[args.index(option) + 1]), exist_ok=True)
+                    open(args[args.index(option) + 1], 'w').close()
+        monkeypatch.setattr(run_study, 'run', record)
+        the_study, models = run_study.open_study('digits', str(tmp_path / str(rank)), None, 'similar', '1,2', '20', '0', None, False,
+            nnodes=2, node_rank=rank, master_addr='10.0.0.1', master_port=29500, source=None, budget=None, num=None, preset=None,
+            set_options=(), resolution=None, vae=None, gpus=1, batch_gpu=None, jobs=1, workers=1)
+        if rank == 1: # Node 0's data: node 1 waits for these files before its first command.
+            for path in [the_study.floor_scores(3, 0)] + [the_study.dataset(m['classes'], m['N'], 0) for m in models]:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                open(path, 'w').close()
+        the_study.run_grid(models)
+    torchrun = lambda calls: [c for c in calls if 'torch.distributed.run' in c]
+    assert [c for c in commands[1] if c not in torchrun(commands[1])] == [] # Node 1 builds nothing.
+    assert any('dataset_tool.py' in ' '.join(c) for c in commands[0])
+    assert len(torchrun(commands[0])) == len(torchrun(commands[1])) == 2 * 3 # Each model trained once, scored at two budgets.
+    for port, (a, b) in enumerate(zip(torchrun(commands[0]), torchrun(commands[1]))):
+        assert a[:a.index('--')] == [arg.replace('--node-rank=1', '--node-rank=0') for arg in b[:b.index('--')]]
+        assert f'--master-port={29500 + port}' in a and '--nnodes=2' in a and '--master-addr=10.0.0.1' in a
+        strip = lambda c: [arg.replace(str(tmp_path / '0'), '').replace(str(tmp_path / '1'), '') for arg in c[c.index('--'):]]
+        assert strip(a)[:len(strip(b))] == strip(b) and ('--results' in a) == ('gen' in a) and '--results' not in b
+    expect_cli_error(invoke(['grid', '--data', 'digits', '--out', tmp_path / 'x', '--nnodes', 2, '--node-rank', 1]), 'need --master-addr')

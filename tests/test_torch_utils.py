@@ -219,4 +219,18 @@ def test_training_stats_moments():
     collector.update() # Nothing new since the last update.
     assert collector.num('Test/a') == 0
 
+def test_a_nan_reads_nan_in_its_own_window_only():
+    # Before, the running totals turned NaN for good: every later status line of the process (and
+    # of every later run in it) read NaN.
+    collector = training_stats.Collector(regex='Test/b', keep_previous=False)
+    training_stats.report('Test/b', [1.0, float('nan')])
+    collector.update()
+    assert collector.num('Test/b') == 2 and np.isnan(collector.mean('Test/b')) and np.isnan(collector.std('Test/b'))
+    later = training_stats.Collector(regex='Test/b', keep_previous=False) # Created after the NaN.
+    training_stats.report('Test/b', [2.0, 4.0])
+    collector.update()
+    later.update()
+    assert (collector.num('Test/b'), collector.mean('Test/b'), collector.std('Test/b')) == (2, 3.0, 1.0)
+    assert (later.num('Test/b'), later.mean('Test/b')) == (2, 3.0)
+
 #----------------------------------------------------------------------------

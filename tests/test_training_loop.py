@@ -39,7 +39,7 @@ def loop_kwargs(run_dir, total_nimg=8000, noise=True, ema=True, **kwargs):
     return c
 
 def final_state(run_dir):
-    path, state = training_loop.load_latest_checkpoint(str(run_dir))
+    path, state, _ = training_loop.load_latest_checkpoint(str(run_dir))
     assert path is not None
     return state
 
@@ -167,8 +167,9 @@ def test_damaged_newest_state_falls_back(tmp_path):
     with open(newest, 'r+b') as f:
         f.truncate(100)
     with pytest.warns(UserWarning, match='falling back'):
-        path, state = training_loop.load_latest_checkpoint(str(tmp_path))
+        path, state, failed = training_loop.load_latest_checkpoint(str(tmp_path))
     assert path != newest and state['state']['cur_nimg'] == 2000
+    assert failed[os.path.basename(newest)].startswith('damaged (')
 
 #----------------------------------------------------------------------------
 # Subprocess runs: SIGTERM and torchrun with 2 Gloo processes.

@@ -56,6 +56,23 @@ def all_reduce_sum(tensor):
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
     return tensor
 
+def rank0_outcome(fn, *args, **kwargs):
+    """fn(*args, **kwargs) on rank 0 only; every rank returns its result, or raises its ValueError or
+    OSError. Work that only rank 0 does (writing files) must end this way: a rank 0 that failed
+    alone would leave the others waiting in their next collective until they die with a
+    communication error of their own."""
+    outcome = [None, None]
+    if get_rank() == 0:
+        try:
+            outcome = [fn(*args, **kwargs), None]
+        except (ValueError, OSError) as e:
+            outcome = [None, e]
+    if get_world_size() > 1:
+        torch.distributed.broadcast_object_list(outcome, src=0, device=get_device() if torch.cuda.is_available() else None)
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]
+
 def print0(*args, **kwargs):
     """print() on rank 0 only."""
     if get_rank() == 0:

@@ -18,7 +18,9 @@ import torch
 _rank = 0
 _sync_device = None # Where ranks exchange moments (NCCL needs CUDA); None: the CPU (Gloo, one process).
 _pending = {}       # name -> {device: float32 moments reported there since the last sync}
-_totals = {}        # name -> float64 CPU moments of every rank since the start (grows monotonically)
+_totals = {}        # name -> float64 CPU moments of every rank since the start (grows monotonically), and
+                    # the number of syncs that brought a NaN or inf: kept out of the moments, so that
+                    # only the windows holding one read NaN, not every later one.
 
 def init_multiprocessing(rank, sync_device):
     """Called once by torch_utils.distributed.init()."""
@@ -58,7 +60,12 @@ def _sync(names):
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(fresh)
     for name, row in zip(names, fresh.cpu()):
-        _totals.setdefault(name, torch.zeros([3], dtype=torch.float64)).add_(row)
+        totals = _totals.setdefault(name, torch.zeros([4], dtype=torch.float64))
+        if row.isfinite().all():
+            totals[:3] += row
+        else:
+            totals[0] += row[0]
+            totals[3] += 1
     return [(name, _totals[name]) for name in names]
 
 #----------------------------------------------------------------------------
@@ -91,10 +98,14 @@ class Collector:
                 self._window[name] = window
 
     def _moments(self, name):
-        """(count, sum, sum of squares) as floats; zeros for a statistic with nothing collected."""
+        """(count, sum, sum of squares) as floats; zeros for a statistic with nothing collected,
+        NaN sums for one that received a NaN or inf."""
         assert self._regex.fullmatch(name)
         window = self._window.get(name)
-        return (0.0, 0.0, 0.0) if window is None else tuple(window.tolist())
+        if window is None:
+            return (0.0, 0.0, 0.0)
+        count, total, squares, nonfinite = window.tolist()
+        return (count, total, squares) if nonfinite == 0 else (count, float('nan'), float('nan'))
 
     def num(self, name):
         return self._moments(name)[0]

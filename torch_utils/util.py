@@ -11,6 +11,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -37,6 +38,16 @@ class EasyDict(dict):
 
     def __delattr__(self, name):
         del self[name]
+
+def plain_containers(value):
+    """`value` with every dict (EasyDicts too, ours or an official snapshot's) inside dicts, lists
+    and tuples made a plain dict, other objects untouched: what a snapshot written here must hold,
+    because this module does not exist in the official tree that may load it."""
+    if isinstance(value, dict):
+        return {key: plain_containers(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_containers(item) for item in value)
+    return value
 
 #----------------------------------------------------------------------------
 # Construct objects and call functions given by their fully qualified name, e.g.
@@ -75,45 +86,65 @@ def construct_class_by_name(*args, class_name=None, **kwargs):
 #----------------------------------------------------------------------------
 # Parsing helpers shared by the command-line tools.
 
-def parse_int_list(s):
-    """'0-63,100' -> [0, 1, ..., 63, 100]. Accepts a list of ints as-is."""
+def parse_int_list(s, low=None, high=None, max_count=None):
+    """'0-63,100' -> [0, 1, ..., 63, 100]. Accepts a list of ints as-is. Every value must lie in
+    [low, high] and there may be at most `max_count` of them (None: no limit), checked before a
+    range is expanded, so that '0-99999999999' is an error rather than a list of 10^11 numbers."""
     if isinstance(s, list):
         return s
     if s is None or not str(s).strip():
         return []
-    values = []
+    parts = []
     for part in str(s).split(','):
         part = part.strip()
-        m = re.fullmatch(r'(-?\d+)-(-?\d+)', part)
-        if m:
-            lo, hi = int(m.group(1)), int(m.group(2))
-            if hi < lo:
-                raise ValueError(f'Invalid range "{part}": end is before start')
-            values.extend(range(lo, hi + 1))
-        elif re.fullmatch(r'-?\d+', part):
-            values.append(int(part))
-        else:
+        m = re.fullmatch(r'(-?\d+)-(-?\d+)', part) or re.fullmatch(r'((-?\d+))', part)
+        if not m:
             raise ValueError(f'Invalid integer list item "{part}"')
-    return values
+        lo, hi = int(m.group(1)), int(m.group(2))
+        if hi < lo:
+            raise ValueError(f'Invalid range "{part}": end is before start')
+        if (low is not None and lo < low) or (high is not None and hi > high):
+            raise ValueError(f'"{part}" is outside {low}..{high}')
+        parts.append((lo, hi))
+    count = sum(hi - lo + 1 for lo, hi in parts)
+    if max_count is not None and count > max_count:
+        raise ValueError(f'"{s}" has {count:,} values, more than the {max_count:,} allowed')
+    return [value for lo, hi in parts for value in range(lo, hi + 1)]
 
 def parse_float_list(s):
-    """'0.05,0.1' or ranges 'start:stop:step' (stop included) -> [0.05, 0.1] / [start, ..., stop]."""
+    """'0.05,0.1' -> [0.05, 0.1]. Two ways to write an evenly spaced run, stop included: EDM2's
+    '0.010,0.015,...,0.250' (the step is the difference of the two numbers before '...', and the
+    values are computed as the official code computes them, prev + step * k) or 'start:stop:step'."""
     if isinstance(s, (list, tuple)):
         return [float(v) for v in s]
-    values = []
-    for part in str(s).split(','):
-        part = part.strip()
+    raw = []
+    for part in (p.strip() for p in str(s).split(',')):
         try:
-            if ':' in part:
+            if part == '...':
+                raw.append(None)
+            elif ':' in part:
                 start, stop, step = (float(v) for v in part.split(':'))
                 if step <= 0 or stop < start:
                     raise ValueError
                 count = int(np.floor((stop - start) / step + 1e-6)) + 1
-                values.extend(float(np.round(start + i * step, 10)) for i in range(count))
+                raw.extend(float(np.round(start + i * step, 10)) for i in range(count))
             else:
-                values.append(float(part))
+                raw.append(float(part))
         except ValueError:
-            raise ValueError(f'Invalid float list item "{part}": expected a number or start:stop:step') from None
+            raise ValueError(f'Invalid float list item "{part}": expected a number, start:stop:step or "..."') from None
+    values = []
+    for i, value in enumerate(raw):
+        if value is not None:
+            values.append(value)
+            continue
+        if i < 2 or raw[i - 2] is None or raw[i - 1] is None or i + 1 >= len(raw) or raw[i + 1] is None:
+            raise ValueError(f'"{s}": "..." needs two numbers before it and one after it, e.g. 0.010,0.015,...,0.250')
+        step = raw[i - 1] - raw[i - 2]
+        count = (raw[i + 1] - raw[i - 1]) / step - 1 if step != 0 else 0 # Values strictly between.
+        if step == 0 or round(count) <= 0 or abs(round(count) - count) > 1e-4:
+            raise ValueError(f'"{s}": the numbers around "..." must be evenly spaced and increase or decrease, '
+                f'e.g. 0.010,0.015,...,0.250')
+        values.extend(raw[i - 1] + step * (k + 1) for k in range(round(count)))
     return values
 
 _NIMG_SUFFIXES = {'': 1, 'k': 10**3, 'M': 10**6, 'G': 10**9, 'Ki': 2**10, 'Mi': 2**20, 'Gi': 2**30}
@@ -309,13 +340,26 @@ class Logger:
         if not text:
             return
         for stream in self._targets():
-            stream.write(text)
+            self._guarded(stream, stream.write, text)
         if self.should_flush:
             self.flush()
 
     def flush(self):
         for stream in self._targets():
-            stream.flush()
+            self._guarded(stream, stream.flush)
+
+    def _guarded(self, stream, method, *args):
+        """A log file that cannot be written (disk full, file-size limit) is dropped with one
+        warning on the console, so that the error being reported still reaches it."""
+        try:
+            method(*args)
+        except OSError as e:
+            if stream is not self.file:
+                raise
+            self.file = None
+            with contextlib.suppress(OSError):
+                stream.close()
+            self.stdout.write(f'WARNING: cannot write the log file any more ({error_message(e)}); logging to the console only\n')
 
     def isatty(self): # Progress bars ask.
         return self.stdout.isatty()
@@ -340,14 +384,39 @@ def error_message(e):
         return f'{e.strerror}: {e.filename}'
     return str(e)
 
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived inside stop_on_signals(): the work stops, temporaries are removed
+    on the way out, and the program ends with 128 + the signal number."""
+    def __init__(self, signum):
+        super().__init__(f'stopped by {signal.Signals(signum).name}; nothing was written')
+        self.signum = signum
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Turn SIGTERM and SIGINT into Interrupted in this (main) thread for the duration of the block,
+    so that `finally` clauses (atomic_path's clean-up) run: the default SIGTERM action ends the
+    process on the spot. Worker processes forked inside the block must reset the handlers
+    (see dataset_tool.py), or each of them raises too."""
+    def handle(signum, _frame):
+        raise Interrupted(signum)
+    previous = {signum: signal.signal(signum, handle) for signum in [signal.SIGTERM, signal.SIGINT]}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
 def one_line_errors(fn):
+    """Under torchrun every rank reaches the same error (each checks the same input, or receives
+    rank 0's outcome: torch_utils.distributed.rank0_outcome), so rank 0 alone prints it."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, OSError) as e:
-            print(f'Error: {error_message(e)}', file=sys.stderr, flush=True)
-            raise SystemExit(1) from e
+        except (ValueError, OSError, Interrupted) as e:
+            if int(os.environ.get('RANK') or 0) == 0:
+                print(f'Error: {error_message(e)}', file=sys.stderr, flush=True)
+            raise SystemExit(128 + e.signum if isinstance(e, Interrupted) else 1) from e
     return wrapper
 
 def check_writable(path, what, folder=False):

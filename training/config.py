@@ -9,6 +9,7 @@ network itself (built on the `meta` device, which allocates nothing).
 """
 
 import copy
+import os
 
 import torch
 
@@ -42,6 +43,8 @@ def build(preset, overrides=None, data=None, world_size=1):
         snapshot_nimg       = opts.snapshot,
         checkpoint_nimg     = opts.checkpoint,
         grad_clip           = opts.grad_clip,
+        loss_scaling        = opts.loss_scaling,
+        cudnn_benchmark     = opts.cudnn_benchmark,
     )
     check_network(c, dataset)
     return opts, c
@@ -51,17 +54,29 @@ def build(preset, overrides=None, data=None, world_size=1):
 
 def check_options(opts, world_size=1):
     """The checks that need no dataset: value ranges, the batch split and the intervals."""
-    check_ranges(opts)
+    check_ranges(opts, world_size)
     check_batch(util.EasyDict(batch_size=opts.batch, batch_gpu=opts.batch_gpu, total_nimg=opts.duration, status_nimg=opts.status,
         snapshot_nimg=opts.snapshot, checkpoint_nimg=opts.checkpoint), world_size)
 
-def check_ranges(opts):
+def describe_data(dataset_kwargs):
+    """What the dataset is, as training_options.json records it (training/runs.py compares it on
+    resumption): absolute path, image count, stored shape [C, H, W], number of classes (whether or
+    not this run uses them) and a fingerprint of its listing."""
+    dataset = util.construct_class_by_name(**dict(dataset_kwargs, use_labels=True, xflip=False))
+    return dict(path=os.path.abspath(dataset_kwargs['path']), images=len(dataset), shape=dataset.image_shape,
+        classes=dataset.label_dim, fingerprint=dataset.fingerprint())
+
+def check_ranges(opts, world_size=1):
+    if not 0 <= opts.seed <= 2**32 - world_size: # Rank r seeds with seed + r; NumPy's seeds end at 2^32 - 1.
+        raise ValueError(f'seed must be in 0..{2**32 - world_size}, got {opts.seed}')
     if opts.batch < 1 or opts.duration < 1:
         raise ValueError(f'batch and duration must be at least 1 image, got batch {opts.batch} and duration {opts.duration}')
     if opts.workers < 0:
         raise ValueError(f'workers must be at least 0, got {opts.workers}')
     if not opts.lr > 0 or opts.grad_clip < 0:
         raise ValueError(f'lr must be positive and grad_clip at least 0, got lr {opts.lr} and grad_clip {opts.grad_clip}')
+    if not opts.loss_scaling > 0:
+        raise ValueError(f'loss_scaling (--ls) must be positive, got {opts.loss_scaling}')
 
 def check_batch(c, world_size):
     """The batch splits evenly into processes x accumulation rounds x batch_gpu, and every

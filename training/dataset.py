@@ -3,6 +3,7 @@
 the `dataset_kwargs` stored in official snapshots construct these classes unchanged."""
 
 import contextlib
+import hashlib
 import json
 import os
 import zipfile
@@ -176,7 +177,7 @@ class ImageFolderDataset(Dataset):
             if fname.lower().endswith('.npy'):
                 latents = np.load(f)
                 return latents.reshape(-1, *latents.shape[-2:])
-            pixels = np.array(PIL.Image.open(f))
+            pixels = np.array(open_image(f, self._files.describe(fname)))
         if pixels.ndim == 2: # Single-channel image: [H, W] -> [H, W, 1].
             pixels = pixels[:, :, np.newaxis]
         return pixels.transpose(2, 0, 1)
@@ -186,7 +187,7 @@ class ImageFolderDataset(Dataset):
         if labels is None:
             return None
         where = self._files.describe('dataset.json')
-        labels = dict(labels)
+        labels = label_map(labels, where)
         missing = [fname for fname in self._image_fnames if fname not in labels]
         if missing:
             raise ValueError(f'{where} has no label for {missing[0]}')
@@ -205,6 +206,11 @@ class ImageFolderDataset(Dataset):
             if shape != self._raw_shape[1:]:
                 raise ValueError(f'{self.describe(raw_idx)} has shape {shape}, but the first image has {self._raw_shape[1:]}: '
                     'every image of a dataset must have the same size and channels')
+
+    def fingerprint(self):
+        """A digest of what the dataset holds, from its listing alone (no image is read): the image
+        names, each ZIP entry's CRC and size, and dataset.json."""
+        return self._files.fingerprint(self._image_fnames + ['dataset.json'])
 
     @property
     def sources(self):
@@ -225,14 +231,15 @@ class FileTree:
         self._zipfile = None
         self._zipfile_pid = None
         if os.path.isdir(path):
-            self.fnames = sorted(os.path.relpath(os.path.join(root, fname), start=path).replace('\\', '/')
+            fnames = (os.path.relpath(os.path.join(root, fname), start=path).replace('\\', '/')
                 for root, _dirs, files in os.walk(path) for fname in files)
         elif self.is_zip:
-            self.fnames = sorted(f for f in self._get_zipfile().namelist() if not f.endswith('/'))
+            fnames = (f for f in self._get_zipfile().namelist() if not f.endswith('/'))
         elif not os.path.exists(path):
             raise FileNotFoundError(f'No such file or folder: {path}')
         else:
             raise IOError(f'Dataset path must be a folder or a .zip file: {path}')
+        self.fnames = sorted(f for f in fnames if not is_macos_metadata(f))
 
     def _get_zipfile(self):
         # A ZipFile shares its file offset with every process forked from the one that opened
@@ -246,6 +253,18 @@ class FileTree:
         if self.is_zip:
             return self._get_zipfile().open(fname, 'r')
         return open(os.path.join(self.path, fname), 'rb')
+
+    def fingerprint(self, fnames):
+        digest = hashlib.sha1()
+        for fname in fnames:
+            digest.update(fname.encode() + b'\0')
+            if self.is_zip:
+                with contextlib.suppress(KeyError):
+                    info = self._get_zipfile().getinfo(fname)
+                    digest.update(f'{info.CRC} {info.file_size}\0'.encode())
+        with contextlib.suppress(KeyError, FileNotFoundError), self.open('dataset.json') as f:
+            digest.update(f.read())
+        return digest.hexdigest()[:16]
 
     def describe(self, fname): # How error messages name a file.
         return f'{self.path}:{fname}' if self.is_zip else os.path.join(self.path, fname)
@@ -267,16 +286,43 @@ def _header_shape(f, fname):
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape = list(read_header(f)[0])
         return [int(np.prod(shape[:-2]))] + shape[-2:]
-    image = PIL.Image.open(f)
+    image = open_image(f, fname)
     return [_MODE_CHANNELS.get(image.mode, len(image.getbands())), image.size[1], image.size[0]]
+
+def open_image(f, name):
+    """PIL.Image.open, with PIL's guard against decompression bombs (a header claiming more
+    pixels than PIL.Image.MAX_IMAGE_PIXELS allows twice over) as a ValueError naming the file."""
+    try:
+        return PIL.Image.open(f)
+    except PIL.Image.DecompressionBombError as e:
+        raise ValueError(f'{name}: {e}') from None
+
+def is_macos_metadata(fname):
+    """What macOS adds to the archives it makes (__MACOSX/ with an AppleDouble ._ file per file)
+    and to folders (.DS_Store): never part of a dataset."""
+    parts = fname.split('/')
+    return '__MACOSX' in parts or parts[-1].startswith('._') or parts[-1] == '.DS_Store'
+
+def label_map(labels, where):
+    """dataset.json's [[name, label], ...] as {name: label}. A name listed twice with two
+    different labels is an error (a dict would keep the last one silently)."""
+    result = {}
+    for entry in labels if isinstance(labels, list) else [labels]:
+        if not (isinstance(entry, list) and len(entry) == 2):
+            raise ValueError(f'{where}: expected "labels": [[name, label], ...], got {entry!r} in it')
+        name, label = entry
+        if name in result and result[name] != label:
+            raise ValueError(f'{where} lists {name} twice, with the labels {result[name]!r} and {label!r}')
+        result[name] = label
+    return result
 
 def is_image_file(fname): # An image PIL can read, or a .npy latent.
     PIL.Image.init()
     return os.path.splitext(fname)[1].lower() in PIL.Image.EXTENSION.keys() | {'.npy'}
 
-def load_metadata(files): # The parsed dataset.json of a FileTree, {} when there is none.
+def load_metadata(files, fname='dataset.json'): # The parsed dataset.json of a FileTree, {} when there is none.
     try:
-        with files.open('dataset.json') as f:
+        with files.open(fname) as f:
             return json.load(f) or {}
     except (KeyError, FileNotFoundError): # KeyError: not in the ZIP.
         return {}

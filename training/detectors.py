@@ -7,12 +7,14 @@ downloading anything. Adding a detector = one class + one entry in DETECTORS.
 
 Offline first: Inception-v3 loads from a local path, a file:// URL, the download cache or its
 public URL; DINOv2 from a whole-model file, or a local torch.hub repository plus a local
-checkpoint, or the hub when online. When a file is missing the error names it and where to put it.
+checkpoint (by default where EDM2's code downloads them, $DNNLIB_CACHE_DIR/torch_hub, or in
+torch.hub.get_dir()), or the hub when online. When a file is missing the error names it and where to put it.
 """
 
 import io
 import os
 import pickle
+import re
 
 import torch
 
@@ -104,18 +106,30 @@ class DINOv2Detector:
         self.model = self._load(repo, weights, model).to(self.device).eval()
 
     @staticmethod
-    def resolve(repo=None, weights=None, model=None):
-        """The paths to look at: options, then environment, then torch.hub's own cache layout."""
+    def hub_dirs():
+        """Where a torch.hub download of DINOv2 may lie, in the hub's layout: EDM2's place
+        ($DNNLIB_CACHE_DIR/torch_hub, where the official code downloads it), then torch's own
+        (torch.hub.get_dir())."""
+        return list(dict.fromkeys([util.make_cache_dir_path('torch_hub'), torch.hub.get_dir()]))
+
+    @classmethod
+    def resolve(cls, repo=None, weights=None, model=None):
+        """The paths to look at: options, then environment, then the hub directories (the first
+        that holds the file; EDM2's place when none does)."""
+        def in_hub(*parts, marker=None):
+            paths = [os.path.join(hub, *parts) for hub in cls.hub_dirs()]
+            return next((path for path in paths if os.path.isfile(os.path.join(path, marker) if marker else path)), paths[0])
         model = model or os.environ.get('EDM2_DINOV2_MODEL') or None
-        repo = repo or os.environ.get('EDM2_DINOV2_REPO') or os.path.join(torch.hub.get_dir(), 'facebookresearch_dinov2_main')
-        weights = weights or os.environ.get('EDM2_DINOV2_WEIGHTS') or os.path.join(torch.hub.get_dir(), 'checkpoints', DINOV2_CHECKPOINT)
+        repo = repo or os.environ.get('EDM2_DINOV2_REPO') or in_hub('facebookresearch_dinov2_main', marker='hubconf.py')
+        weights = weights or os.environ.get('EDM2_DINOV2_WEIGHTS') or in_hub('checkpoints', DINOV2_CHECKPOINT)
         return repo, weights, model
 
-    @staticmethod
-    def _where_to_put(repo, weights):
+    @classmethod
+    def _where_to_put(cls, repo, weights):
         return (f'It needs a checkout of github.com/facebookresearch/dinov2 at {repo} (--dinov2-repo or '
             f'EDM2_DINOV2_REPO) and the checkpoint {DINOV2_CHECKPOINT} (https://dl.fbaipublicfiles.com/dinov2/'
             f'dinov2_vitl14/{DINOV2_CHECKPOINT}) at {weights} (--dinov2-weights or EDM2_DINOV2_WEIGHTS), '
+            f'both also found in the same layout under {" or ".join(cls.hub_dirs())}, '
             f'or a whole-model file given with --dinov2-model (EDM2_DINOV2_MODEL).')
 
     @classmethod
@@ -139,12 +153,16 @@ class DINOv2Detector:
             state = torch.load(weights, map_location='cpu', weights_only=True)
             net.load_state_dict(state)
             return net
-        if not given: # Default locations: the hub download puts both files exactly there.
+        if not given: # Default locations: a hub download into EDM2's place puts both files exactly there.
+            previous = torch.hub.get_dir()
+            torch.hub.set_dir(cls.hub_dirs()[0])
             try:
                 return torch.hub.load(DINOV2_HUB, DINOV2_ENTRY, trust_repo=True, verbose=False)
             except Exception as e: # pylint: disable=broad-except
                 raise DetectorUnavailable(f'DINOv2 not found locally and not downloadable ({e}). '
                     f'{cls._where_to_put(repo, weights)}') from e
+            finally:
+                torch.hub.set_dir(previous)
         raise DetectorUnavailable(f'DINOv2 files missing: {", ".join(missing)}. {hint}')
 
     @torch.no_grad()
@@ -212,6 +230,23 @@ class DigitsClassifier:
     def __init__(self, device=torch.device('cpu')):
         from sklearn.svm import SVC # pylint: disable=import-outside-toplevel
         self.classifier = SVC(gamma='scale').fit(*digits.pixels('train'))
+
+    @classmethod
+    def check_network(cls, label_dim, sources, what):
+        """The network's classes must be digits, or the accuracy means nothing: its sources (from
+        dataset.json) have the original ids 0..9 and names that spell them ('3', 'digit3'), or it
+        records none and has 10 classes. (CIFAR-10's ids are 0..9 too, named 'airplane', ...)"""
+        if label_dim == 0:
+            raise ValueError(f'{cls.name} needs the class of every image, but {what} is unconditional')
+        if sources:
+            other = [s for s in sources if s['original_id'] not in range(digits.NUM_CLASSES)
+                or re.sub(r'\D', '', str(s['name'])) != str(s['original_id'])]
+            if other:
+                raise ValueError(f'{cls.name}: {what} was not trained on digits: its class {other[0]["label"]} is '
+                    f'"{other[0]["name"]}" (original id {other[0]["original_id"]}), not one of the digits 0..9')
+        elif label_dim != digits.NUM_CLASSES:
+            raise ValueError(f'{cls.name}: {what} has {label_dim} classes and records no source names; the digits '
+                f'classifier needs a network of the {digits.NUM_CLASSES} digits')
 
     def __call__(self, images):
         predicted = self.classifier.predict(digits_pixels(images).cpu().numpy())

@@ -6,6 +6,7 @@ Seed-compatible with the official EDM2 generate_images.py: per seed, a torch.Gen
 sampling device seeded with seed % 2**32 draws the initial noise of one image and then its class.
 """
 
+import math
 import os
 import re
 
@@ -16,8 +17,75 @@ from torch_utils import distributed as dist
 from torch_utils import persistence
 from torch_utils import util
 from training import encoders
-from training import presets
 from training import samplers
+
+#----------------------------------------------------------------------------
+# The generation presets: the official EDM2 post-hoc-EMA reconstructions (the preset table of
+# NVlabs/edm2's generate_images.py): the network, the guiding network and the guidance weight that
+# gave the best FID or FD_DINOv2 in the EDM2 and autoguidance papers (the score in the comments).
+# Snapshot names: {model}-{kimg}-{ema std}. Read only through resolve_generation() below, which
+# generate_images.py and calculate_metrics.py gen both call.
+
+_model_root = 'https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions'
+GENERATION_PRESETS = dict()
+
+def _generation_preset(name, net, gnet=None, guidance=None):
+    GENERATION_PRESETS[name] = util.EasyDict(net=f'{_model_root}/{net}.pkl')
+    if gnet is not None:
+        GENERATION_PRESETS[name].update(gnet=f'{_model_root}/{gnet}.pkl', guidance=guidance)
+
+# No guidance: (model, kimg, EMA std best for FID, for FD_DINOv2 (None: not published)).
+# img512 FID 3.53 2.56 2.25 2.06 1.96 1.91, FD_DINOv2 103.39 68.64 58.44 52.25 45.96 42.84; img64 FID 1.58 1.43 1.33 1.33.
+for _model, _kimg, _fid_std, _dino_std in [('img512-xs', '2147483', 0.135, 0.200), ('img512-s', '2147483', 0.130, 0.190),
+        ('img512-m', '2147483', 0.100, 0.155), ('img512-l', '1879048', 0.085, 0.155), ('img512-xl', '1342177', 0.085, 0.155),
+        ('img512-xxl', '0939524', 0.070, 0.150), ('img64-s', '1073741', 0.075, None), ('img64-m', '2147483', 0.060, None),
+        ('img64-l', '1073741', 0.040, None), ('img64-xl', '0671088', 0.040, None)]:
+    _generation_preset(f'edm2-{_model}-fid', f'edm2-{_model}-{_kimg}-{_fid_std:.3f}')
+    if _dino_std is not None:
+        _generation_preset(f'edm2-{_model}-dino', f'edm2-{_model}-{_kimg}-{_dino_std:.3f}')
+
+# Classifier-free guidance by the unconditional XS model at the same EMA std: (model, kimg,
+# (std, guidance) best for FID, for FD_DINOv2). FID 2.91 2.23 2.01 1.88 1.85 1.81, FD_DINOv2 79.94 52.32 41.98 38.20 35.67 33.09.
+for _model, _kimg, (_fid_std, _fid_w), (_dino_std, _dino_w) in [('img512-xs', '2147483', (0.045, 1.4), (0.150, 1.7)),
+        ('img512-s', '2147483', (0.025, 1.4), (0.085, 1.9)), ('img512-m', '2147483', (0.030, 1.2), (0.015, 2.0)),
+        ('img512-l', '1879048', (0.015, 1.2), (0.035, 1.7)), ('img512-xl', '1342177', (0.020, 1.2), (0.030, 1.7)),
+        ('img512-xxl', '0939524', (0.015, 1.2), (0.015, 1.7))]:
+    for _metric, _std, _w in [('fid', _fid_std, _fid_w), ('dino', _dino_std, _dino_w)]:
+        _generation_preset(f'edm2-{_model}-guid-{_metric}', f'edm2-{_model}-{_kimg}-{_std:.3f}',
+            f'edm2-img512-xs-uncond-2147483-{_std:.3f}', _w)
+
+# Autoguidance by a smaller, shorter-trained model (Karras et al. 2024, "Guiding a diffusion model
+# with a bad version of itself"): (name, network, guiding network, guidance). FID 1.34 1.25 3.86
+# 1.01, FD_DINOv2 36.67 24.18 90.39 31.85 (s, xxl, s-uncond, img64-s).
+for _name, _net, _gnet, _w in [
+        ('img512-s-autog-fid', 'img512-s-2147483-0.070', 'img512-xs-0134217-0.125', 2.10),
+        ('img512-s-autog-dino', 'img512-s-2147483-0.120', 'img512-xs-0134217-0.165', 2.45),
+        ('img512-xxl-autog-fid', 'img512-xxl-0939524-0.075', 'img512-m-0268435-0.155', 2.05),
+        ('img512-xxl-autog-dino', 'img512-xxl-0939524-0.130', 'img512-m-0268435-0.205', 2.30),
+        ('img512-s-uncond-autog-fid', 'img512-s-uncond-2147483-0.070', 'img512-xs-uncond-0134217-0.110', 2.85),
+        ('img512-s-uncond-autog-dino', 'img512-s-uncond-2147483-0.090', 'img512-xs-uncond-0134217-0.125', 2.90),
+        ('img64-s-autog-fid', 'img64-s-1073741-0.045', 'img64-xs-0134217-0.110', 1.70),
+        ('img64-s-autog-dino', 'img64-s-1073741-0.105', 'img64-xs-0134217-0.175', 2.20)]:
+    _generation_preset(f'edm2-{_name}', f'edm2-{_net}', f'edm2-{_gnet}', _w)
+
+def resolve_generation(net=None, preset=None, gnet=None, guidance=None):
+    """What a generation command samples, as EasyDict(net, gnet, guidance, preset): the options
+    the user gave, and for the others those of the generation preset (--preset NAME, or a preset
+    name given as --net, as here only), as the official generate_images.py applies --preset. No
+    guidance (None) means 1; a guiding network is loaded only for guidance other than 1. The
+    guidance is checked here (finite, at least 0) for every command that samples."""
+    if preset is None and net in GENERATION_PRESETS:
+        preset, net = net, None
+    if preset is not None and preset not in GENERATION_PRESETS:
+        raise ValueError(f'--preset {preset}: not a generation preset; choose from {", ".join(GENERATION_PRESETS)}')
+    defaults = GENERATION_PRESETS.get(preset, {})
+    resolved = util.EasyDict(preset=preset, net=net if net is not None else defaults.get('net'),
+        gnet=gnet if gnet is not None else defaults.get('gnet'),
+        guidance=guidance if guidance is not None else defaults.get('guidance', 1.0))
+    if resolved.net is None:
+        raise ValueError('Nothing to sample: give --net (a snapshot: path or URL) or --preset (a generation preset)')
+    check_guidance_value(resolved.guidance)
+    return resolved
 
 #----------------------------------------------------------------------------
 # Loading a snapshot: ours, or an official EDM2 one. Official latent snapshots carry an encoder
@@ -39,12 +107,10 @@ def _local_encoder(encoder):
     return local
 
 def load_snapshot(net, device=torch.device('cpu'), verbose=True):
-    """Load `net` (a path, a URL or a preset name from presets.GENERATION_PRESETS) onto `device`.
+    """Load `net` (a path or a URL; resolve_generation() turns a preset name into one) onto `device`.
     Returns EasyDict(net, encoder, loss_fn, dataset_kwargs, sources, label_dim); `sources`
     ([{label, name, original_id}]) is None for snapshots that do not record them (official ones,
     unlabelled datasets). Snapshots are pickles that carry code: load only files you trust."""
-    if isinstance(net, str) and net in presets.GENERATION_PRESETS:
-        net = presets.GENERATION_PRESETS[net].net
     if isinstance(net, str) and os.path.isdir(net):
         raise IsADirectoryError(f'{net} is a folder, not a snapshot file (network-snapshot-*.pkl)')
     if verbose:
@@ -70,11 +136,14 @@ def has_unconditional_branch(loss_fn):
     unconditional branch. Losses declare it; official EDM2 losses (no declaration) did not."""
     return bool(getattr(loss_fn, 'has_unconditional_branch', False))
 
+def check_guidance_value(guidance):
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f'--guidance {guidance}: guidance must be at least 0 and finite (1 = none, 0 = the guiding model alone)')
+
 def check_guidance(snapshot, gnet=None, guidance=1.0):
     """Guidance other than 1 needs a guiding network, or a conditional network trained with label
     dropout (its all-zero label is then the unconditional branch)."""
-    if guidance < 0:
-        raise ValueError(f'--guidance {guidance}: guidance must be at least 0 (1 = none, 0 = the guiding model alone)')
+    check_guidance_value(guidance)
     if guidance == 1 or gnet is not None:
         return
     if snapshot.label_dim == 0 or not has_unconditional_branch(snapshot.loss_fn):
@@ -140,6 +209,25 @@ def find_source(text, sources, what):
         raise ValueError(f'--class {text}: {"no" if not matches else "more than one"} source of {what} '
             f'has the {key.replace("_", " ")} {value}; its sources: {known}')
     return matches[0]
+
+#----------------------------------------------------------------------------
+# Seeds: a seed seeds a torch.Generator with seed % 2^32 (as in the official code), so seeds are
+# kept in 0..2^32-1, where each gives its own image.
+
+MAX_SEED = 2**32 - 1
+MAX_SEEDS = 10**7 # Per command: more is split over several commands (or --subdirs runs).
+
+def parse_seeds(text):
+    """--seeds '0-63,100' -> list, checked before a range is expanded."""
+    try:
+        return util.parse_int_list(text, low=0, high=MAX_SEED, max_count=MAX_SEEDS)
+    except ValueError as e:
+        raise ValueError(f'--seeds: {e}; seeds are 0..{MAX_SEED}, at most {MAX_SEEDS:,} per command') from None
+
+def check_seed_range(seed, num):
+    """--seed and --num of calculate_metrics.py gen: seeds seed..seed+num-1."""
+    if seed + num - 1 > MAX_SEED or num > MAX_SEEDS:
+        raise ValueError(f'--seed {seed} --num {num}: seeds are 0..{MAX_SEED}, at most {MAX_SEEDS:,} per command')
 
 #----------------------------------------------------------------------------
 # Generate images for the given seeds, in batches, split across the ranks. Yields one EasyDict

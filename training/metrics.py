@@ -295,8 +295,9 @@ def save_reference(stats, dest):
                 pickle.dump(stats, f)
 
 def check_reference(stats, ref, metrics, feature_dims=None):
-    """The reference has every requested metric: a Frechet metric with mu [F] and sigma [F, F],
-    a kernel metric with features [M, F], M >= 2."""
+    """The reference has every requested metric: a Frechet metric with mu [F] and sigma [F, F]
+    that a set of images can have (covariance_problem), a kernel metric with finite features
+    [M, F], M >= 2."""
     for metric in metrics:
         entry = stats.get(metric)
         fields = ['features'] if metric in KERNEL_METRICS else ['mu', 'sigma']
@@ -311,13 +312,43 @@ def check_reference(stats, ref, metrics, feature_dims=None):
             if feature_dims is not None and features.shape[1] != feature_dims[metric]:
                 raise ValueError(f'Reference {ref}: "{metric}" features have {features.shape[1]} dimensions, '
                     f'but the {metric} detector gives {feature_dims[metric]}')
-            continue
-        mu, sigma = np.asarray(entry['mu']), np.asarray(entry['sigma'])
-        dim = mu.shape[0] if mu.ndim == 1 else None
-        if dim is None or sigma.shape != (dim, dim):
-            raise ValueError(f'Reference {ref}: "{metric}" has mu {list(mu.shape)} and sigma {list(sigma.shape)}, not [F] and [F, F]')
-        if feature_dims is not None and dim != feature_dims[metric]:
-            raise ValueError(f'Reference {ref}: "{metric}" statistics have {dim} features, '
-                f'but the {metric} detector gives {feature_dims[metric]}')
+            problem = features_problem(features)
+        else:
+            mu, sigma = np.asarray(entry['mu']), np.asarray(entry['sigma'])
+            dim = mu.shape[0] if mu.ndim == 1 else None
+            if dim is None or sigma.shape != (dim, dim):
+                raise ValueError(f'Reference {ref}: "{metric}" has mu {list(mu.shape)} and sigma {list(sigma.shape)}, not [F] and [F, F]')
+            if feature_dims is not None and dim != feature_dims[metric]:
+                raise ValueError(f'Reference {ref}: "{metric}" statistics have {dim} features, '
+                    f'but the {metric} detector gives {feature_dims[metric]}')
+            problem = covariance_problem(mu, sigma)
+        if problem:
+            raise ValueError(f'Reference {ref}: the "{metric}" statistics are not those of any set of images ({problem}); '
+                f'compute them again with: calculate_metrics.py ref')
+
+def features_problem(features):
+    """Why `features` cannot be the features of a set of images, or None: not numbers, or NaN or
+    inf among them (the kernel distance would come out NaN)."""
+    if not np.issubdtype(features.dtype, np.number):
+        return f'they are {features.dtype}, not numbers'
+    if not np.isfinite(features).all():
+        return 'they hold NaN or inf'
+    return None
+
+def covariance_problem(mu, sigma):
+    """Why (mu, sigma) cannot be a mean and a covariance, or None: non-finite numbers, sigma not
+    symmetric, or not positive semi-definite (the Frechet distance would be meaningless; clipped,
+    it came out 0). Rounding is allowed for: a tolerance of 1e-6 of the trace."""
+    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        return 'they hold NaN or inf'
+    scale = 1e-6 * max(np.trace(sigma), 0) + np.finfo(np.float64).tiny
+    if np.abs(sigma - sigma.T).max(initial=0) > scale:
+        return 'the covariance is not symmetric'
+    try:
+        np.linalg.cholesky(sigma + scale * np.eye(len(sigma)))
+    except np.linalg.LinAlgError:
+        return 'the covariance is not positive semi-definite'
+    return None
 
 #----------------------------------------------------------------------------

@@ -223,6 +223,10 @@ class UNet(torch.nn.Module):
         if levels < 1 or img_resolution % (1 << (levels - 1)) != 0:
             raise ValueError(f'channel_mult has {levels} resolution levels, too many for {img_resolution}x{img_resolution} '
                 f'inputs: each level halves the resolution, so it must be divisible by {1 << max(levels - 1, 0)}')
+        resolutions = [img_resolution >> level for level in range(levels)]
+        if num_blocks < 0 or any(r not in resolutions for r in attn_resolutions):
+            raise ValueError(f'num_blocks {num_blocks} must be at least 0 and attn_resolutions {list(attn_resolutions)} may name '
+                f'only resolutions of this network ({", ".join(map(str, resolutions))})')
         widths = [model_channels * m for m in channel_mult]
         noise_width = widths[0] if channel_mult_noise is None else model_channels * channel_mult_noise
         emb_width = max(widths) if channel_mult_emb is None else model_channels * channel_mult_emb

@@ -30,15 +30,16 @@ def exp_to_std(exp):
     return np.sqrt((exp + 1) / ((exp + 2) ** 2 * (exp + 3)))
 
 def std_to_exp(std):
-    """Exponent gamma whose profile has the given relative std; std must lie in (0, sqrt(1/12))."""
+    """Exponent gamma whose profile has the given relative std(s), std in (0, sqrt(1/12)); a float
+    for a scalar, else an array of the same shape. The largest real root of
+    gamma^3 + 7 gamma^2 + (16 - t) gamma + (12 - t) = 0 with t = std^-2 (the relation above times
+    t), computed as the official code computes it, so that post-hoc coefficients agree bit for bit."""
     std = np.float64(std)
-    if not 0 < std < np.sqrt(1 / 12):
+    if not np.all((0 < std) & (std < np.sqrt(1 / 12))):
         raise ValueError(f'EMA std must be in (0, {np.sqrt(1 / 12):.4f}), got {std}')
-    # std^2 (gamma + 2)^2 (gamma + 3) = gamma + 1, a cubic in gamma with one root above -1.
-    s2 = std * std
-    roots = np.roots([s2, 7 * s2, 16 * s2 - 1, 12 * s2 - 1])
-    real = roots[np.abs(roots.imag) < 1e-6 * np.maximum(1, np.abs(roots))].real
-    return float(real.max())
+    t = std.flatten() ** -2
+    exp = np.float64([np.roots([1, 7, 16 - ti, 12 - ti]).real.max() for ti in t]).reshape(std.shape)
+    return float(exp) if exp.ndim == 0 else exp
 
 def power_function_beta(std, t_next, t_delta):
     """Decay that moves a power-function average from time t_next - t_delta to t_next."""
@@ -48,26 +49,29 @@ def power_function_beta(std, t_next, t_delta):
 # Post-hoc reconstruction: least-squares fit of a target profile by saved ones.
 
 def profile_inner_products(t_a, exp_a, t_b, exp_b):
-    """<p_a, p_b> = integral of the two profiles' product, elementwise over broadcast arrays.
-    Computed in the log domain: t^(gamma + 1) overflows float64 for gamma in the hundreds."""
+    """<p_a, p_b> = integral of the two profiles' product, elementwise over broadcast arrays:
+    (g_a + 1)(g_b + 1) / ((g_a + g_b + 1) max(t_a, t_b)) * (t_a / t_b)^(g_b if t_a < t_b else -g_a).
+    The ratio is at most 1 when raised to a positive power and at least 1 otherwise, so nothing
+    overflows; the order of the operations is the official one (bit-for-bit coefficients)."""
     t_a, exp_a, t_b, exp_b = [np.asarray(v, dtype=np.float64) for v in (t_a, exp_a, t_b, exp_b)]
-    t_min = np.minimum(t_a, t_b)
-    exp_sum = exp_a + exp_b + 1
-    log_value = exp_sum * np.log(t_min) - (exp_a + 1) * np.log(t_a) - (exp_b + 1) * np.log(t_b)
-    return (exp_a + 1) * (exp_b + 1) / exp_sum * np.exp(log_value)
+    power = np.where(t_a < t_b, exp_b, -exp_a)
+    numerator = (exp_a + 1) * (exp_b + 1) * (t_a / t_b) ** power
+    return numerator / ((exp_a + exp_b + 1) * np.maximum(t_a, t_b))
 
 def solve_posthoc_coefficients(in_t, in_std, out_t, out_std):
     """Weights [len(in), len(out)] such that sum_i w[i, j] * ema_i approximates the profile
-    (out_t[j], out_std[j]) in the least-squares sense over tau in [0, max t]. Times in any unit
-    (images, steps, kimg): the solution only depends on ratios."""
+    (out_t[j], out_std[j]) in the least-squares sense over tau in [0, max t], rescaled to sum 1
+    for each output (each profile integrates to 1, so the combination must too; the official
+    solver does the same: without it the sums drift, e.g. 0.73 at std 0.02). Times in images,
+    as the official code counts them, for coefficients equal to its own bit for bit."""
     in_t, out_t = np.asarray(in_t, np.float64).ravel(), np.asarray(out_t, np.float64).ravel()
-    in_exp = np.array([std_to_exp(s) for s in np.ravel(in_std)])
-    out_exp = np.array([std_to_exp(s) for s in np.ravel(out_std)])
+    in_exp, out_exp = std_to_exp(np.ravel(in_std)), std_to_exp(np.ravel(out_std))
     if len(in_t) != len(in_exp) or len(out_t) != len(out_exp):
         raise ValueError('solve_posthoc_coefficients: times and stds must have the same lengths')
     A = profile_inner_products(in_t[:, None], in_exp[:, None], in_t[None, :], in_exp[None, :])
     B = profile_inner_products(in_t[:, None], in_exp[:, None], out_t[None, :], out_exp[None, :])
-    return np.linalg.lstsq(A, B, rcond=None)[0]
+    coefs = np.linalg.solve(A, B)
+    return coefs / np.sum(coefs, axis=0)
 
 #----------------------------------------------------------------------------
 # Shared plumbing: a list of (averaged copy, parameter) pairs.
@@ -104,6 +108,10 @@ class PowerFunctionEMA(_EMABase):
     def __init__(self, net, stds=[0.050, 0.100]):
         for std in stds:
             std_to_exp(std) # Validate early.
+        names = [f'{std:.3f}' for std in stds]
+        if not stds or len(set(names)) != len(names): # Snapshot names end in -{std:.3f}.
+            raise ValueError(f'ema_stds {list(stds)}: give one or more EMA stds that differ in their first three '
+                'decimals (each one is saved as network-snapshot-<kimg>-<std:.3f>.pkl)')
         super().__init__(net, len(stds))
         self.stds = [float(std) for std in stds]
 

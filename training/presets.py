@@ -4,8 +4,8 @@ A preset is a flat dict of options (`PRESETS[name]`). Its `family` names a modul
 (FAMILIES) that declares the family's options with their defaults (`OPTIONS`) and turns resolved
 options into its part of the training-loop arguments (`loop_kwargs`); COMMON_OPTIONS apply to
 every family. `resolve()` gives a preset's complete options with overrides applied and checked;
-training/config.py turns them into the arguments of training_loop(). generate_images.py reads
-GENERATION_PRESETS, the official EDM2 post-hoc-EMA snapshots.
+training/config.py turns them into the arguments of training_loop(). (The presets of generation,
+the official EDM2 post-hoc-EMA snapshots, are in training/generate.py.)
 
 Adding a family: one module with FAMILY, OPTIONS and loop_kwargs, listed in FAMILIES, and its
 presets below. The training loop is not touched.
@@ -13,6 +13,7 @@ presets below. The training loop is not touched.
 
 import ast
 import copy
+import math
 import re
 
 from torch_utils import util
@@ -38,6 +39,8 @@ COMMON_OPTIONS = dict(
     xflip       = False,        # Random horizontal flips of the dataset (doubles it).
     lr          = 0.01,         # Reference learning rate.
     grad_clip   = 0.0,          # Clip the gradient norm to this value (0 = off).
+    loss_scaling = 1.0,         # Loss scaling factor against fp16 under/overflows (EDM2's --ls).
+    cudnn_benchmark = True,     # torch.backends.cudnn.benchmark (EDM2's --bench).
 )
 NIMG_OPTIONS = ['duration', 'batch', 'batch_gpu', 'status', 'snapshot', 'checkpoint']
 
@@ -110,6 +113,11 @@ def check_value(key, value, default):
     if not ok:
         kind = {bool: 'True or False', int: 'an integer', float: 'a number', str: 'a string'}.get(expected, expected.__name__)
         raise ValueError(f'option "{key}" expects {kind}, got {value!r}')
+    # No option takes a negative count or a non-finite number (inf would train to NaN parameters).
+    if expected is float and not math.isfinite(value):
+        raise ValueError(f'option "{key}" must be a finite number, got {value!r}')
+    if expected is int and value < 0:
+        raise ValueError(f'option "{key}" must be at least 0, got {value!r}')
     return value
 
 #----------------------------------------------------------------------------
@@ -203,53 +211,5 @@ preset('mar-digits-causal', **(_MAR_DIGITS | dict(order='raster', depth=8, head=
 # The paper's causal baseline (its "AR, raster order" rows) at the base size: MAR-B's 24 blocks of
 # width 768 as one causal transformer, the DiffLoss head, the same recipe and data as mar-b.
 preset('ar-b', **(PRESETS['mar-b'] | dict(order='raster', depth=24)))
-
-#----------------------------------------------------------------------------
-# The official EDM2 post-hoc-EMA reconstructions (the preset table of NVlabs/edm2's
-# generate_images.py), read by generate_images.py --net/--gnet/--guidance: the network, the
-# guiding network and the guidance weight that gave the best FID or FD_DINOv2 in the EDM2 and
-# autoguidance papers (the score in the comments). Snapshot names: {model}-{kimg}-{ema std}.
-
-_model_root = 'https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions'
-GENERATION_PRESETS = dict()
-
-def _generation_preset(name, net, gnet=None, guidance=None):
-    GENERATION_PRESETS[name] = EasyDict(net=f'{_model_root}/{net}.pkl')
-    if gnet is not None:
-        GENERATION_PRESETS[name].update(gnet=f'{_model_root}/{gnet}.pkl', guidance=guidance)
-
-# No guidance: (model, kimg, EMA std best for FID, for FD_DINOv2 (None: not published)).
-# img512 FID 3.53 2.56 2.25 2.06 1.96 1.91, FD_DINOv2 103.39 68.64 58.44 52.25 45.96 42.84; img64 FID 1.58 1.43 1.33 1.33.
-for _model, _kimg, _fid_std, _dino_std in [('img512-xs', '2147483', 0.135, 0.200), ('img512-s', '2147483', 0.130, 0.190),
-        ('img512-m', '2147483', 0.100, 0.155), ('img512-l', '1879048', 0.085, 0.155), ('img512-xl', '1342177', 0.085, 0.155),
-        ('img512-xxl', '0939524', 0.070, 0.150), ('img64-s', '1073741', 0.075, None), ('img64-m', '2147483', 0.060, None),
-        ('img64-l', '1073741', 0.040, None), ('img64-xl', '0671088', 0.040, None)]:
-    _generation_preset(f'edm2-{_model}-fid', f'edm2-{_model}-{_kimg}-{_fid_std:.3f}')
-    if _dino_std is not None:
-        _generation_preset(f'edm2-{_model}-dino', f'edm2-{_model}-{_kimg}-{_dino_std:.3f}')
-
-# Classifier-free guidance by the unconditional XS model at the same EMA std: (model, kimg,
-# (std, guidance) best for FID, for FD_DINOv2). FID 2.91 2.23 2.01 1.88 1.85 1.81, FD_DINOv2 79.94 52.32 41.98 38.20 35.67 33.09.
-for _model, _kimg, (_fid_std, _fid_w), (_dino_std, _dino_w) in [('img512-xs', '2147483', (0.045, 1.4), (0.150, 1.7)),
-        ('img512-s', '2147483', (0.025, 1.4), (0.085, 1.9)), ('img512-m', '2147483', (0.030, 1.2), (0.015, 2.0)),
-        ('img512-l', '1879048', (0.015, 1.2), (0.035, 1.7)), ('img512-xl', '1342177', (0.020, 1.2), (0.030, 1.7)),
-        ('img512-xxl', '0939524', (0.015, 1.2), (0.015, 1.7))]:
-    for _metric, _std, _w in [('fid', _fid_std, _fid_w), ('dino', _dino_std, _dino_w)]:
-        _generation_preset(f'edm2-{_model}-guid-{_metric}', f'edm2-{_model}-{_kimg}-{_std:.3f}',
-            f'edm2-img512-xs-uncond-2147483-{_std:.3f}', _w)
-
-# Autoguidance by a smaller, shorter-trained model (Karras et al. 2024, "Guiding a diffusion model
-# with a bad version of itself"): (name, network, guiding network, guidance). FID 1.34 1.25 3.86
-# 1.01, FD_DINOv2 36.67 24.18 90.39 31.85 (s, xxl, s-uncond, img64-s).
-for _name, _net, _gnet, _w in [
-        ('img512-s-autog-fid', 'img512-s-2147483-0.070', 'img512-xs-0134217-0.125', 2.10),
-        ('img512-s-autog-dino', 'img512-s-2147483-0.120', 'img512-xs-0134217-0.165', 2.45),
-        ('img512-xxl-autog-fid', 'img512-xxl-0939524-0.075', 'img512-m-0268435-0.155', 2.05),
-        ('img512-xxl-autog-dino', 'img512-xxl-0939524-0.130', 'img512-m-0268435-0.205', 2.30),
-        ('img512-s-uncond-autog-fid', 'img512-s-uncond-2147483-0.070', 'img512-xs-uncond-0134217-0.110', 2.85),
-        ('img512-s-uncond-autog-dino', 'img512-s-uncond-2147483-0.090', 'img512-xs-uncond-0134217-0.125', 2.90),
-        ('img64-s-autog-fid', 'img64-s-1073741-0.045', 'img64-xs-0134217-0.110', 1.70),
-        ('img64-s-autog-dino', 'img64-s-1073741-0.105', 'img64-xs-0134217-0.175', 2.20)]:
-    _generation_preset(f'edm2-{_name}', f'edm2-{_net}', f'edm2-{_gnet}', _w)
 
 #----------------------------------------------------------------------------

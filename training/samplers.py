@@ -94,6 +94,18 @@ def guided_denoiser(net, labels=None, gnet=None, guidance=1.0, dtype=torch.float
 
 SOLVERS = ['euler', 'heun', 'heun_sde', 'dpm++']
 
+def check_edm_options(sigma_min=0.002, sigma_max=80, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1, **_other):
+    """The numbers of edm_sampler's options (its defaults for those not given): finite (S_max may be
+    inf), and noise levels that go down. Options of other samplers pass (they check their own)."""
+    values = dict(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, S_churn=S_churn, S_min=S_min, S_noise=S_noise)
+    for name, value in values.items():
+        if not np.isfinite(value):
+            raise ValueError(f'--{name} {value}: must be a finite number')
+    if np.isnan(S_max) or S_max < S_min:
+        raise ValueError(f'--S_max {S_max}: must be at least --S_min {S_min}')
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f'--sigma_min {sigma_min} and --sigma_max {sigma_max}: need 0 < sigma_min < sigma_max')
+
 def edm_sampler(net, noise, labels=None, gnet=None, guidance=1.0, solver='heun',
     num_steps=32, sigma_min=0.002, sigma_max=80, rho=7,
     S_churn=0, S_min=0, S_max=float('inf'), S_noise=1,
@@ -101,6 +113,7 @@ def edm_sampler(net, noise, labels=None, gnet=None, guidance=1.0, solver='heun',
 ):
     if solver not in SOLVERS:
         raise ValueError(f'unknown solver "{solver}"; choose from {", ".join(SOLVERS)}')
+    check_edm_options(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
     if solver == 'dpm++' and S_churn > 0:
         raise ValueError('the dpm++ solver is deterministic: S_churn must be 0 (use heun or heun_sde for churn)')
     denoise = guided_denoiser(net, labels=labels, gnet=gnet, guidance=guidance, dtype=dtype)

@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import pickle
+import pickletools
 import re
 import signal
 import time
@@ -49,7 +50,10 @@ def param_groups(net, weight_decay):
 #----------------------------------------------------------------------------
 # Training state checkpoints: `training-state-{kimg:07d}.pt`, written atomically, loadable with
 # torch.load(weights_only=True). The newest one that loads wins; a damaged one is skipped with a
-# warning. The two newest are kept.
+# warning. The two newest are kept. A training state of the official EDM2 code loads too: the
+# same restricted unpickler admits the two things it holds beyond tensors and plain containers,
+# its state dict (a dnnlib.util.EasyDict, read as a plain dict) and its learning rate (a numpy
+# float64); its network, optimizer and EMA states have the layout of ours.
 
 _STATE_RE = re.compile(r'training-state-(\d+)\.pt$')
 
@@ -57,29 +61,88 @@ def list_checkpoints(run_dir):
     files = [f for f in glob.glob(os.path.join(run_dir, 'training-state-*.pt')) if _STATE_RE.search(f)]
     return sorted(files, key=lambda f: int(_STATE_RE.search(f).group(1)))
 
-def save_checkpoint(run_dir, state, keep=2):
-    path = os.path.join(run_dir, f'training-state-{state["state"]["cur_nimg"] // 1000:07d}.pt')
+class _WriteErrors:
+    """A file that remembers the OSError of a failed write: torch.save reports one as a
+    RuntimeError that says only "unexpected pos"."""
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+def write_file(path, write, what):
+    """write(file) into `path` atomically. A write that fails (disk full, file-size limit) becomes
+    one OSError naming the file and the cause; nothing of it is left behind."""
     with util.atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    for old in list_checkpoints(run_dir)[:-keep]:
+        stream = None
+        try:
+            with open(tmp, 'wb') as f:
+                stream = _WriteErrors(f)
+                write(stream)
+        except (OSError, RuntimeError) as e:
+            cause = stream.error if stream is not None and stream.error is not None else e
+            if not isinstance(cause, OSError):
+                raise
+            raise OSError(f'cannot write {path} ({cause.strerror or cause}); nothing of it was kept, the files written '
+                f'before it are intact: free some space (or raise the file-size limit) and re-run the same command to {what}') from e
+
+def save_checkpoint(run_dir, state, keep=2):
+    """Write a training state; keep the `keep` newest ones (0 = all of them)."""
+    path = os.path.join(run_dir, f'training-state-{state["state"]["cur_nimg"] // 1000:07d}.pt')
+    write_file(path, lambda f: torch.save(state, f), 'resume from the previous training state')
+    for old in list_checkpoints(run_dir)[:-keep] if keep else []:
         if os.path.abspath(old) != os.path.abspath(path):
             os.remove(old)
     return path
 
+_numpy_scalar = getattr(np, '_core', np.core).multiarray.scalar
+OFFICIAL_STATE_GLOBALS = [(dict, 'dnnlib.util.EasyDict'), (_numpy_scalar, 'numpy._core.multiarray.scalar'),
+    (_numpy_scalar, 'numpy.core.multiarray.scalar'), np.dtype, type(np.dtype(np.float64))]
+
+def load_training_state(path):
+    """A training state written here or by the official EDM2 code, without running code."""
+    with torch.serialization.safe_globals(OFFICIAL_STATE_GLOBALS):
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+def why_unloadable(path, error):
+    """What is wrong with a training state that does not load: objects that only code could
+    rebuild (named), or a damaged file."""
+    allowed = {name if isinstance(name, str) else f'{name.__module__}.{name.__qualname__}'
+        for name in (entry[1] if isinstance(entry, tuple) else entry for entry in OFFICIAL_STATE_GLOBALS)}
+    try:
+        foreign = [name for name in torch.serialization.get_unsafe_globals_in_checkpoint(path) if name not in allowed]
+    except Exception: # pylint: disable=broad-except
+        foreign = []
+    if foreign:
+        return (f'it holds {", ".join(foreign)}, which only code could rebuild: not a training state of this code '
+            'or of the official EDM2 code')
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else ''
+    return f'damaged ({type(error).__name__}: {reason})'
+
 def load_latest_checkpoint(run_dir):
-    """(path, state) of the newest checkpoint that loads, or (None, None)."""
+    """(path, state, {name: why it did not load}) of the newest checkpoint that loads, or
+    (None, None, ...) when none does."""
+    failed = {}
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            return path, torch.load(path, map_location='cpu', weights_only=True)
+            return path, load_training_state(path), failed
         except Exception as e: # pylint: disable=broad-except
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
-            warnings.warn(f'Cannot load {path} ({type(e).__name__}: {reason}); falling back to the previous training state')
+            failed[os.path.basename(path)] = why_unloadable(path, e)
+            warnings.warn(f'Cannot load {path}: {failed[os.path.basename(path)]}; falling back to the previous training state')
             dist.print0(f'WARNING: cannot load {os.path.basename(path)}; trying the previous training state')
-    return None, None
+    return None, None, failed
 
 #----------------------------------------------------------------------------
 # Pre-emption: SIGTERM/SIGINT set a flag; the loop saves a training state at the next step
-# boundary (every rank agrees via an all-reduce) and exits with 128 + signal number.
+# boundary (every rank agrees via an all-reduce) and exits with 128 + signal number. The same
+# all-reduce tells every rank whether any rank's loss was not finite.
 
 class _StopRequest:
     def __init__(self):
@@ -98,13 +161,16 @@ class _StopRequest:
     def _handle(self, signum, _frame):
         self.signum = signum
 
-    def agreed(self, device):
-        """The largest signal number seen by any rank (0 = keep going)."""
-        if dist.get_world_size() == 1:
-            return self.signum
-        flag = torch.tensor([self.signum], dtype=torch.int64, device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return int(flag.item())
+    def agreed(self, device, nonfinite=None):
+        """(The largest signal number seen by any rank (0 = keep going), whether the loss of any
+        rank was not finite). `nonfinite`: this rank's flag, a bool tensor, or None."""
+        flags = torch.tensor([self.signum, 0], dtype=torch.int64, device=device)
+        if nonfinite is not None:
+            flags[1] = nonfinite
+        if dist.get_world_size() > 1:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        signum, diverged = flags.tolist()
+        return signum, bool(diverged)
 
 #----------------------------------------------------------------------------
 # Status: one line per interval on stdout (the log), the collected statistics appended to
@@ -142,10 +208,12 @@ class _Status:
         if self.device.type == 'cuda':
             fields += [f'gpumem {collector["Resources/peak_gpu_mem_gb"]:<6.2f}']
         dist.print0(' '.join(fields), flush=True)
-        if dist.get_rank() == 0:
-            append_stats(self.run_dir, collector.as_dict())
-            plot_loss_curve(self.run_dir)
+        dist.rank0_outcome(write_status_files, self.run_dir, collector.as_dict())
         self.prev_time, self.prev_nimg, self.training_time = time.time(), cur_nimg, 0.0
+
+def write_status_files(run_dir, stats):
+    append_stats(run_dir, stats)
+    plot_loss_curve(run_dir)
 
 def append_stats(run_dir, stats):
     fmt = {'Progress/kimg': '%.3f', 'Timing/total_sec': '%.1f'}
@@ -217,16 +285,16 @@ def resume(run_dir, r, run_id=None):
     into the run's network, optimizer, EMA and RNGs, or a fresh start when there is none. A run
     directory whose training states are all damaged, or belong to another run, is refused."""
     state = util.EasyDict(cur_nimg=0, total_elapsed_time=0.0)
-    ckpt_path, ckpt = load_latest_checkpoint(run_dir)
+    ckpt_path, ckpt, failed = load_latest_checkpoint(run_dir)
     if ckpt is None:
-        damaged = [os.path.basename(path) for path in list_checkpoints(run_dir)]
-        if damaged:
-            raise ValueError(f'--outdir {run_dir}: no training state loads ({", ".join(damaged)} damaged); starting over '
-                'would mix two runs: choose another --outdir, or pass --restart to move the old files aside')
+        if failed:
+            raise ValueError(f'--outdir {run_dir}: no training state loads ({"; ".join(f"{name}: {why}" for name, why in failed.items())}); '
+                'starting over would mix two runs: choose another --outdir, or pass --restart to move the old files aside')
         return state
     if run_id is not None and ckpt.get('run_id', run_id) != run_id:
         raise ValueError(f'{ckpt_path} belongs to run {ckpt["run_id"]}, not to the run {run_id} recorded in {run_dir}')
-    dist.print0(f'Resuming from {os.path.basename(ckpt_path)}')
+    official = 'rng' not in ckpt # The official EDM2 code keeps no random states (it reseeds every step).
+    dist.print0(f'Resuming from {os.path.basename(ckpt_path)}' + (' (a training state of the official EDM2 code)' if official else ''))
     state.update(ckpt['state'])
     try:
         r.net.load_state_dict(ckpt['net'])
@@ -237,7 +305,12 @@ def resume(run_dir, r, run_id=None):
         first = str(e).strip().splitlines()[0]
         raise ValueError(f'{ckpt_path} does not fit this network (an architecture option changed since the run '
             f'started?): {first}') from e
-    if len(ckpt['rng']) == dist.get_world_size():
+    if official:
+        loss_fn = {key: getattr(r.loss_fn, key, None) for key in (ckpt.get('loss_fn') or {}) if not key.startswith('_')}
+        if any(ckpt['loss_fn'][key] != value for key, value in loss_fn.items()):
+            dist.print0(f'Note: the training state was trained with the loss {ckpt["loss_fn"]}; this run continues with {loss_fn}')
+        dist.print0('Note: weights, optimizer, EMA and time resume; the random streams and the order of the images start afresh')
+    elif len(ckpt['rng']) == dist.get_world_size():
         misc.set_rng_state(ckpt['rng'][dist.get_rank()])
     else:
         dist.print0(f'WARNING: the checkpoint was written by {len(ckpt["rng"])} processes, not {dist.get_world_size()}; '
@@ -259,51 +332,98 @@ def data_iterator(dataset, start_nimg, batch_gpu, seed, data_loader_kwargs, devi
 #----------------------------------------------------------------------------
 # Saving: network snapshots (rank 0) and training states (every rank takes part).
 
-def save_snapshots(run_dir, r, cur_nimg, dataset_kwargs, run_id=None):
-    """One snapshot per EMA profile (or of the network itself without EMA). Plain dicts and
-    lists, so that EDM2 snapshots load in the official code too (it reads only `ema` and
-    `encoder`). `sources` ([{label, name, original_id}] from dataset.json, or None) lets the
-    generator choose a class by its identity once the dataset is gone; `run_id` ties the
-    snapshot to its run."""
-    for ema_net, ema_suffix in (r.ema.get() if r.ema is not None else [(r.net, '')]):
+def snapshot_names(r, cur_nimg):
+    """{file name: network} of the snapshots at cur_nimg: one per EMA profile (or of the network
+    itself without EMA)."""
+    return {f'network-snapshot-{cur_nimg // 1000:07d}{suffix}.pkl': net for net, suffix in (r.ema.get() if r.ema is not None else [(r.net, '')])}
+
+def save_snapshots(run_dir, r, cur_nimg, dataset_kwargs, run_id=None, only=None):
+    """The snapshots at cur_nimg (rank 0; `only`: these file names). Plain dicts and lists, so
+    that EDM2 snapshots load in the official code too (it reads only `ema` and `encoder`).
+    `sources` ([{label, name, original_id}] from dataset.json, or None) lets the generator choose a
+    class by its identity once the dataset is gone; `run_id` ties the snapshot to its run."""
+    check_finite(r, cur_nimg)
+    for fname, ema_net in snapshot_names(r, cur_nimg).items():
+        if only is not None and fname not in only:
+            continue
         data = dict(ema=copy.deepcopy(ema_net).cpu().eval().requires_grad_(False), loss_fn=r.loss_fn,
             encoder=r.encoder, dataset_kwargs=dict(dataset_kwargs), run_id=run_id,
             sources=getattr(r.dataset, 'sources', None)) # Optional for dataset classes other than ours.
-        fname = f'network-snapshot-{cur_nimg // 1000:07d}{ema_suffix}.pkl'
         dist.print0(f'Saving {fname} ... ', end='', flush=True)
-        with util.atomic_path(os.path.join(run_dir, fname)) as tmp:
-            with open(tmp, 'wb') as f:
-                pickle.dump(data, f)
+        write_file(os.path.join(run_dir, fname), lambda f, data=data: pickle.dump(data, f), 'write it again')
         dist.print0('done')
 
-def save_state(run_dir, r, state, run_id=None):
+def repair_snapshots(run_dir, r, cur_nimg, dataset_kwargs, run_id=None):
+    """Rewrite the snapshots of the training state being resumed from when they are missing or
+    damaged (e.g. truncated by a full disk): they hold the state's EMA, so they come out with the
+    same networks as when first written. A finished run re-run then ends with every file whole."""
+    damaged = [fname for fname in snapshot_names(r, cur_nimg) if not pickle_is_complete(os.path.join(run_dir, fname))]
+    if damaged:
+        dist.print0(f'Rewriting {", ".join(damaged)} (missing or damaged) from the training state')
+        save_snapshots(run_dir, r, cur_nimg, dataset_kwargs, run_id, only=damaged)
+
+def pickle_is_complete(path):
+    """Whether `path` holds a whole pickle, walked opcode by opcode without loading anything."""
+    try:
+        with open(path, 'rb') as f:
+            ops = [op.name for op, _arg, _pos in pickletools.genops(f)]
+        return ops[-1:] == ['STOP']
+    except Exception: # pylint: disable=broad-except
+        return False
+
+def check_finite(r, cur_nimg):
+    """Never save a network whose parameters are not finite: resuming from it could not help."""
+    if not torch.stack([p.isfinite().all() for p in r.net.parameters()]).all():
+        raise diverged_error(cur_nimg, 'the network parameters are not finite')
+
+def diverged_error(cur_nimg, what):
+    return ValueError(f'{what} at {cur_nimg / 1e3:g} kimg: training diverged (a learning rate too high?); '
+        'nothing from this point on was saved')
+
+def save_state(run_dir, r, state, run_id=None, keep=2):
     """Every rank's RNG state goes in, so that a resumed run continues bit for bit; the ranks'
-    networks must agree (as EDM2 checks) before one copy is written."""
+    networks must agree (as EDM2 checks) before one copy is written. The loss's settings go in
+    too, under the official key `loss_fn`, so that the official EDM2 code resumes EDM2 runs of
+    this code."""
+    check_finite(r, state.cur_nimg)
     rng = [misc.get_rng_state()]
     if dist.get_world_size() > 1:
         misc.check_ddp_consistency(r.net)
         rng = [None] * dist.get_world_size()
         torch.distributed.all_gather_object(rng, misc.get_rng_state())
-    if dist.get_rank() == 0:
-        path = save_checkpoint(run_dir, dict(state=dict(state), net=r.net.state_dict(), optimizer=r.optimizer.state_dict(),
-            ema=r.ema.state_dict() if r.ema is not None else None, rng=rng, run_id=run_id))
-        dist.print0(f'Saved {os.path.basename(path)}')
-    dist.barrier()
+    path = dist.rank0_outcome(save_checkpoint, run_dir, dict(state=dict(state), net=r.net.state_dict(), loss_fn=plain_settings(r.loss_fn),
+        optimizer=r.optimizer.state_dict(), ema=r.ema.state_dict() if r.ema is not None else None, rng=rng, run_id=run_id), keep)
+    dist.print0(f'Saved {os.path.basename(path)}')
+
+def plain_settings(obj):
+    """The attributes of `obj` made of numbers, strings, None and lists, tuples and dicts of
+    them (e.g. a loss's P_mean and P_std, and the constructor arguments a persistent class
+    records): what the official code restores a loss from, loadable weights-only."""
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return all(plain(item) for item in value)
+        if isinstance(value, dict):
+            return all(isinstance(key, str) and plain(item) for key, item in value.items())
+        return value is None or isinstance(value, (bool, int, float, str))
+    return {key: value for key, value in vars(obj).items() if plain(value)}
 
 #----------------------------------------------------------------------------
 # One optimizer step: the per-process batch in accumulation rounds of batch_gpu images.
 
 def train_step(r, dataset_iterator, cur_nimg, batch_size, batch_gpu, lr_kwargs, device,
         loss_scaling=1, force_finite=True, grad_clip=0):
+    """Returns a bool tensor on the device: was the loss of any image not finite?"""
     per_process = batch_size // dist.get_world_size()
     num_rounds = per_process // batch_gpu
     r.optimizer.zero_grad(set_to_none=True)
+    nonfinite = torch.zeros([], dtype=torch.bool, device=device)
     for round_idx in range(num_rounds):
         with misc.ddp_sync(r.ddp, (round_idx == num_rounds - 1)):
             images, labels = next(dataset_iterator)
             images = r.encoder.encode_latents(images.to(device))
             loss = r.loss_fn(net=r.ddp, images=images, labels=labels.to(device))
             training_stats.report('Loss/loss', loss)
+            nonfinite |= ~loss.detach().isfinite().all()
             loss.sum().mul(loss_scaling / per_process).backward()
 
     lr = float(util.call_func_by_name(cur_nimg=cur_nimg, batch_size=batch_size, **lr_kwargs))
@@ -319,6 +439,7 @@ def train_step(r, dataset_iterator, cur_nimg, batch_size, batch_gpu, lr_kwargs, 
     r.optimizer.step()
     if r.ema is not None:
         r.ema.update(cur_nimg=cur_nimg + batch_size, batch_size=batch_size)
+    return nonfinite
 
 #----------------------------------------------------------------------------
 # Main training loop.
@@ -335,6 +456,7 @@ def training_loop(
 
     run_dir             = '.',      # Output directory.
     run_id              = None,     # Identity of the run (training/runs.py), kept in its snapshots and states.
+    on_resumed          = None,     # Called (on rank 0) once a training state has loaded, before the first step.
     seed                = 0,        # Global random seed.
     batch_size          = 2048,     # Total batch size for one training iteration.
     batch_gpu           = 0,        # Limit batch size per GPU (0 = no limit).
@@ -343,6 +465,7 @@ def training_loop(
     status_nimg         = 128<<10,  # Report status every N training images (0 = off).
     snapshot_nimg       = 8<<20,    # Save network snapshots every N training images (0 = off).
     checkpoint_nimg     = 128<<20,  # Save a training state every N training images (0 = off).
+    keep_checkpoints    = 2,        # Keep the N newest training states (0 = all, as the official code does).
 
     loss_scaling        = 1,        # Loss scaling factor for reducing FP16 under/overflows.
     force_finite        = True,     # Replace NaN/Inf gradients with zeros.
@@ -367,6 +490,10 @@ def training_loop(
     r = build_run(dataset_kwargs, encoder_kwargs, network_kwargs, loss_kwargs, optimizer_kwargs, ema_kwargs, device)
     state = resume(run_dir, r, run_id)
     start_nimg = state.cur_nimg
+    if on_resumed is not None and start_nimg:
+        dist.rank0_outcome(on_resumed)
+    if snapshot_nimg and start_nimg and start_nimg % snapshot_nimg == 0:
+        dist.rank0_outcome(repair_snapshots, run_dir, r, start_nimg, dataset_kwargs, run_id)
     stop_at_nimg = min(total_nimg, start_nimg + slice_nimg) if slice_nimg else total_nimg
     dist.print0(f'Training from {start_nimg // 1000} kimg to {stop_at_nimg // 1000} kimg:\n')
     batches = data_iterator(r.dataset, start_nimg, batch_gpu, seed, data_loader_kwargs, device)
@@ -375,18 +502,21 @@ def training_loop(
 
     stop = _StopRequest()
     stop.install()
+    nonfinite = None # Of the latest step.
     try:
         while True:
             done = state.cur_nimg >= stop_at_nimg
-            signum = stop.agreed(device)
+            signum, diverged = stop.agreed(device, nonfinite)
+            if diverged:
+                raise diverged_error(state.cur_nimg, 'the loss is not finite (NaN or inf)')
             fresh = state.cur_nimg != start_nimg or start_nimg == 0 # Not what the resumed state already reported and saved.
             if status_nimg and (done or signum or every(status_nimg)) and fresh:
                 status.report(state.cur_nimg)
                 state.total_elapsed_time = status.total_elapsed_time
-            if every(snapshot_nimg) and fresh and dist.get_rank() == 0:
-                save_snapshots(run_dir, r, state.cur_nimg, dataset_kwargs, run_id)
+            if every(snapshot_nimg) and fresh:
+                dist.rank0_outcome(save_snapshots, run_dir, r, state.cur_nimg, dataset_kwargs, run_id)
             if signum or (checkpoint_nimg and (done or every(checkpoint_nimg)) and state.cur_nimg != start_nimg):
-                save_state(run_dir, r, state, run_id)
+                save_state(run_dir, r, state, run_id, keep=keep_checkpoints)
             if signum:
                 dist.print0(f'Stopping on signal {signal.Signals(signum).name} at {state.cur_nimg // 1000} kimg; '
                     're-run the same command to resume.', flush=True)
@@ -394,7 +524,7 @@ def training_loop(
             if done:
                 break
             step_start = time.time()
-            train_step(r, batches, state.cur_nimg, batch_size, batch_gpu, lr_kwargs, device,
+            nonfinite = train_step(r, batches, state.cur_nimg, batch_size, batch_gpu, lr_kwargs, device,
                 loss_scaling=loss_scaling, force_finite=force_finite, grad_clip=grad_clip)
             state.cur_nimg += batch_size
             status.training_time += time.time() - step_start
