@@ -18,10 +18,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from test_detectors import fake_dinov2, fake_inception
-from test_encoders import save_tiny_vae
+from helpers import ROOT, fake_dinov2, fake_inception, save_image, save_tiny_vae, zip_pngs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(ROOT, 'bash_files', '**', '*.sh'), recursive=True))
 SYNSETS = {171: 'n02091032', 182: 'n02093754', 198: 'n02097209'} # The first sources of level sim3.
 TINY_XS = ['--set', 'channels=8', '--set', 'channel_mult=[1,1]', '--set', 'num_blocks=1', '--set', 'attn_resolutions=[]',
@@ -40,10 +38,6 @@ def bash(script, *args, cwd=ROOT, env=None, check=False):
 
 def commands(result):
     return [line[2:] for line in result.stdout.splitlines() if line.startswith('+ ')]
-
-def zip_pngs(path):
-    with zipfile.ZipFile(path) as zf:
-        return {name: zf.read(name) for name in sorted(zf.namelist()) if name.endswith('.png')}
 
 #----------------------------------------------------------------------------
 
@@ -99,11 +93,10 @@ def work(tmp_path_factory):
     work = tmp_path_factory.mktemp('work')
     rnd = np.random.RandomState(0)
     for synset in SYNSETS.values():
-        os.makedirs(work / 'in' / 'train' / synset)
         for idx in range(24):
             small = rnd.randint(0, 256, size=[5, 6, 3]).astype(np.uint8)
-            image = PIL.Image.fromarray(small).resize((48, 40), PIL.Image.Resampling.BICUBIC)
-            image.save(work / 'in' / 'train' / synset / f'{synset}_{idx}.JPEG', quality=90)
+            image = np.asarray(PIL.Image.fromarray(small).resize((48, 40), PIL.Image.Resampling.BICUBIC))
+            save_image(work / 'in' / 'train' / synset / f'{synset}_{idx}.JPEG', image, quality=90)
     save_tiny_vae(work / 'vae')
     fake_inception(str(work / 'inception.pkl'))
     repo, weights, _ = fake_dinov2(work)

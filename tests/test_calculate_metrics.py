@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import calculate_metrics
-from conftest import ROOT, expect_cli_error, torchrun
+import helpers
+from helpers import ROOT, expect_cli_error, fake_dinov2, fake_inception, torchrun
 from torch_utils import persistence
 from training import detectors
 from training import digits as digits_data
@@ -84,7 +84,7 @@ def test_stats_match_numpy_and_are_invariant():
 # Command line on the built-in digits.
 
 def invoke(args, env=None):
-    return CliRunner().invoke(calculate_metrics.cmdline, args, env=env)
+    return helpers.invoke(calculate_metrics.cmdline, *args, env=env)
 
 def expect_error(args, *fragments, exit_code=1):
     return expect_cli_error(invoke(args), *fragments, exit_code=exit_code)
@@ -133,7 +133,6 @@ def test_ref_and_calc(digits):
     np.testing.assert_allclose(ref3['fd_digits']['mu'], features[labels == 3].mean(0), rtol=1e-10, atol=1e-12)
 
 def test_fid_with_fake_inception_and_npz_reference(digits, tmp_path):
-    from test_detectors import fake_inception
     inception = str(tmp_path / 'inception.pkl')
     fake_inception(inception)
     dest = str(tmp_path / 'fid.pkl')
@@ -214,7 +213,6 @@ def test_table_and_weights(tmp_path, monkeypatch):
     result = invoke(['weights', '--check', 'fid,fd_dinov2'])
     assert result.exit_code == 1 and 'inception-2015-12-05.pkl' in result.output and detectors.DINOV2_CHECKPOINT in result.output
     assert invoke(['weights', '--check', 'fd_digits,digits_acc']).exit_code == 0
-    from test_detectors import fake_dinov2, fake_inception
     fake_inception(str(tmp_path / 'inception.pkl'))
     repo, weights, _ = fake_dinov2(tmp_path)
     result = invoke(['weights', '--check', 'fid,fd_dinov2', '--inception', str(tmp_path / 'inception.pkl'), '--dinov2-repo', repo, '--dinov2-weights', weights])

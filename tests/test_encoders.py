@@ -6,21 +6,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import save_tiny_vae
 from torch_utils import persistence
 from training import encoders
 
 #----------------------------------------------------------------------------
-
-def save_tiny_vae(folder):
-    """A random AutoencoderKL with SD's interface (3 -> 4 channels, 8x downsampling) but tiny
-    widths, written with save_pretrained(). Returns the model."""
-    import diffusers
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=['DownEncoderBlock2D'] * 4, up_block_types=['UpDecoderBlock2D'] * 4,
-        block_out_channels=[8] * 4, layers_per_block=1, norm_num_groups=4, sample_size=16)
-    vae.save_pretrained(folder)
-    return vae.eval()
 
 def all_uint8():
     return torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)

@@ -16,28 +16,19 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from click.testing import CliRunner
 
 import calculate_metrics
 import dataset_tool
 import generate_images
 import reconstruct_phema
 import train_edm2
-from conftest import write_image_zip
+from helpers import ROOT, invoke, write_dataset, zip_pngs
+from helpers import invoke_ok as ok
 from simulations import plot_gaussian_K, run_gaussian
 from torch_utils import util
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_EDM2 = ['--preset', 'edm2-digits', '--batch', '32', '--duration', '2Ki', '--status', '1Ki', '--snapshot', '1Ki',
     '--checkpoint', '1Ki', '--set', 'channels=8', '--set', 'channel_mult=[1,1]', '--set', 'num_blocks=1', '--set', 'attn_resolutions=[]']
-
-def invoke(command, *args):
-    return CliRunner().invoke(command, [str(a) for a in args])
-
-def ok(command, *args):
-    result = invoke(command, *args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 def fingerprint(folder):
     """{relative path: sha1} of every file under `folder` (hidden temporaries included)."""
@@ -182,7 +173,7 @@ def test_dataset_tool_overwrite(tmp_path):
     ok(dataset_tool.cmdline, 'convert', '--source', 'builtin:digits-test', '--dest', dest, '--max-images', 5)
     fails_cleanly(dataset_tool.cmdline, ['convert', '--source', 'builtin:digits-test', '--dest', dest], 'already exists', tmp_path)
     ok(dataset_tool.cmdline, 'convert', '--source', 'builtin:digits-test', '--dest', dest, '--max-images', 7, '--overwrite')
-    assert len([n for n in __import__('zipfile').ZipFile(dest).namelist() if n.endswith('.png')]) == 7
+    assert len(zip_pngs(dest)) == 7
     # A folder that holds no dataset is never replaced, --overwrite or not.
     (tmp_path / 'notes').mkdir()
     (tmp_path / 'notes' / 'keep.txt').write_text('user data')
@@ -213,7 +204,7 @@ def test_16bit_grayscale_is_scaled_not_clipped(tmp_path):
     np.testing.assert_array_equal(np.asarray(image), np.round(values * (255 / 65535)).astype(np.uint8))
 
 def test_negative_labels_are_refused(tmp_path):
-    bad = write_image_zip(tmp_path / 'bad.zip', np.zeros([4, 4, 4], dtype=np.uint8), [0, 1, -1, 1])
+    bad = write_dataset(tmp_path / 'bad.zip', np.zeros([4, 4, 4], dtype=np.uint8), [0, 1, -1, 1])
     fails_cleanly(dataset_tool.cmdline, ['convert', '--source', bad, '--dest', tmp_path / 'out.zip'], 'no class id >= 0', tmp_path)
     fails_cleanly(train_edm2.main, ['--data', bad, '--outdir', tmp_path / 'run', *TINY_EDM2], 'class labels are integers >= 0', tmp_path)
     fails_cleanly(calculate_metrics.cmdline, ['ref', '--data', bad, '--metrics', 'fd_digits', '--dest', tmp_path / 'r.pkl'],
@@ -221,7 +212,7 @@ def test_negative_labels_are_refused(tmp_path):
 
 def test_mixed_image_sizes_are_found_before_any_work(tmp_path):
     images = [np.zeros([4, 4], dtype=np.uint8)] * 3 + [np.zeros([8, 8], dtype=np.uint8)]
-    mixed = write_image_zip(tmp_path / 'mixed.zip', images, [0, 1, 2, 0])
+    mixed = write_dataset(tmp_path / 'mixed.zip', images, [0, 1, 2, 0])
     fails_cleanly(train_edm2.main, ['--data', mixed, '--outdir', tmp_path / 'run', *TINY_EDM2], 'img00000003.png has shape [1, 8, 8]', tmp_path)
     fails_cleanly(calculate_metrics.cmdline, ['ref', '--data', mixed, '--metrics', 'fd_digits', '--dest', tmp_path / 'r.pkl', '--workers', 2],
         'img00000003.png has shape [1, 8, 8]', tmp_path)

@@ -2,6 +2,7 @@
 command line (files, grid, --class all, errors), family dispatch, and (slow) the digits acceptance
 test: a classifier trained on the real digits recognises the requested class, more so with guidance."""
 
+import functools
 import os
 import pickle
 
@@ -9,10 +10,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from click.testing import CliRunner
 
 import generate_images
-from conftest import expect_cli_error, torchrun
+import helpers
+from helpers import expect_cli_error, torchrun
 from torch_utils import persistence
 from training import encoders
 from training import generate
@@ -72,8 +73,7 @@ def snapshot(tmp_path_factory):
     torch.manual_seed(0)
     return write_snapshot(tmp_path_factory.mktemp('snap') / 'network-snapshot.pkl', TinyDenoiser(), p_uncond=0.1)
 
-def invoke(*args):
-    return CliRunner().invoke(generate_images.main, [str(a) for a in args])
+invoke = functools.partial(helpers.invoke, generate_images.main)
 
 #----------------------------------------------------------------------------
 
@@ -281,7 +281,7 @@ README_EDM2_DIGITS = {1.0: dict(digits_acc=0.975, fd_digits=0.076), 2.0: dict(di
 @pytest.mark.slow
 def test_digits_acceptance(tmp_path, digits_zips, digits_ref):
     import time
-    from conftest import gen_metrics, invoke_ok
+    from helpers import gen_metrics, invoke_ok
     start = time.time()
     invoke_ok('train_edm2', '--preset', 'edm2-digits', '--data', digits_zips['train'], '--outdir', tmp_path / 'run')
     results = dict(train_minutes=round((time.time() - start) / 60, 1))

@@ -300,7 +300,7 @@ README_ARDM_DIGITS = {'elbo': 1.684, 'exact 64': 1.678, 'exact dp 16': 1.699, 'e
 def test_digits_acceptance(tmp_path, digits_zips, digits_ref):
     import json
     import time
-    from conftest import gen_metrics, invoke_ok
+    from helpers import gen_metrics, invoke_ok
     from training import digits, generate
 
     train, test = digits_zips['train'], digits_zips['test']

@@ -595,14 +595,14 @@ README_CLASS_MEAN_PLUS_NOISE_FD = 0.339
 def test_digits_acceptance(preset, tmp_path, digits_zips, digits_ref):
     import json
     import time
-    from conftest import gen_metrics, invoke_ok, write_image_zip
+    from helpers import gen_metrics, invoke_ok, write_dataset
     from training import digits
 
     x_train, y_train = digits.pixels('train')
     rng = np.random.RandomState(0)
     baseline = np.concatenate([np.clip(x_train[y_train == c].mean(0) + rng.randn(100, 64) * x_train[y_train == c].std(0), 0, 1)
         for c in range(10)])
-    write_image_zip(tmp_path / 'baseline.zip', np.rint(baseline * 255).astype(np.uint8).reshape(-1, 8, 8))
+    write_dataset(tmp_path / 'baseline.zip', np.rint(baseline * 255).astype(np.uint8).reshape(-1, 8, 8))
     result = invoke_ok('calculate_metrics', 'calc', '--images', tmp_path / 'baseline.zip', '--ref', digits_ref, '--metrics', 'fd_digits',
         '--num', 1000, '--workers', 0)
     results = dict(baseline_fd=json.loads(result.output.strip().splitlines()[-1])['value'])

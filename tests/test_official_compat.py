@@ -17,16 +17,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import dataset_tool
 import train_edm2
+from helpers import ROOT, invoke_ok
 from torch_utils import misc
 from torch_utils import persistence
 from torch_utils import util
 from training import encoders
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # What the official tree provides (names only, as of NVlabs/edm2 4bf8162): its packages and
 # modules, and the names in those that our pickles and embedded sources may use.
@@ -44,7 +42,7 @@ OFFICIAL = {
 }
 # Packages of this project: nothing else of ours exists in the official tree.
 PROJECT = {'dnnlib', 'torch_utils', 'training', 'simulations', 'benchmarks', 'tests'} | {
-    name[:-3] for name in os.listdir(REPO) if name.endswith('.py')}
+    name[:-3] for name in os.listdir(ROOT) if name.endswith('.py')}
 # Third-party modules a pickle of tensors, arrays and plain containers refers to.
 LIBRARIES = {'torch', 'numpy', 'collections', 'builtins', 'copyreg', '_codecs'}
 
@@ -131,13 +129,11 @@ def edm2_snapshot(tmp_path_factory):
     warm-up, so that the network's gains have moved away from their initial zeros."""
     root = tmp_path_factory.mktemp('official')
     data = str(root / 'digits.zip')
-    result = CliRunner().invoke(dataset_tool.cmdline, ['convert', '--source', 'builtin:digits-train', '--dest', data,
-        '--classes', '7,3', '--per-class', '32', '--workers', '1'])
-    assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(train_edm2.main, ['--preset', 'edm2-digits', '--data', data, '--outdir', str(root / 'run'),
+    invoke_ok(dataset_tool.cmdline, 'convert', '--source', 'builtin:digits-train', '--dest', data,
+        '--classes', '7,3', '--per-class', '32', '--workers', '1')
+    invoke_ok(train_edm2.main, '--preset', 'edm2-digits', '--data', data, '--outdir', root / 'run',
         '--duration', '1Ki', '--batch', '128', '--snapshot', '1Ki', '--status', '1Ki', '--checkpoint', '0',
-        '--set', 'channels=8', '--set', 'rampup=0.0'])
-    assert result.exit_code == 0, result.output
+        '--set', 'channels=8', '--set', 'rampup=0.0')
     return str(root / 'run' / 'network-snapshot-0000001-0.100.pkl')
 
 def test_snapshot_references_only_official_names(edm2_snapshot):

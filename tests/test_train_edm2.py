@@ -10,10 +10,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from click.testing import CliRunner
 
+import helpers
 import train_edm2
-from conftest import ROOT, expect_cli_error, torchrun, write_image_zip
+from helpers import ROOT, expect_cli_error, invoke_ok, torchrun, write_dataset
 from training import presets
 
 @pytest.fixture(scope='module')
@@ -21,7 +21,7 @@ def digits_zip(digits_zips):
     return digits_zips['train']
 
 def invoke(args):
-    return CliRunner().invoke(train_edm2.main, args)
+    return helpers.invoke(train_edm2.main, *args)
 
 def test_multisource_presets_table():
     opts = presets.resolve('edm2-img256-xs-5c-500')
@@ -135,14 +135,10 @@ def test_latent_pipeline_end_to_end(tmp_path, tiny_vae):
     from torch_utils import persistence
     from training import encoders
 
-    def ok(command, *args):
-        result = CliRunner().invoke(command, [str(a) for a in args])
-        assert result.exit_code == 0, result.output
-        return result
     pixels, latents, run = tmp_path / 'pixels.zip', tmp_path / 'latents.zip', tmp_path / 'run'
-    ok(dataset_tool.cmdline, 'convert', '--source', 'builtin:digits-train', '--dest', pixels, '--resolution', '32x32', '--max-images', 64)
-    ok(dataset_tool.cmdline, 'encode', '--source', pixels, '--dest', latents, '--model-url', tiny_vae, '--batch', 32)
-    ok(train_edm2.main, '--preset', 'edm2-digits', '--data', latents, '--outdir', run, '--duration', 1024, '--batch', 32,
+    invoke_ok(dataset_tool.cmdline, 'convert', '--source', 'builtin:digits-train', '--dest', pixels, '--resolution', '32x32', '--max-images', 64)
+    invoke_ok(dataset_tool.cmdline, 'encode', '--source', pixels, '--dest', latents, '--model-url', tiny_vae, '--batch', 32)
+    invoke_ok(train_edm2.main, '--preset', 'edm2-digits', '--data', latents, '--outdir', run, '--duration', 1024, '--batch', 32,
         '--status', 512, '--snapshot', 1024, '--checkpoint', 1024, '--set', f'vae={tiny_vae}', '--set', 'channels=16',
         '--set', 'channel_mult=[1,1]')
     snapshot = run / 'network-snapshot-0000001-0.100.pkl'
@@ -150,15 +146,15 @@ def test_latent_pipeline_end_to_end(tmp_path, tiny_vae):
         data = persistence.load_pickle(f)
     assert isinstance(data['encoder'], encoders.StabilityVAEEncoder) and data['encoder'].vae_name == tiny_vae
     assert (data['ema'].img_channels, data['ema'].img_resolution, data['ema'].label_dim) == (4, 4, 10) # 32 px / 8, 4 channels.
-    ok(generate_images.main, '--net', snapshot, '--outdir', tmp_path / 'out', '--seeds', '0-15', '--steps', 4, '--batch', 8)
+    invoke_ok(generate_images.main, '--net', snapshot, '--outdir', tmp_path / 'out', '--seeds', '0-15', '--steps', 4, '--batch', 8)
     images = [PIL.Image.open(tmp_path / 'out' / f'{seed:06d}.png') for seed in range(16)]
     assert all(image.mode == 'RGB' and image.size == (32, 32) for image in images) # Decoded by the VAE.
     assert len({image.tobytes() for image in images}) == 16
 
     ref = tmp_path / 'ref.pkl'
-    ok(calculate_metrics.cmdline, 'ref', '--data', pixels, '--dest', ref, '--metrics', 'fd_digits', '--workers', 0)
-    gen = ok(calculate_metrics.cmdline, 'gen', '--net', snapshot, '--ref', ref, '--metrics', 'fd_digits', '--num', 16, '--steps', 4, '--batch', 8)
-    calc = ok(calculate_metrics.cmdline, 'calc', '--images', tmp_path / 'out', '--ref', ref, '--metrics', 'fd_digits', '--num', 16, '--workers', 0)
+    invoke_ok(calculate_metrics.cmdline, 'ref', '--data', pixels, '--dest', ref, '--metrics', 'fd_digits', '--workers', 0)
+    gen = invoke_ok(calculate_metrics.cmdline, 'gen', '--net', snapshot, '--ref', ref, '--metrics', 'fd_digits', '--num', 16, '--steps', 4, '--batch', 8)
+    calc = invoke_ok(calculate_metrics.cmdline, 'calc', '--images', tmp_path / 'out', '--ref', ref, '--metrics', 'fd_digits', '--num', 16, '--workers', 0)
     values = [json.loads(result.output.strip().splitlines()[-1])['value'] for result in [gen, calc]]
     assert np.isfinite(values[0]) and values[0] > 0 and values[0] == pytest.approx(values[1], rel=1e-9)
 
@@ -168,31 +164,24 @@ def test_causal_mar_through_the_command_lines(tmp_path, tiny_zip):
     # scored by calculate_metrics.py gen; bits/dim is refused with the reason.
     import calculate_metrics
     import generate_images
-    from conftest import expect_cli_error
     run, out = tmp_path / 'run', tmp_path / 'out'
-    result = CliRunner().invoke(train_edm2.main, [str(a) for a in ['--preset', 'mar-digits-causal', '--data', tiny_zip,
+    invoke_ok(train_edm2.main, '--preset', 'mar-digits-causal', '--data', tiny_zip,
         '--outdir', run, '--duration', 1024, '--batch', 32, '--status', 1024, '--snapshot', 1024, '--checkpoint', 0, '--workers', 0,
-        '--set', 'width=16', '--set', 'depth=2', '--set', 'num_heads=2', '--set', 'head_width=16', '--set', 'head_depth=1']])
-    assert result.exit_code == 0, result.output
+        '--set', 'width=16', '--set', 'depth=2', '--set', 'num_heads=2', '--set', 'head_width=16', '--set', 'head_depth=1')
     snapshot = sorted(run.glob('network-snapshot-*.pkl'))[-1]
     for batch, folder in [(2, out / 'a'), (5, out / 'b')]:
-        result = CliRunner().invoke(generate_images.main, [str(a) for a in ['--net', snapshot, '--outdir', folder, '--seeds', '0-4',
-            '--class', 'all', '--guidance', 2, '--batch', batch]])
-        assert result.exit_code == 0, result.output
+        invoke_ok(generate_images.main, '--net', snapshot, '--outdir', folder, '--seeds', '0-4', '--class', 'all', '--guidance', 2,
+            '--batch', batch)
     pngs = lambda folder: [(folder / f'{seed:06d}.png').read_bytes() for seed in range(5)]
     assert pngs(out / 'a') == pngs(out / 'b') and len(set(pngs(out / 'a'))) == 5
-    bad = CliRunner().invoke(generate_images.main, [str(a) for a in ['--net', snapshot, '--outdir', out / 'c', '--steps', 3]])
+    bad = helpers.invoke(generate_images.main, '--net', snapshot, '--outdir', out / 'c', '--steps', 3)
     expect_cli_error(bad, 'one token per step', 'got 3')
     assert not (out / 'c').exists()
     ref = tmp_path / 'ref.pkl'
-    result = CliRunner().invoke(calculate_metrics.cmdline, [str(a) for a in ['ref', '--data', tiny_zip, '--dest', ref,
-        '--metrics', 'fd_digits', '--workers', 0]])
-    assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(calculate_metrics.cmdline, [str(a) for a in ['gen', '--net', snapshot, '--ref', ref,
-        '--metrics', 'fd_digits', '--num', 8, '--batch', 8]])
-    assert result.exit_code == 0, result.output
+    invoke_ok(calculate_metrics.cmdline, 'ref', '--data', tiny_zip, '--dest', ref, '--metrics', 'fd_digits', '--workers', 0)
+    result = invoke_ok(calculate_metrics.cmdline, 'gen', '--net', snapshot, '--ref', ref, '--metrics', 'fd_digits', '--num', 8, '--batch', 8)
     assert np.isfinite(json.loads(result.output.strip().splitlines()[-1])['value'])
-    bpd = CliRunner().invoke(calculate_metrics.cmdline, [str(a) for a in ['bpd', '--net', snapshot, '--data', tiny_zip, '--workers', 0]])
+    bpd = helpers.invoke(calculate_metrics.cmdline, 'bpd', '--net', snapshot, '--data', tiny_zip, '--workers', 0)
     expect_cli_error(bpd, 'bits/dim does not apply to CausalAR', 'no exact likelihood', 'an ARDM snapshot')
 
 #----------------------------------------------------------------------------
@@ -233,7 +222,7 @@ def torchrun_runs(tmp_path_factory, tiny_zip):
     -> {family: {'init': parameters, 'one', 'two'[, 'two_again']: final training state}}."""
     root = tmp_path_factory.mktemp('torchrun')
     rnd = np.random.RandomState(0)
-    data = dict(tiny=tiny_zip, one_pixel=write_image_zip(root / 'one-pixel.zip', rnd.randint(0, 256, [40, 1, 1], dtype=np.uint8), rnd.randint(0, 3, 40)))
+    data = dict(tiny=tiny_zip, one_pixel=write_dataset(root / 'one-pixel.zip', rnd.randint(0, 256, [40, 1, 1], dtype=np.uint8), rnd.randint(0, 3, 40)))
     names = dict(edm2=['two', 'two_again'], mar=['two', 'two_again'], ardm=['two'])
     torchrun([os.path.join(ROOT, 'tests', 'torchrun_commands.py'),
         json.dumps([['train_edm2', *train_args(family, data, root / f'{family}-{name}')] for family in names for name in names[family]])])

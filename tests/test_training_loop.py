@@ -13,14 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import torchrun
+from helpers import ROOT, TESTS, subprocess_env, torchrun
 from torch_utils import persistence
 from training import networks_edm2
 from training import presets
 from training import training_loop
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(ROOT, 'tests')
 
 def loop_kwargs(run_dir, total_nimg=8000, noise=True, ema=True, **kwargs):
     c = dict(
@@ -175,16 +172,12 @@ def test_damaged_newest_state_falls_back(tmp_path):
 
 RUNNER = os.path.join(TESTS, 'loop_runner.py')
 
-def _env():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), OMP_NUM_THREADS='1')
-    return env
-
 def test_sigterm_saves_state_and_resume_matches(tmp_path):
     straight = tmp_path / 'straight'
     killed = tmp_path / 'killed'
     training_loop.training_loop(**loop_kwargs(straight, total_nimg=40000, snapshot_nimg=None, checkpoint_nimg=40000))
     kwargs = loop_kwargs(killed, total_nimg=40000, snapshot_nimg=None, checkpoint_nimg=40000)
-    proc = subprocess.Popen([sys.executable, RUNNER, json.dumps(kwargs)], cwd=ROOT, env=_env(),
+    proc = subprocess.Popen([sys.executable, RUNNER, json.dumps(kwargs)], cwd=ROOT, env=subprocess_env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Wait until it has trained for a while, then pre-empt it.
     deadline = time.time() + 120
