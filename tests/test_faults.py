@@ -114,6 +114,17 @@ def test_restart_moves_the_earlier_run_aside(tmp_path, trained, tiny_zip):
         assert pickle.load(f)['run_id'] == new_id
     assert torch.load(run / 'training-state-0000002.pt', weights_only=True)['run_id'] == new_id
 
+def test_a_training_state_of_another_run_is_refused(tmp_path, trained, tiny_zip):
+    # Run b's directory holding run a's newest training state (same preset, same shapes): resuming
+    # would continue run a under b's name; refused, naming both runs, nothing touched.
+    run = tmp_path / 'copy'
+    shutil.copytree(trained / 'b', run)
+    shutil.copy(trained / 'a' / 'training-state-0000002.pt', run / 'training-state-0000002.pt')
+    ids = [json.load(open(trained / name / 'training_options.json'))['run_id'] for name in 'ab']
+    error = fails_cleanly(train_edm2.main, ['--data', tiny_zip, '--outdir', run, *TINY_EDM2],
+        'belongs to run', tmp_path)
+    assert f'belongs to run {ids[0]}, not to the run {ids[1]}' in error.output
+
 def test_another_preset_in_a_run_directory_is_refused(tmp_path, trained, tiny_zip):
     run = tmp_path / 'copy'
     shutil.copytree(trained / 'a', run)

@@ -72,6 +72,8 @@ def loop_arguments(monkeypatch, args):
     (['--fp16', 'false'], {'network_kwargs.use_fp16': False}),
     (['--batch-gpu', '16'], {'batch_gpu': 16}),
     (['--p-uncond', '0.2', '--dropout', '0.05'], {'loss_kwargs.p_uncond': 0.2, 'network_kwargs.dropout': 0.05}),
+    (['--seed', '7'], {'seed': 7}),
+    (['--channels', '16'], {'network_kwargs.model_channels': 16}),
 ])
 def test_each_flag_changes_what_the_loop_receives(digits_zip, tmp_path, monkeypatch, flags, changes):
     base = ['--preset', 'edm2-digits', '--data', digits_zip, '--duration', '1Ki', '--batch', '64']
@@ -108,14 +110,14 @@ def test_missing_dataset_is_clear_error(tmp_path):
     assert not os.path.exists(tmp_path / 'run')
 
 def test_short_run_and_resume(digits_zip, tmp_path):
+    # Sliced in two invocations, the run ends where one invocation ends: the same network,
+    # optimizer and EMA bit for bit, one status line per interval, both invocations in the log.
     run_dir = tmp_path / 'run'
-    args = ['--preset', 'edm2-digits', '--data', digits_zip, '--outdir', str(run_dir), '--duration', '2Ki',
+    args = ['--preset', 'edm2-digits', '--data', digits_zip, '--duration', '2Ki',
         '--batch', '64', '--status', '1Ki', '--snapshot', '2Ki', '--checkpoint', '1Ki', '--set', 'channels=16']
-    result = invoke(args + ['--slice', '1Ki'])
-    assert result.exit_code == 0, result.output
+    invoke_ok(train_edm2.main, *args, '--outdir', run_dir, '--slice', '1Ki')
     assert sorted(f for f in os.listdir(run_dir) if f.startswith('training-state')) == ['training-state-0000001.pt']
-    result = invoke(args)
-    assert result.exit_code == 0, result.output
+    result = invoke_ok(train_edm2.main, *args, '--outdir', run_dir)
     assert 'Resuming from training-state-0000001.pt' in result.output
     files = sorted(os.listdir(run_dir))
     for name in ['log.txt', 'stats.jsonl', 'training_options.json', 'loss.png',
@@ -123,7 +125,34 @@ def test_short_run_and_resume(digits_zip, tmp_path):
         assert name in files, files
     options = json.load(open(run_dir / 'training_options.json'))
     assert options['preset'] == 'edm2-digits' and options['options']['channels'] == 16
-    assert 'Resuming' in open(run_dir / 'log.txt').read()
+    log = open(run_dir / 'log.txt').read()
+    assert log.count('Training from 0 kimg to 1 kimg') == 1 and log.count('Resuming from training-state-0000001.pt') == 1
+    assert [json.loads(line)['Progress/kimg'] for line in open(run_dir / 'stats.jsonl')] == [0, 1.024, 2.048]
+    invoke_ok(train_edm2.main, *args, '--outdir', tmp_path / 'straight')
+    sliced, straight = [torch.load(d / 'training-state-0000002.pt', weights_only=True) for d in [run_dir, tmp_path / 'straight']]
+    leaves = lambda state: [t for t in torch.utils._pytree.tree_leaves([state['net'], state['optimizer'], state['ema']]) if isinstance(t, torch.Tensor)]
+    assert len(leaves(sliced)) == len(leaves(straight)) > 10
+    assert all(torch.equal(a, b) for a, b in zip(leaves(sliced), leaves(straight)))
+
+def test_seed_and_channels_make_the_initial_network(digits_zip, tmp_path):
+    # --seed and --channels reach the loop: the kimg-0 snapshot (an EMA of the initial network)
+    # is the network the preset's structure with 16 channels gives after torch.manual_seed(seed).
+    from torch_utils import persistence
+    from torch_utils import util
+    kwargs = dict(presets.family_kwargs(presets.resolve('edm2-digits', dict(channels=16)))['network_kwargs'], img_resolution=8,
+        img_channels=1, label_dim=10)
+    for seed in [0, 7]:
+        run_dir = tmp_path / str(seed)
+        invoke_ok(train_edm2.main, '--preset', 'edm2-digits', '--data', digits_zip, '--outdir', run_dir, '--duration', 64, '--batch', 64,
+            '--snapshot', '1Ki', '--checkpoint', 0, '--channels', 16, '--seed', seed)
+        with open(run_dir / 'network-snapshot-0000000-0.050.pkl', 'rb') as f:
+            net = persistence.load_pickle(f)['ema']
+        torch.manual_seed(seed)
+        expected = util.construct_class_by_name(**kwargs)
+        assert net.init_kwargs.model_channels == 16
+        names = [name for name, _ in expected.named_parameters()]
+        assert names == [name for name, _ in net.named_parameters()]
+        assert all(torch.equal(a, b) for a, b in zip(expected.parameters(), net.parameters())), seed
 
 def test_latent_pipeline_end_to_end(tmp_path, tiny_vae):
     # Pixels -> VAE latents (dataset_tool.py encode) -> a latent EDM2 model (train_edm2.py, the
@@ -198,11 +227,12 @@ TORCHRUN_FAMILIES = {
 }
 STEPS, BATCH = 8, 16
 
-def train_args(family, data, outdir):
+def train_args(family, data, outdir, slice_nimg=None):
     preset, kind, overrides = TORCHRUN_FAMILIES[family]
+    sliced = ['--slice', str(slice_nimg), '--checkpoint', str(slice_nimg)] if slice_nimg else []
     return ['--preset', preset, '--data', data[kind], '--outdir', str(outdir), '--duration', str(STEPS * BATCH), '--batch', str(BATCH),
         '--status', str(STEPS * BATCH), '--snapshot', '0', '--checkpoint', str(STEPS * BATCH), '--workers', '0',
-        *[arg for key, value in overrides.items() for arg in ['--set', f'{key}={value!r}']]]
+        *[arg for key, value in overrides.items() for arg in ['--set', f'{key}={value!r}']], *sliced]
 
 def initial_parameters(family, data):
     """The network every run of `family` starts from: the loop's construction with its seed."""
@@ -218,15 +248,19 @@ def initial_parameters(family, data):
 @pytest.fixture(scope='module')
 def torchrun_runs(tmp_path_factory, tiny_zip):
     """Each family trained by 1 process (this one) and, in one torchrun launch, by 2 processes
-    (EDM2 and MAR twice: the same command into two run directories).
-    -> {family: {'init': parameters, 'one', 'two'[, 'two_again']: final training state}}."""
+    (EDM2 and MAR twice: the same command into two run directories; ARDM also resumed by 2
+    processes from a training state 1 process wrote halfway).
+    -> {family: {'init': parameters, 'one', 'two'[, 'two_again' | 'resumed']: final training
+    state}, 'output': what the launch printed}."""
     root = tmp_path_factory.mktemp('torchrun')
     rnd = np.random.RandomState(0)
     data = dict(tiny=tiny_zip, one_pixel=write_dataset(root / 'one-pixel.zip', rnd.randint(0, 256, [40, 1, 1], dtype=np.uint8), rnd.randint(0, 3, 40)))
-    names = dict(edm2=['two', 'two_again'], mar=['two', 'two_again'], ardm=['two'])
-    torchrun([os.path.join(ROOT, 'tests', 'torchrun_commands.py'),
+    names = dict(edm2=['two', 'two_again'], mar=['two', 'two_again'], ardm=['two', 'resumed'])
+    with contextlib.redirect_stdout(io.StringIO()):
+        invoke_ok(train_edm2.main, *train_args('ardm', data, root / 'ardm-resumed', slice_nimg=STEPS * BATCH // 2))
+    launch = torchrun([os.path.join(ROOT, 'tests', 'torchrun_commands.py'),
         json.dumps([['train_edm2', *train_args(family, data, root / f'{family}-{name}')] for family in names for name in names[family]])])
-    runs = {}
+    runs = {'output': launch.stdout}
     for family in TORCHRUN_FAMILIES:
         with contextlib.redirect_stdout(io.StringIO()):
             result = invoke(train_args(family, data, root / f'{family}-one'))
@@ -260,10 +294,13 @@ def test_torchrun_two_processes(torchrun_runs, family):
     assert moved(one) > 1e-4 and moved(two) > 1e-4
     assert all(torch.isfinite(value).all() for value in two['net'].values())
     if family == 'ardm':
-        assert float(two['net']['step_count'][0]) == STEPS * BATCH # Every image of both ranks counted.
-        for a, b in zip([one['net'], *one['ema']['emas']], [two['net'], *two['ema']['emas']]):
-            for key in a:
-                torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-7)
+        # Also resumed by 2 processes from a training state of 1 (new random streams, with a warning).
+        assert 'the checkpoint was written by 1 processes, not 2' in torchrun_runs['output']
+        for two in [runs['two'], runs['resumed']]:
+            assert float(two['net']['step_count'][0]) == STEPS * BATCH # Every image of both ranks counted.
+            for a, b in zip([one['net'], *one['ema']['emas']], [two['net'], *two['ema']['emas']]):
+                for key in a:
+                    torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-7)
     else:
         for key in two['net']:
             assert torch.equal(two['net'][key], runs['two_again']['net'][key]), key
