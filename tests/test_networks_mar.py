@@ -598,14 +598,29 @@ def test_paper_sizes_parameter_counts():
         assert abs(count - paper) / paper < 0.02, (name, count)
     assert len(net.blocks) == 24 and type(net.head).__name__ == 'DiffusionHead' # ar-b
 
-def test_paper_size_forward_shapes_on_cpu():
+@pytest.mark.parametrize('head', ['diffusion', 'flow'])
+def test_paper_size_forward_on_cpu(head):
+    # MAR-B at full width (768, 64 buffer tokens, 1000 classes) on 32x32x4 latents (256 tokens of
+    # 16), few blocks. At initialisation its head outputs exactly zero (the paper's init), so with
+    # the flow head on all-zero latents every masked token's loss is the mean of 16 squared
+    # standard normal draws: a sample's loss averages 16 x 4 draws for each of its >= 180 masked
+    # tokens (mask ratio >= 0.7): 1 +- 0.013.
     from training import presets
-    kwargs = dict(presets.family_kwargs(presets.resolve('mar-b'))['network_kwargs'])
+    kwargs = dict(presets.family_kwargs(presets.resolve('mar-b', dict(head=head)))['network_kwargs'])
     kwargs.update(encoder_depth=1, decoder_depth=1, head_depth=1) # Full width, few blocks: fast.
     net = MAR(img_resolution=32, img_channels=4, label_dim=1000, **{k: v for k, v in kwargs.items() if k != 'class_name'})
-    loss = MARLoss()(net=net, images=torch.randn([2, 4, 32, 32]), labels=one_hot([1, 999], 1000))
+    assert (net.seq_len, net.token_dim, net.buffer_tokens, net.data_bound) == (256, 16, 64, None) # Latents: never clipped.
+    masks = []
+    loss_fn = MARLoss()
+    draw_mask = loss_fn.draw_mask
+    loss_fn.draw_mask = lambda *args: masks.append(draw_mask(*args)) or masks[-1]
+    torch.manual_seed(0)
+    images = torch.randn([2, 4, 32, 32]) if head == 'diffusion' else torch.zeros([2, 4, 32, 32])
+    loss = loss_fn(net=net, images=images, labels=one_hot([1, 999], 1000))
     assert loss.shape == (2,) and torch.isfinite(loss).all()
-    assert net.data_bound is None # Latents: never clipped.
+    assert (masks[0].sum(1) >= 180).all()
+    if head == 'flow':
+        assert (loss - 1).abs().max() < 0.05, loss
 
 def test_digits_presets_build():
     from training import presets
@@ -625,18 +640,52 @@ def test_digits_presets_build():
 
 @pytest.mark.parametrize('name', ['mar-digits', 'mar-digits-causal'])
 def test_digits_preset_trains_through_the_shared_loop(name, tmp_path, tiny_zip):
-    # The family plugs into the loop through its preset alone; the snapshot samples pixels.
+    # The family plugs into the loop through its preset alone. The snapshot holds the EMA of the
+    # training state (the same weights, moved away from the initial network: no warm-up here),
+    # samples as that state loaded into a freshly built network does, and decodes to pixels.
+    from torch_utils import util
     from training import config, training_loop
     small = dict(encoder_depth=1, decoder_depth=1) if name == 'mar-digits' else dict(depth=2)
-    _, c = config.build(name, dict(small, width=16, num_heads=2, head_width=16, head_depth=1,
-        batch=8, duration=1000, status=1000, snapshot=1000, checkpoint=0), data=tiny_zip)
+    _, c = config.build(name, dict(small, width=16, num_heads=2, head_width=16, head_depth=1, rampup=0.0, ema_beta=0.9,
+        batch=8, duration=1000, status=1000, snapshot=1000, checkpoint=1000), data=tiny_zip)
     training_loop.training_loop(run_dir=str(tmp_path), device='cpu', **c)
     with open(tmp_path / 'network-snapshot-0000001-ema.pkl', 'rb') as f:
         data = persistence.load_pickle(f)
     net, encoder = data['ema'], data['encoder']
     assert isinstance(net, {'mar-digits': MAR, 'mar-digits-causal': CausalAR}[name]) and net.label_dim == 3 and net.seq_len == 4
-    samples = net.sample(torch.zeros([2, 1, 4, 4]), torch.eye(3)[:2], StackedRandomGenerator('cpu', [0, 1]), steps=4, head_steps=5)
-    assert encoder.decode(samples).dtype == torch.uint8 and samples.abs().max() <= 1
+    state = torch.load(tmp_path / 'training-state-0000001.pt', weights_only=True)
+    fresh = util.construct_class_by_name(**c.network_kwargs, img_resolution=4, img_channels=1, label_dim=3).eval()
+    initial = {k: v.clone() for k, v in fresh.state_dict().items()}
+    fresh.load_state_dict(state['ema']['emas'][0])
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in fresh.state_dict().items())
+    assert max(float((fresh.state_dict()[k] - v).abs().max()) for k, v in initial.items()) > 1e-3
+    sample = lambda n: n.sample(torch.zeros([2, 1, 4, 4]), torch.eye(3)[:2], StackedRandomGenerator('cpu', [0, 1]), steps=4, head_steps=5)
+    samples = sample(net)
+    assert torch.equal(samples, sample(fresh)) and samples.abs().max() <= 1
+    assert torch.equal(encoder.decode(samples), (samples * 127.5 + 128).clip(0, 255).to(torch.uint8))
+
+@pytest.mark.parametrize('name, calls', [('mar-digits', 7), ('mar-digits-flow', 2 * 7 - 1), ('mar-digits-edm', 2 * 7 - 1),
+    ('mar-digits-causal', 2 * 7 - 1)])
+def test_head_sample_steps_reaches_the_head(name, calls):
+    # head_sample_steps=7: every token's head samples in 7 steps (diffusion: 7 network calls; flow
+    # and EDM with Heun: 2 per step but the last), unless the sampler is given head_steps.
+    from training import presets
+    small = dict(encoder_depth=1, decoder_depth=1) if name != 'mar-digits-causal' else dict(depth=1)
+    opts = presets.resolve(name, dict(small, head_sample_steps=7, width=16, num_heads=2, head_width=16, head_depth=1))
+    kwargs = dict(presets.family_kwargs(opts)['network_kwargs'])
+    network_class = {'training.networks_mar.MAR': MAR, 'training.networks_mar.CausalAR': CausalAR}[kwargs.pop('class_name')]
+    net = network_class(img_resolution=8, img_channels=1, label_dim=10, **kwargs).eval()
+    assert net.head.sample_steps == 7
+    seen = []
+    forward = net.head.net.forward
+    net.head.net.forward = lambda *args: seen.append(1) or forward(*args)
+    sample = lambda **kw: net.sample(torch.zeros([1, 1, 8, 8]), one_hot([3]), StackedRandomGenerator('cpu', [0]), **kw)
+    sample(**({'steps': 4} if name != 'mar-digits-causal' else {}))
+    head_calls = 4 if name != 'mar-digits-causal' else 16 # One per generation step.
+    assert len(seen) == head_calls * calls
+    seen.clear()
+    sample(head_steps=3, **({'steps': 4} if name != 'mar-digits-causal' else {}))
+    assert len(seen) == head_calls * (3 if name == 'mar-digits' else 5)
 
 #----------------------------------------------------------------------------
 # Acceptance (slow, 9-12 minutes each on 2 cores): the digits presets (masked with the diffusion,
