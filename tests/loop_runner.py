@@ -1,4 +1,5 @@
-"""Runs training_loop() with JSON keyword arguments (for tests that need torchrun/subprocesses)."""
+"""Runs training_loop() with JSON keyword arguments, or one run after the other for a JSON list
+of them (for tests that need torchrun/subprocesses: one launch, several runs)."""
 import json
 import sys
 
@@ -7,4 +8,6 @@ from training import training_loop
 
 if __name__ == '__main__':
     dist.init()
-    training_loop.training_loop(**json.loads(sys.argv[1]))
+    runs = json.loads(sys.argv[1])
+    for kwargs in runs if isinstance(runs, list) else [runs]:
+        training_loop.training_loop(**kwargs)

@@ -17,11 +17,10 @@ import zipfile
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
-from test_detectors import fake_dinov2, fake_inception
-from test_encoders import save_tiny_vae
+from helpers import ROOT, fake_dinov2, fake_inception, save_image, save_tiny_vae, zip_pngs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(ROOT, 'bash_files', '**', '*.sh'), recursive=True))
 SYNSETS = {171: 'n02091032', 182: 'n02093754', 198: 'n02097209'} # The first sources of level sim3.
 TINY_XS = ['--set', 'channels=8', '--set', 'channel_mult=[1,1]', '--set', 'num_blocks=1', '--set', 'attn_resolutions=[]',
@@ -40,10 +39,6 @@ def bash(script, *args, cwd=ROOT, env=None, check=False):
 
 def commands(result):
     return [line[2:] for line in result.stdout.splitlines() if line.startswith('+ ')]
-
-def zip_pngs(path):
-    with zipfile.ZipFile(path) as zf:
-        return {name: zf.read(name) for name in sorted(zf.namelist()) if name.endswith('.png')}
 
 #----------------------------------------------------------------------------
 
@@ -104,11 +99,10 @@ def work(tmp_path_factory):
     work = tmp_path_factory.mktemp('work')
     rnd = np.random.RandomState(0)
     for synset in SYNSETS.values():
-        os.makedirs(work / 'in' / 'train' / synset)
         for idx in range(24):
             small = rnd.randint(0, 256, size=[5, 6, 3]).astype(np.uint8)
-            image = PIL.Image.fromarray(small).resize((48, 40), PIL.Image.Resampling.BICUBIC)
-            image.save(work / 'in' / 'train' / synset / f'{synset}_{idx}.JPEG', quality=90)
+            image = np.asarray(PIL.Image.fromarray(small).resize((48, 40), PIL.Image.Resampling.BICUBIC))
+            save_image(work / 'in' / 'train' / synset / f'{synset}_{idx}.JPEG', image, quality=90)
     save_tiny_vae(work / 'vae')
     fake_inception(str(work / 'inception.pkl'))
     repo, weights, _ = fake_dinov2(work)
@@ -145,7 +139,18 @@ def test_build_multisource(work):
     assert sorted(zip_pngs(out / 'data' / 'src182-12.zip').values()) == sorted(data for name, data in multi.items() if labels[name] == 1)
     assert commands(launch(work, 'convert/build_multisource.sh', *BUILD)) == [] # Everything exists: nothing is redone.
 
-def test_train_generate_score(work):
+def frechet_distance_low_rank(features, ref):
+    """FD of generated features [n, d] (n <= d: a covariance of rank n - 1) against reference
+    statistics, without the project's code: the nonzero eigenvalues of Sigma_g Sigma_r are those of
+    the n x n matrix B Sigma_r B^T / (n - 1), B the centred features, so tr sqrt(Sigma_g^1/2
+    Sigma_r Sigma_g^1/2) is the sum of their square roots."""
+    f = np.asarray(features, dtype=np.float64)
+    n, centred = len(f), f - f.mean(0)
+    sigma_g = centred.T @ centred / (n - 1)
+    cross = np.linalg.eigvalsh(centred @ ref['sigma'] @ centred.T / (n - 1)).clip(min=0)
+    return float(np.square(f.mean(0) - ref['mu']).sum() + np.trace(sigma_g) + np.trace(ref['sigma']) - 2 * np.sqrt(cross).sum())
+
+def test_train_generate_score(work, monkeypatch):
     out = work[0] / 'study'
     run_dir = 'study/runs/sim3-2c-12-s0' # Where the comparison below looks for this model.
     train = ['--data', 'study/data/sim3-2c-12-latents.zip', '--sources', 2, '--per-class', 12, '--batch-gpu', 8,
@@ -164,8 +169,25 @@ def test_train_generate_score(work):
     assert any('torch.distributed.run --standalone --nproc_per_node=2 -- ' in c and '--num 10' in c for c in commands(scored))
     records = [json.loads(line) for line in open(out / 'runs' / 'sim3-2c-12-s0' / 'metrics-per-source.jsonl')]
     assert [(r['source'], r['metric']) for r in records] == [(171, 'fid'), (171, 'fd_dinov2'), (182, 'fid'), (182, 'fd_dinov2')]
-    assert all(r['ref'] == f'study/refs/imagenet-{r["source"]}.pkl' and r['value'] > 0 for r in records)
-    assert '| source |' in scored.stdout and (out / 'runs' / 'sim3-2c-12-s0' / 'metrics-per-source.md').is_file()
+    assert all(r['ref'] == f'study/refs/imagenet-{r["source"]}.pkl' for r in records)
+    # Each value recomputed here: the snapshot's 10 images of the source (seeds 0-9, 2 steps, in
+    # the batches of 5 the two ranks made), the stand-in detectors' features, and the Frechet
+    # distance to that source's reference from numpy's eigenvalues.
+    from training import detectors, generate
+    monkeypatch.chdir(work[0]) # The snapshot names its VAE by the relative path the run was given.
+    snap = generate.load_snapshot(str(work[0] / run_dir / 'network-snapshot-0000001-0.050.pkl'), verbose=False)
+    detect = dict(fid=detectors.InceptionV3Detector(path=work[1]['EDM2_INCEPTION']),
+        fd_dinov2=detectors.DINOv2Detector(repo=work[1]['EDM2_DINOV2_REPO'], weights=work[1]['EDM2_DINOV2_WEIGHTS']))
+    for k, source in enumerate([171, 182]):
+        images = torch.cat([r.images for r in generate.generate_images(snap.net, snap.encoder, seeds=range(10), class_idx=k,
+            batch_size=5, verbose=False, num_steps=2)])
+        with open(out / 'refs' / f'imagenet-{source}.pkl', 'rb') as f:
+            ref = pickle.load(f)
+        for r in records[2 * k : 2 * k + 2]:
+            assert r['value'] == pytest.approx(frechet_distance_low_rank(detect[r['metric']](images).numpy(), ref[r['metric']]), rel=1e-6), r
+    table = (out / 'runs' / 'sim3-2c-12-s0' / 'metrics-per-source.md').read_text()
+    assert table in scored.stdout and table.splitlines()[0] == '| source | network-snapshot-0000001-0.050 fid | network-snapshot-0000001-0.050 fd_dinov2 |'
+    assert table.splitlines()[2] == f'| 171 | {records[0]["value"]:.4g} | {records[1]["value"]:.4g} |'
 
 def test_compare_single_vs_multi_and_reconstruct(work):
     # Reuses the datasets, references and the multi-source model of the tests above (skipped as

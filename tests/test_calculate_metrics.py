@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import calculate_metrics
-from conftest import ROOT, expect_cli_error, torchrun
+import helpers
+from helpers import ROOT, expect_cli_error, fake_dinov2, fake_inception, torchrun
 from torch_utils import persistence
 from training import detectors
 from training import digits as digits_data
@@ -136,7 +136,7 @@ def test_stats_match_numpy_and_are_invariant():
 # Command line on the built-in digits.
 
 def invoke(args, env=None):
-    return CliRunner().invoke(calculate_metrics.cmdline, args, env=env)
+    return helpers.invoke(calculate_metrics.cmdline, *args, env=env)
 
 def expect_error(args, *fragments, exit_code=1):
     return expect_cli_error(invoke(args), *fragments, exit_code=exit_code)
@@ -221,8 +221,11 @@ def test_ref_and_calc(digits):
     assert 0 < value == calc_value(args + ['--seed', '1', '--batch', '7']) or value == pytest.approx(calc_value(args + ['--seed', '1', '--batch', '7']), rel=1e-9)
     assert value != calc_value(args + ['--seed', '2'])
     train, _ = digits_features('train')
-    full = calc_value(args[:-1] + ['1438'])
+    results = digits['root'] / 'calc.jsonl'
+    full = calc_value(args[:-1] + ['1438', '--results', str(results), '--tag', 'split=train'])
     assert full == pytest.approx(frechet_distance_sqrtm(train.mean(0), np.cov(train, rowvar=False), features.mean(0), np.cov(features, rowvar=False)), rel=1e-6)
+    (record,) = [json.loads(line) for line in open(results)] # --results: what was printed, appended.
+    assert record == dict(metric='fd_digits', value=full, images=digits['train'], ref=digits['ref'], num=1438, seed=0, split='train')
 
     # Per class: the statistics of that class's images only.
     dest = str(digits['root'] / 'refs' / 'class3.pkl')
@@ -238,7 +241,6 @@ def test_ref_and_calc(digits):
     np.testing.assert_allclose(ref3['fd_digits']['mu'], features[labels == 3].mean(0), rtol=1e-10, atol=1e-12)
 
 def test_fid_with_fake_inception_and_npz_reference(digits, tmp_path):
-    from test_detectors import fake_inception
     inception = str(tmp_path / 'inception.pkl')
     fake_inception(inception)
     dest = str(tmp_path / 'fid.pkl')
@@ -319,7 +321,6 @@ def test_table_and_weights(tmp_path, monkeypatch):
     result = invoke(['weights', '--check', 'fid,fd_dinov2'])
     assert result.exit_code == 1 and 'inception-2015-12-05.pkl' in result.output and detectors.DINOV2_CHECKPOINT in result.output
     assert invoke(['weights', '--check', 'fd_digits,digits_acc']).exit_code == 0
-    from test_detectors import fake_dinov2, fake_inception
     fake_inception(str(tmp_path / 'inception.pkl'))
     repo, weights, _ = fake_dinov2(tmp_path)
     result = invoke(['weights', '--check', 'fid,fd_dinov2', '--inception', str(tmp_path / 'inception.pkl'), '--dinov2-repo', repo, '--dinov2-weights', weights])
@@ -363,6 +364,18 @@ def class_means(images, labels):
     """Per-class mean images in net space [-1, 1], [10, 1, 8, 8]."""
     return torch.stack([torch.as_tensor(images[labels == c].mean(0), dtype=torch.float32) for c in range(10)]).reshape(10, 1, 8, 8) * 2 - 1
 
+def tiny_ardm():
+    """A class-conditional ARDM of the digits at 4 levels with random weights and a running
+    per-step loss that falls with the step, so that the DP and the even split differ."""
+    from training.networks_ardm import ARDMNet
+    torch.manual_seed(0)
+    net = ARDMNet(img_resolution=8, img_channels=1, label_dim=10, levels=4, model_channels=8, num_blocks=1)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.add_(torch.randn_like(param) * 0.3)
+    net.update_step_loss(torch.arange(64), torch.linspace(2, 0, 64) ** 2)
+    return net
+
 @pytest.fixture(scope='module')
 def snapshots(digits):
     from training import encoders
@@ -371,10 +384,11 @@ def snapshots(digits):
     paths = {}
     # Label c of these models is the digit 9 - c (a dataset converted with --classes 9,8,...,0).
     for name, net in [('means', ClassMeans(class_means(x_train, 9 - y_train))), ('guide', ClassMeans(class_means(x_test, (10 - y_test) % 10))),
-            ('uncond', NoLikelihood())]:
+            ('uncond', NoLikelihood()), ('ardm', tiny_ardm())]:
         paths[name] = str(digits['root'] / f'network-snapshot-{name}.pkl')
+        encoder = encoders.QuantizeEncoder(levels=4) if name == 'ardm' else encoders.StandardRGBEncoder()
         with open(paths[name], 'wb') as f:
-            pickle.dump(dict(ema=net.eval().requires_grad_(False), encoder=encoders.StandardRGBEncoder(), loss_fn=None, dataset_kwargs={},
+            pickle.dump(dict(ema=net.eval().requires_grad_(False), encoder=encoder, loss_fn=None, dataset_kwargs={},
                 sources=[dict(label=c, name=f'digit{9 - c}', original_id=9 - c) for c in range(10)]), f)
     return paths
 
@@ -450,17 +464,23 @@ def test_gen_with_gnet_and_guidance(digits, snapshots, tmp_path):
     unguided = expected_metrics(digits, *class_means_samples(range(3, 43)))
     assert abs(unguided[0] - expected[0]) > 0.1 * expected[0] # Guidance changes the answer: the test can tell.
 
-def expected_bpd(num, seed=0):
-    """What ClassMeans.bpd gives on a seeded subset of the test digits, recomputed: EDM2's subset
-    (the first `num` of a RandomState(seed) shuffle, in index order), the images in net space,
-    and one uniform float64 draw per position in the subset from a generator seeded with it."""
-    images, _ = digits_data.load('test')
+def digits_test_subset(num, seed=0):
+    """The test digits a dataset subset of `num` images holds, recomputed: EDM2's rule (the first
+    `num` of a RandomState(seed) shuffle, in index order). -> uint8 images [num, 8, 8], labels."""
+    images, labels = digits_data.load('test')
     order = np.arange(len(images))
     if num < len(images):
         np.random.RandomState(seed).shuffle(order)
         order = np.sort(order[:num])
-    x = np.asarray(images, dtype=np.float64)[order].reshape(len(order), -1) / 127.5 - 1
-    noise = [torch.rand([], generator=torch.Generator().manual_seed(i), dtype=torch.float64).item() for i in range(len(order))]
+    return np.asarray(images)[order], np.asarray(labels)[order]
+
+def expected_bpd(num, seed=0):
+    """What ClassMeans.bpd gives on a seeded subset of the test digits, recomputed: the images in
+    net space, and one uniform float64 draw per position in the subset from a generator seeded
+    with it."""
+    images, _ = digits_test_subset(num, seed)
+    x = images.astype(np.float64).reshape(len(images), -1) / 127.5 - 1
+    noise = [torch.rand([], generator=torch.Generator().manual_seed(i), dtype=torch.float64).item() for i in range(len(images))]
     return float(np.mean(x.mean(1) + 1e-3 * np.array(noise)))
 
 def test_bpd(digits, snapshots, tmp_path):
@@ -483,15 +503,43 @@ def test_bpd(digits, snapshots, tmp_path):
     expect_error(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--policy', 'naive'], '--mode exact with --steps')
     expect_error(['bpd', '--net', snapshots['means'], '--data', digits['test'], '--mode', 'exact', '--policy', 'fast', '--steps', '4'], "'fast' is not one of", exit_code=2)
 
+def test_bpd_options_of_an_ardm(digits, snapshots):
+    # --draws (ELBO), --steps and --policy (exact): the mean over the images of the network's
+    # bits/dim with those options, each image at its 4 levels (floor(x * 4 / 256)) with its label,
+    # from a generator seeded with its position in the subset.
+    from training.samplers import StackedRandomGenerator
+    net = tiny_ardm().eval()
+    images, labels = digits_test_subset(12)
+    levels = torch.as_tensor(np.floor(images.astype(np.float64) * 4 / 256), dtype=torch.float32)[:, None]
+    def expected(**kwargs):
+        return float(np.mean([net.bpd(levels[i:i + 1], torch.eye(10)[labels[i:i + 1]], StackedRandomGenerator('cpu', [i]), **kwargs).item()
+            for i in range(12)]))
+    base = ['bpd', '--net', snapshots['ardm'], '--data', digits['test'], '--num', '12', '--batch', '5', '--workers', '0']
+    values = {}
+    for name, args, kwargs in [('elbo', [], dict()), ('draws', ['--draws', '3'], dict(draws=3)),
+            ('dp', ['--mode', 'exact', '--steps', '4'], dict(mode='exact', steps=4, policy='dp')),
+            ('naive', ['--mode', 'exact', '--steps', '4', '--policy', 'naive'], dict(mode='exact', steps=4, policy='naive'))]:
+        result = invoke(base + args)
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.output.strip().splitlines()[-1])
+        assert record['value'] == pytest.approx(expected(**kwargs), rel=1e-6) and record['num'] == 12, name
+        assert (record.get('steps'), record.get('policy')) == ((4, name) if name in ['dp', 'naive'] else (None, None))
+        values[name] = record['value']
+    assert len(set(values.values())) == 4 # Each option changes the answer: the comparison can tell.
+    assert net.policy(4, 'dp')[0] != net.policy(4, 'naive')[0]
+
 def test_two_gloo_processes_equal_one(digits, snapshots, tmp_path):
     # Two Gloo processes give the results of one: float64 sums reduced over the ranks (ref, gen,
-    # bpd elbo), or every rank scoring every image (bpd exact). One launch runs the four commands.
+    # bpd elbo), or every rank scoring every image (bpd exact; the ARDM splits its network calls
+    # over the ranks and sums their bits). One launch runs the five commands.
     ref = str(tmp_path / 'ref2.pkl')
     commands = {
         'gen': ['gen', '--net', snapshots['means'], '--gnet', snapshots['guide'], '--guidance', '1.5', '--ref', digits['ref'],
             '--metrics', 'fd_digits,digits_acc', '--num', '40', '--seed', '3', '--batch', '8'],
         'elbo': ['bpd', '--net', snapshots['means'], '--data', digits['test'], '--num', '100', '--batch', '16', '--workers', '0'],
         'exact': ['bpd', '--net', snapshots['means'], '--data', digits['test'], '--mode', 'exact', '--batch', '64', '--workers', '0'],
+        'ardm': ['bpd', '--net', snapshots['ardm'], '--data', digits['test'], '--num', '12', '--mode', 'exact', '--steps', '8',
+            '--policy', 'naive', '--batch', '5', '--workers', '0'],
     }
     two = {name: tmp_path / f'two-{name}.jsonl' for name in commands}
     torchrun([os.path.join(ROOT, 'tests', 'torchrun_commands.py'), json.dumps([['calculate_metrics', 'ref', '--data', digits['test'],

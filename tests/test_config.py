@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import write_image_zip
+from helpers import write_dataset
 from training import config
 from training import presets
 from training import training_loop
@@ -69,7 +69,7 @@ def test_batch_split_over_processes_and_rounds(tiny_zip):
 def test_dataset_problems_name_the_file(tmp_path, tiny_zip):
     with pytest.raises(ValueError, match='--data .*missing.zip'):
         config.build('edm2-digits', data=str(tmp_path / 'missing.zip'))
-    unlabeled = write_image_zip(tmp_path / 'unlabeled.zip', np.zeros([4, 4, 4], dtype=np.uint8))
+    unlabeled = write_dataset(tmp_path / 'unlabeled.zip', np.zeros([4, 4, 4], dtype=np.uint8))
     with pytest.raises(ValueError, match='has no labels.*--uncond'):
         config.build('edm2-digits', data=unlabeled)
     _, c = config.build('edm2-digits', dict(cond=False), data=unlabeled)

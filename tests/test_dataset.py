@@ -1,14 +1,11 @@
 """ImageFolderDataset over ZIPs and folders written by hand (independently of dataset_tool.py):
 pixels, one-hot labels, source names, subsets, x-flips, .npy latents and DataLoader workers."""
 
-import io
-import json
 import os
-import zipfile
 import numpy as np
-import PIL.Image
 import pytest
 import torch
+from helpers import write_dataset
 from torch_utils import util
 from training.dataset import ImageFolderDataset
 
@@ -17,32 +14,6 @@ from training.dataset import ImageFolderDataset
 def make_images(n=12, channels=3, size=8, seed=0):
     shape = [n, size, size] + ([channels] if channels > 1 else [])
     return np.random.RandomState(seed).randint(0, 256, size=shape, dtype=np.uint8)
-
-def write_dataset(path, images, labels=None, sources=None, ext='png'):
-    """Writes EDM2's layout, by hand, to a .zip or a folder."""
-    files = {}
-    for idx, image in enumerate(images):
-        f = io.BytesIO()
-        if ext == 'npy':
-            np.save(f, image)
-        else:
-            PIL.Image.fromarray(image).save(f, format=ext)
-        files[f'{idx // 1000:05d}/img{idx:08d}.{ext}'] = f.getvalue()
-    names = sorted(files)
-    metadata = {'labels': None if labels is None else [[name, int(label)] for name, label in zip(names, labels)]}
-    if sources is not None:
-        metadata['sources'] = sources
-    files['dataset.json'] = json.dumps(metadata).encode()
-    if str(path).endswith('.zip'):
-        with zipfile.ZipFile(path, 'w') as zf:
-            for name, data in files.items():
-                zf.writestr(name, data)
-    else:
-        for name, data in files.items():
-            os.makedirs(os.path.dirname(os.path.join(path, name)), exist_ok=True)
-            with open(os.path.join(path, name), 'wb') as f:
-                f.write(data)
-    return path
 
 def as_chw(images):
     return images.reshape(*images.shape[:3], -1).transpose(0, 3, 1, 2)

@@ -3,6 +3,7 @@ transforms against plain PIL, class selection and relabelling, reproducible byte
 input, and encode/decode with a tiny VAE. Inputs are generated in the test."""
 
 import collections
+import functools
 import gzip
 import io
 import json
@@ -16,49 +17,21 @@ import PIL.Image
 import pytest
 import sklearn.datasets
 import torch
-from click.testing import CliRunner
 
 import dataset_tool
-from conftest import expect_cli_error
-from test_encoders import save_tiny_vae
+from helpers import expect_cli_error, invoke, invoke_ok, read_zip, save_image, save_tiny_vae
 
 #----------------------------------------------------------------------------
 # Helpers.
 
-def run(*args):
-    return CliRunner().invoke(dataset_tool.cmdline, [str(a) for a in args])
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
-
-def read_zip(path):
-    """-> (images as arrays in archive order, labels or None, dataset.json)"""
-    with zipfile.ZipFile(path) as zf:
-        names = sorted(n for n in zf.namelist() if n != 'dataset.json')
-        metadata = json.loads(zf.read('dataset.json'))
-        if names[0].endswith('.npy'):
-            images = [np.load(io.BytesIO(zf.read(n))) for n in names]
-        else:
-            images = [np.array(PIL.Image.open(io.BytesIO(zf.read(n)))) for n in names]
-    for idx, name in enumerate(names):
-        assert name == f'{idx:08d}'[:5] + '/' + (f'img{idx:08d}.png' if name.endswith('.png') else f'img-mean-std-{idx:08d}.npy')
-    labels = None
-    if metadata['labels'] is not None:
-        assert [n for n, _ in metadata['labels']] == names
-        labels = [label for _, label in metadata['labels']]
-    return images, labels, metadata
-
-def save_png(path, image):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    PIL.Image.fromarray(image).save(path)
+run = functools.partial(invoke, dataset_tool.cmdline)
+ok = functools.partial(invoke_ok, dataset_tool.cmdline)
 
 def make_class_folder(root, counts={'cat': 6, 'dog': 4, 'emu': 5}):
     """One folder per class; image j of class i is the constant colour (i, j, 200)."""
     for i, (name, n) in enumerate(counts.items()):
         for j in range(n):
-            save_png(os.path.join(root, name, f'{j:03d}.png'), np.full([8, 8, 3], [i, j, 200], dtype=np.uint8))
+            save_image(os.path.join(root, name, f'{j:03d}.png'), np.full([8, 8, 3], [i, j, 200], dtype=np.uint8))
     return str(root)
 
 def identities(images):
@@ -127,7 +100,7 @@ def test_transforms_match_pil(tmp_path, transform):
     rnd = np.random.RandomState(0)
     sizes = [(37, 50), (100, 70), (64, 64), (90, 33)] # (height, width)
     for i, (hh, ww) in enumerate(sizes):
-        save_png(str(tmp_path / 'src' / f'{i}.png'), rnd.randint(0, 256, [hh, ww, 3], dtype=np.uint8))
+        save_image(str(tmp_path / 'src' / f'{i}.png'), rnd.randint(0, 256, [hh, ww, 3], dtype=np.uint8))
     w, h = (16, 8) if transform == 'center-crop-wide' else (16, 16)
     ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out.zip"}', f'--transform={transform}', f'--resolution={w}x{h}', '--workers=2')
     images, labels, _ = read_zip(tmp_path / 'out.zip')
@@ -140,8 +113,8 @@ def test_transforms_match_pil(tmp_path, transform):
         np.testing.assert_array_equal(image, np.array(reference))
 
 def test_center_crop_wide_skips_small_images(tmp_path):
-    save_png(str(tmp_path / 'src' / 'a.png'), np.zeros([40, 40, 3], dtype=np.uint8))
-    save_png(str(tmp_path / 'src' / 'b.png'), np.zeros([10, 10, 3], dtype=np.uint8))
+    save_image(str(tmp_path / 'src' / 'a.png'), np.zeros([40, 40, 3], dtype=np.uint8))
+    save_image(str(tmp_path / 'src' / 'b.png'), np.zeros([10, 10, 3], dtype=np.uint8))
     result = ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out.zip"}', '--transform=center-crop-wide', '--resolution=16x8')
     assert 'Skipped 1' in result.output and len(read_zip(tmp_path / 'out.zip')[0]) == 1
 
@@ -169,7 +142,7 @@ def test_grayscale_and_rgb_mixed_give_rgb(tmp_path, first):
     gray, rgb = rnd.randint(0, 256, [2, 8, 8], dtype=np.uint8), rnd.randint(0, 256, [8, 8, 3], dtype=np.uint8)
     order = [gray[0], rgb, gray[1]] if first == 'gray' else [rgb, gray[0], gray[1]]
     for i, image in enumerate(order):
-        save_png(str(tmp_path / 'src' / f'{i}.png'), image)
+        save_image(str(tmp_path / 'src' / f'{i}.png'), image)
     assert PIL.Image.open(tmp_path / 'src' / '0.png').mode == ('L' if first == 'gray' else 'RGB')
     ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out.zip"}')
     images, _, _ = read_zip(tmp_path / 'out.zip')
@@ -261,7 +234,7 @@ def imagenet_root(tmp_path_factory):
     (root / 'ILSVRC2012_devkit_t12.tar.gz').write_bytes(b'')
     for class_id in range(260):
         for j in range(3 if class_id in dataset_tool.SIMILARITY_LEVELS['sim3'] else 1):
-            save_png(str(root / 'train' / f'n{class_id:08d}' / f'{j}.png'), np.full([8, 8, 3], [class_id % 256, j, 200], dtype=np.uint8))
+            save_image(str(root / 'train' / f'n{class_id:08d}' / f'{j}.png'), np.full([8, 8, 3], [class_id % 256, j, 200], dtype=np.uint8))
     return str(root)
 
 def test_multisource_study_commands(imagenet_root, tmp_path):
@@ -324,7 +297,7 @@ def test_multisource_scripts_on_an_imagenet_root_without_devkit(tmp_path, monkey
 
 def test_labels_from_dataset_json_in_folder(tmp_path):
     for name in ['x.png', 'y.png', 'z.png']:
-        save_png(str(tmp_path / 'src' / name), np.full([4, 4, 3], ord(name[0]), dtype=np.uint8))
+        save_image(str(tmp_path / 'src' / name), np.full([4, 4, 3], ord(name[0]), dtype=np.uint8))
     (tmp_path / 'src' / 'dataset.json').write_text(json.dumps({'labels': [['x.png', 2], ['y.png', 0], ['z.png', 2]]}))
     ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out.zip"}', '--classes=2')
     images, labels, metadata = read_zip(tmp_path / 'out.zip')
@@ -397,13 +370,13 @@ def bad_inputs(tmp_path):
     classes = make_class_folder(tmp_path / 'classes')
     (tmp_path / 'texts').mkdir()
     (tmp_path / 'texts' / 'readme.txt').write_text('no images here')
-    save_png(str(tmp_path / 'corrupt' / 'a.png'), np.zeros([8, 8, 3], dtype=np.uint8))
+    save_image(str(tmp_path / 'corrupt' / 'a.png'), np.zeros([8, 8, 3], dtype=np.uint8))
     (tmp_path / 'corrupt' / 'b.png').write_bytes(b'\x89PNG\r\n\x1a\n garbage')
-    save_png(str(tmp_path / 'mixed' / 'a.png'), np.zeros([8, 8, 3], dtype=np.uint8))
-    save_png(str(tmp_path / 'mixed' / 'b.png'), np.zeros([16, 16, 3], dtype=np.uint8))
-    save_png(str(tmp_path / 'odd' / 'a.png'), np.zeros([12, 12, 3], dtype=np.uint8))
-    save_png(str(tmp_path / 'flat' / 'a.png'), np.zeros([8, 8, 3], dtype=np.uint8))
-    save_png(str(tmp_path / 'badjson' / 'a.png'), np.zeros([8, 8, 3], dtype=np.uint8))
+    save_image(str(tmp_path / 'mixed' / 'a.png'), np.zeros([8, 8, 3], dtype=np.uint8))
+    save_image(str(tmp_path / 'mixed' / 'b.png'), np.zeros([16, 16, 3], dtype=np.uint8))
+    save_image(str(tmp_path / 'odd' / 'a.png'), np.zeros([12, 12, 3], dtype=np.uint8))
+    save_image(str(tmp_path / 'flat' / 'a.png'), np.zeros([8, 8, 3], dtype=np.uint8))
+    save_image(str(tmp_path / 'badjson' / 'a.png'), np.zeros([8, 8, 3], dtype=np.uint8))
     (tmp_path / 'badjson' / 'dataset.json').write_text('{"labels": [1, 2]}')
     return {
         'missing source':       ([f'--source={tmp_path / "nope"}'], 'nope'),

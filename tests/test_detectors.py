@@ -3,50 +3,19 @@ loaded from a local path, a file:// URL, the download cache and as a TorchScript
 preprocessing and loading from a local torch.hub repository plus checkpoint, or a whole-model
 file; the digits detector and classifier; clear errors when files are missing."""
 
-import io
 import os
-import pickle
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import fake_dinov2, fake_inception
 from torch_utils import util
 from training import detectors
 from training import digits
 
 #----------------------------------------------------------------------------
-# A fake Inception: the TorchScript call signature of NVIDIA's pickle, 2048 features.
-
-class FakeInception(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj = torch.nn.Linear(3 * 4 * 4, 2048)
-
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        x = torch.nn.functional.interpolate(x.to(torch.float32), size=(4, 4), mode='bilinear', align_corners=False)
-        features = self.proj(x.flatten(1) / 255)
-        return features if return_features else features.softmax(dim=1)
-
-class TorchScriptPickle:
-    """Pickles as a call that rebuilds the TorchScript module (what pickle.load gives back)."""
-    def __init__(self, module):
-        buffer = io.BytesIO()
-        torch.jit.save(module, buffer)
-        self.data = buffer.getvalue()
-
-    def __reduce__(self):
-        return (torch.jit.load, (io.BytesIO(self.data),))
-
-def fake_inception(path, archive=False):
-    torch.manual_seed(0)
-    module = torch.jit.script(FakeInception().eval())
-    if archive:
-        torch.jit.save(module, path)
-    else:
-        with open(path, 'wb') as f:
-            pickle.dump(TorchScriptPickle(module), f)
-    return module
+# The Inception-v3 pickle (helpers.fake_inception: random weights, NVIDIA's call signature).
 
 def random_images(n=5, channels=3, resolution=12, seed=0):
     return torch.as_tensor(np.random.RandomState(seed).randint(0, 256, size=[n, channels, resolution, resolution]), dtype=torch.uint8)
@@ -107,35 +76,6 @@ def test_dinov2_preprocessing():
     board = (torch.arange(448)[:, None] + torch.arange(448)[None, :]) % 2 * 255
     z = detectors.dinov2_preprocess(board.to(torch.uint8).expand(1, 3, 448, 448))
     torch.testing.assert_close(z[0, :, 50:170, 50:170].mean((1, 2)), (0.5 - torch.tensor(detectors.IMAGENET_MEAN)) / torch.tensor(detectors.IMAGENET_STD), atol=0.05, rtol=0)
-
-HUBCONF = '''
-import torch
-
-class TinyViT(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.head = torch.nn.Linear(3, 1024)
-        torch.nn.init.zeros_(self.head.weight)
-        torch.nn.init.zeros_(self.head.bias)
-
-    def forward(self, x):
-        return self.head(x.mean([2, 3]))
-
-def dinov2_vitl14(*, pretrained=True, **kwargs):
-    assert not pretrained, 'the test never downloads'
-    return TinyViT()
-'''
-
-def fake_dinov2(tmp_path):
-    repo = tmp_path / 'facebookresearch_dinov2_main'
-    repo.mkdir()
-    (repo / 'hubconf.py').write_text(HUBCONF)
-    torch.manual_seed(0)
-    state = {'head.weight': torch.randn([1024, 3]), 'head.bias': torch.randn([1024])}
-    weights = tmp_path / 'checkpoints' / detectors.DINOV2_CHECKPOINT
-    weights.parent.mkdir()
-    torch.save(state, weights)
-    return str(repo), str(weights), state
 
 def test_dinov2_local_hub_repo(tmp_path):
     repo, weights, state = fake_dinov2(tmp_path)

@@ -6,21 +6,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import save_tiny_vae
 from torch_utils import persistence
 from training import encoders
 
 #----------------------------------------------------------------------------
-
-def save_tiny_vae(folder):
-    """A random AutoencoderKL with SD's interface (3 -> 4 channels, 8x downsampling) but tiny
-    widths, written with save_pretrained(). Returns the model."""
-    import diffusers
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=['DownEncoderBlock2D'] * 4, up_block_types=['UpDecoderBlock2D'] * 4,
-        block_out_channels=[8] * 4, layers_per_block=1, norm_num_groups=4, sample_size=16)
-    vae.save_pretrained(folder)
-    return vae.eval()
 
 def all_uint8():
     return torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
@@ -38,6 +28,13 @@ def test_standard_rgb_round_trip():
     assert y.min() == -1 and y.max() == 1
     assert torch.equal(enc.decode(y), x)
     assert torch.equal(repickle(enc).decode(y), x)
+    np.testing.assert_allclose(y.flatten().numpy(), np.arange(256) / 127.5 - 1, rtol=0, atol=1e-7)
+    # Off the grid: the nearest level (EDM2's decode, x * 127.5 + 128 truncated), clipped to 0..255;
+    # a level's neighbourhood of +-0.45 steps decodes to it, whichever side.
+    levels = np.arange(-3, 259)
+    for offset in [-0.45, -0.2, 0.2, 0.45]:
+        y = torch.as_tensor((levels + offset) / 127.5 - 1, dtype=torch.float32)
+        np.testing.assert_array_equal(enc.decode(y).numpy(), np.clip(levels, 0, 255), err_msg=str(offset))
 
 @pytest.mark.parametrize('levels', [2, 3, 17, 100, 256])
 def test_quantize_matches_closed_form(levels):

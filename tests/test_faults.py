@@ -19,29 +19,20 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from click.testing import CliRunner
 
 import calculate_metrics
 import dataset_tool
 import generate_images
 import reconstruct_phema
 import train_edm2
-from conftest import write_image_zip
+from helpers import ROOT, invoke, write_dataset, zip_pngs
+from helpers import invoke_ok as ok
 from simulations import plot_gaussian_K, run_gaussian
 from torch_utils import persistence
 from torch_utils import util
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_EDM2 = ['--preset', 'edm2-digits', '--batch', '32', '--duration', '2Ki', '--status', '1Ki', '--snapshot', '1Ki',
     '--checkpoint', '1Ki', '--set', 'channels=8', '--set', 'channel_mult=[1,1]', '--set', 'num_blocks=1', '--set', 'attn_resolutions=[]']
-
-def invoke(command, *args):
-    return CliRunner().invoke(command, [str(a) for a in args])
-
-def ok(command, *args):
-    result = invoke(command, *args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 def fingerprint(folder):
     """{relative path: sha1} of every file under `folder` (hidden temporaries included)."""
@@ -126,6 +117,17 @@ def test_restart_moves_the_earlier_run_aside(tmp_path, trained, tiny_zip):
     with open(run / 'network-snapshot-0000002-0.100.pkl', 'rb') as f:
         assert pickle.load(f)['run_id'] == new_id
     assert torch.load(run / 'training-state-0000002.pt', weights_only=True)['run_id'] == new_id
+
+def test_a_training_state_of_another_run_is_refused(tmp_path, trained, tiny_zip):
+    # Run b's directory holding run a's newest training state (same preset, same shapes): resuming
+    # would continue run a under b's name; refused, naming both runs, nothing touched.
+    run = tmp_path / 'copy'
+    shutil.copytree(trained / 'b', run)
+    shutil.copy(trained / 'a' / 'training-state-0000002.pt', run / 'training-state-0000002.pt')
+    ids = [json.load(open(trained / name / 'training_options.json'))['run_id'] for name in 'ab']
+    error = fails_cleanly(train_edm2.main, ['--data', tiny_zip, '--outdir', run, *TINY_EDM2],
+        'belongs to run', tmp_path)
+    assert f'belongs to run {ids[0]}, not to the run {ids[1]}' in error.output
 
 def test_another_preset_in_a_run_directory_is_refused(tmp_path, trained, tiny_zip):
     run = tmp_path / 'copy'
@@ -242,7 +244,7 @@ def test_16bit_grayscale_is_scaled_not_clipped(tmp_path):
     np.testing.assert_array_equal(np.asarray(image), np.round(values * (255 / 65535)).astype(np.uint8))
 
 def test_negative_labels_are_refused(tmp_path):
-    bad = write_image_zip(tmp_path / 'bad.zip', np.zeros([4, 4, 4], dtype=np.uint8), [0, 1, -1, 1])
+    bad = write_dataset(tmp_path / 'bad.zip', np.zeros([4, 4, 4], dtype=np.uint8), [0, 1, -1, 1])
     fails_cleanly(dataset_tool.cmdline, ['convert', '--source', bad, '--dest', tmp_path / 'out.zip'], 'no class id >= 0', tmp_path)
     fails_cleanly(train_edm2.main, ['--data', bad, '--outdir', tmp_path / 'run', *TINY_EDM2], 'class labels are integers >= 0', tmp_path)
     fails_cleanly(calculate_metrics.cmdline, ['ref', '--data', bad, '--metrics', 'fd_digits', '--dest', tmp_path / 'r.pkl'],
@@ -250,7 +252,7 @@ def test_negative_labels_are_refused(tmp_path):
 
 def test_mixed_image_sizes_are_found_before_any_work(tmp_path):
     images = [np.zeros([4, 4], dtype=np.uint8)] * 3 + [np.zeros([8, 8], dtype=np.uint8)]
-    mixed = write_image_zip(tmp_path / 'mixed.zip', images, [0, 1, 2, 0])
+    mixed = write_dataset(tmp_path / 'mixed.zip', images, [0, 1, 2, 0])
     fails_cleanly(train_edm2.main, ['--data', mixed, '--outdir', tmp_path / 'run', *TINY_EDM2], 'img00000003.png has shape [1, 8, 8]', tmp_path)
     fails_cleanly(calculate_metrics.cmdline, ['ref', '--data', mixed, '--metrics', 'fd_digits', '--dest', tmp_path / 'r.pkl', '--workers', 2],
         'img00000003.png has shape [1, 8, 8]', tmp_path)
@@ -429,13 +431,13 @@ def test_resuming_on_other_data(tmp_path, trained, tiny_zip):
     run = tmp_path / 'copy'
     shutil.copytree(trained / 'a', run)
     rnd = np.random.RandomState(1)
-    other = write_image_zip(tmp_path / 'other.zip', rnd.randint(0, 256, size=[40, 4, 4], dtype=np.uint8), rnd.randint(0, 3, size=40))
+    other = write_dataset(tmp_path / 'other.zip', rnd.randint(0, 256, size=[40, 4, 4], dtype=np.uint8), rnd.randint(0, 3, size=40))
     result = ok(train_edm2.main, '--data', other, '--outdir', run, *TINY_EDM2, '--duration', '3Ki')
     assert f'Note: resuming in {run} with another --data: {other}' in result.output
     options = json.load(open(run / 'training_options.json'))
     assert options['data']['path'] == other and options['config']['dataset_kwargs']['path'] == other
     assert options['changes'][-1]['data'][0]['path'] == tiny_zip and options['changes'][-1]['options'] == dict(duration=[2048, 3072])
-    five = write_image_zip(tmp_path / 'five.zip', rnd.randint(0, 256, size=[40, 4, 4], dtype=np.uint8), rnd.randint(0, 5, size=40))
+    five = write_dataset(tmp_path / 'five.zip', rnd.randint(0, 256, size=[40, 4, 4], dtype=np.uint8), rnd.randint(0, 5, size=40))
     fails_cleanly(train_edm2.main, ['--data', five, '--outdir', run, *TINY_EDM2, '--duration', '4Ki'],
         f'(40 images of 1x4x4, 5 classes) cannot continue the run in {run}, which was trained on {other} (40 images of 1x4x4, 3 classes)', tmp_path)
 

@@ -2,6 +2,7 @@
 command line (files, grid, --class all, errors), family dispatch, and (slow) the digits acceptance
 test: a classifier trained on the real digits recognises the requested class, more so with guidance."""
 
+import functools
 import os
 import pickle
 
@@ -9,10 +10,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from click.testing import CliRunner
 
 import generate_images
-from conftest import expect_cli_error, torchrun
+import helpers
+from helpers import expect_cli_error, invoke_ok, torchrun
 from torch_utils import persistence
 from training import encoders
 from training import generate
@@ -72,8 +73,7 @@ def snapshot(tmp_path_factory):
     torch.manual_seed(0)
     return write_snapshot(tmp_path_factory.mktemp('snap') / 'network-snapshot.pkl', TinyDenoiser(), p_uncond=0.1)
 
-def invoke(*args):
-    return CliRunner().invoke(generate_images.main, [str(a) for a in args])
+invoke = functools.partial(helpers.invoke, generate_images.main)
 
 #----------------------------------------------------------------------------
 
@@ -135,20 +135,96 @@ def test_cli_writes_images_and_grid(snapshot, tmp_path):
     assert not [f for f in os.listdir(tmp_path / 'out' / '000000') if not f.endswith('.png')]
 
 def test_cli_class_all_grid_has_rows_per_class(snapshot, tmp_path):
-    result = invoke('--net', snapshot, '--seeds', '0-11', '--class', 'all', '--steps', 2, '--grid', tmp_path / 'grid.png')
-    assert result.exit_code == 0, result.output
-    assert PIL.Image.open(tmp_path / 'grid.png').size == (3 * 4, 5 * 4) # 12 seeds over 5 classes.
-    assert not (tmp_path / 'out').exists()
+    # --class all: the image at position p of --seeds is of class p % 5 (whatever its seed; the
+    # seeds start at 11, not a multiple of 5), the one the library makes for that seed and class;
+    # the grid has one row per class, its images in the order of the seeds.
+    seeds = list(range(11, 23))
+    invoke_ok(generate_images.main, '--net', snapshot, '--seeds', '11-22', '--class', 'all', '--steps', 2, '--outdir', tmp_path / 'out',
+        '--grid', tmp_path / 'grid.png')
+    snap = generate.load_snapshot(snapshot, verbose=False)
+    images = [np.asarray(PIL.Image.open(tmp_path / 'out' / f'{seed:06d}.png')) for seed in seeds]
+    for position, seed in enumerate(seeds):
+        r = next(generate.generate_images(snap.net, snap.encoder, seeds=[seed], class_idx=position % 5, verbose=False, num_steps=2))
+        assert np.array_equal(images[position], r.images[0].permute(1, 2, 0).numpy()), seed
+    other_class = next(generate.generate_images(snap.net, snap.encoder, seeds=[11], class_idx=1, verbose=False, num_steps=2))
+    assert not np.array_equal(images[0], other_class.images[0].permute(1, 2, 0).numpy()) # The class shows in the image.
+    expected = np.zeros([5 * 4, 3 * 4, 3], dtype=np.uint8) # 12 seeds over 5 classes: rows of 3, 3, 2, 2, 2; black gaps.
+    for position in range(12):
+        row, col = position % 5, position // 5
+        expected[row * 4 : (row + 1) * 4, col * 4 : (col + 1) * 4] = images[position]
+    assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / 'grid.png')), expected)
+
+@persistence.persistent_class
+class GuidedByHand(torch.nn.Module):
+    """The guided denoiser written out: D_g + w (D - D_g), with D_g the guide given the same
+    labels or, without a guide, the network given the all-zero label."""
+    def __init__(self, net, guide, w):
+        super().__init__()
+        self.net, self.guide, self.w = net, guide, w
+        self.img_resolution, self.img_channels, self.label_dim = net.img_resolution, net.img_channels, net.label_dim
+
+    def forward(self, x, sigma, labels):
+        guided = self.guide(x, sigma, labels) if self.guide is not None else self.net(x, sigma, torch.zeros_like(labels))
+        return guided + self.w * (self.net(x, sigma, labels) - guided)
 
 def test_guidance_with_the_unconditional_branch_and_gnet(snapshot, tmp_path):
-    assert invoke('--net', snapshot, '--outdir', tmp_path / 'a', '--seeds', '0-1', '--guidance', 2, '--steps', 2).exit_code == 0
-    result = invoke('--net', snapshot, '--gnet', snapshot, '--outdir', tmp_path / 'b', '--seeds', '0-1', '--guidance', 2, '--steps', 2)
-    assert result.exit_code == 0, result.output
-    # The network guided by itself with the same labels: D_g + w (D - D_g) = D, i.e. no guidance.
-    assert invoke('--net', snapshot, '--outdir', tmp_path / 'c', '--seeds', '0-1', '--steps', 2).exit_code == 0
-    for seed in [0, 1]:
-        b, c = [np.asarray(PIL.Image.open(tmp_path / d / f'{seed:06d}.png')) for d in 'bc']
-        assert np.abs(b.astype(int) - c.astype(int)).max() <= 1
+    # generate_images.py --guidance 2 (the network's own unconditional branch, or --gnet) makes the
+    # images of the unguided sampler on the guided denoiser written out by hand; guided by
+    # itself, the network makes its unguided images.
+    torch.manual_seed(1)
+    other = write_snapshot(tmp_path / 'other.pkl', TinyDenoiser())
+    snap, guide = generate.load_snapshot(snapshot, verbose=False), generate.load_snapshot(other, verbose=False)
+    cases = {'self': ([], GuidedByHand(snap.net, None, 2.0)), 'gnet': (['--gnet', other], GuidedByHand(snap.net, guide.net, 2.0)),
+        'itself': (['--gnet', snapshot], snap.net)}
+    for name, (args, by_hand) in cases.items():
+        invoke_ok(generate_images.main, '--net', snapshot, *args, '--outdir', tmp_path / name, '--seeds', '0-3', '--guidance', 2, '--steps', 3)
+        for r in generate.generate_images(by_hand, snap.encoder, seeds=range(4), verbose=False, num_steps=3):
+            for seed, image in zip(r.seeds, r.images):
+                ours = np.asarray(PIL.Image.open(tmp_path / name / f'{seed:06d}.png')).astype(int)
+                assert np.abs(ours - image.permute(1, 2, 0).numpy()).max() <= 1, (name, seed) # Float rounding of lerp.
+    plain = next(generate.generate_images(snap.net, snap.encoder, seeds=range(4), verbose=False, num_steps=3)).images
+    plain = plain.permute(0, 2, 3, 1).numpy().astype(int)
+    for name in ['self', 'gnet']:
+        guided = np.stack([np.asarray(PIL.Image.open(tmp_path / name / f'{seed:06d}.png')) for seed in range(4)]).astype(int)
+        assert np.abs(guided - plain).max() > 10, name # Guidance shows: the comparison can tell.
+
+# Each sampler option on its own (S_min / S_max with churn, which they restrict): the images equal
+# edm_sampler's with that option on the seeds' own noise and classes (EDM2's per-seed stream), and
+# differ from the default sampler's.
+SAMPLER_OPTIONS = [
+    (['--solver', 'euler'], dict(solver='euler')),
+    (['--solver', 'dpm++'], dict(solver='dpm++')),
+    (['--solver', 'heun_sde'], dict(solver='heun_sde')),
+    (['--sigma_max', 5], dict(sigma_max=5)),
+    (['--sigma_min', 0.5], dict(sigma_min=0.5)),
+    (['--rho', 2], dict(rho=2)),
+    (['--S_churn', 20], dict(S_churn=20)),
+    (['--S_churn', 20, '--S_min', 1], dict(S_churn=20, S_min=1)),
+    (['--S_churn', 20, '--S_max', 1], dict(S_churn=20, S_max=1)),
+    (['--S_churn', 20, '--S_noise', 1.5], dict(S_churn=20, S_noise=1.5)),
+]
+
+def test_sampler_options(snapshot, tmp_path):
+    from training import samplers
+    snap = generate.load_snapshot(snapshot, verbose=False)
+    seeds = [3, 4, 5]
+    def by_hand(**kwargs):
+        rnd = samplers.StackedRandomGenerator('cpu', seeds)
+        noise = rnd.randn([3, 3, 4, 4])
+        labels = torch.eye(5)[rnd.randint(5, size=[3, 1])[:, 0]]
+        with torch.no_grad():
+            x = samplers.edm_sampler(snap.net, noise, labels, rnd=rnd, num_steps=4, **kwargs)
+        return (x * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy().astype(int)
+    default = by_hand()
+    for i, (args, kwargs) in enumerate(SAMPLER_OPTIONS):
+        invoke_ok(generate_images.main, '--net', snapshot, '--outdir', tmp_path / str(i), '--seeds', '3-5', '--steps', 4, *args)
+        images = np.stack([np.asarray(PIL.Image.open(tmp_path / str(i) / f'{seed:06d}.png')) for seed in seeds]).astype(int)
+        expected = by_hand(**kwargs)
+        assert np.abs(images - expected).max() <= 1, args
+        assert np.abs(images - default).max() > 2, args
+    reference_churn = by_hand(S_churn=20)
+    for kwargs in [dict(S_min=1), dict(S_max=1), dict(S_noise=1.5)]: # Each restricts or scales the churn.
+        assert np.abs(by_hand(S_churn=20, **kwargs) - reference_churn).max() > 2, kwargs
 
 @pytest.mark.parametrize('make, args, message', [
     ('garbage', [], 'not a readable snapshot'),
@@ -319,12 +395,12 @@ def test_metrics_gen_uses_the_preset_guidance(tmp_path, monkeypatch):
     # calculate_metrics.py gen --net PRESET samples as generate_images.py does: with the preset's
     # guiding network and guidance (before: the network alone, unguided).
     import json
-    from conftest import invoke_ok, write_image_zip
+    from helpers import invoke_ok, write_dataset
     files = cache_official_snapshots(tmp_path, monkeypatch, 'edm2-img512-xs-guid-fid')
     preset = generate.GENERATION_PRESETS['edm2-img512-xs-guid-fid']
     ref = str(tmp_path / 'ref.pkl')
     images = np.random.RandomState(0).randint(0, 256, size=[30, 4, 4, 3], dtype=np.uint8)
-    invoke_ok('calculate_metrics', 'ref', '--data', write_image_zip(tmp_path / 'data.zip', images), '--dest', ref, '--metrics', 'fd_digits', '--workers', 0)
+    invoke_ok('calculate_metrics', 'ref', '--data', write_dataset(tmp_path / 'data.zip', images), '--dest', ref, '--metrics', 'fd_digits', '--workers', 0)
     def fd(*args):
         result = invoke_ok('calculate_metrics', 'gen', *args, '--ref', ref, '--metrics', 'fd_digits', '--num', 12, '--steps', 4)
         (record,) = [json.loads(line) for line in result.output.splitlines() if line.startswith('{')]
@@ -355,7 +431,7 @@ README_EDM2_DIGITS = {1.0: dict(digits_acc=0.975, fd_digits=0.076), 2.0: dict(di
 @pytest.mark.slow
 def test_digits_acceptance(tmp_path, digits_zips, digits_ref):
     import time
-    from conftest import gen_metrics, invoke_ok
+    from helpers import gen_metrics, invoke_ok
     start = time.time()
     invoke_ok('train_edm2', '--preset', 'edm2-digits', '--data', digits_zips['train'], '--outdir', tmp_path / 'run')
     results = dict(train_minutes=round((time.time() - start) / 60, 1))

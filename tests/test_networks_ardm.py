@@ -53,6 +53,10 @@ def test_dp_policy_closed_form():
     np.testing.assert_allclose(costs, [25, 19, 18, 17.7, 17.65])
     assert dp_policy(L, 2)[0] == [0, 2, 5]
     assert dp_policy(L, 5)[0] == [0, 1, 2, 3, 4, 5]
+    # A flat L: every policy costs the same; the DP takes the most calls among the cheapest (with
+    # a loss that cannot grow, more calls never cost more), in every stage.
+    assert dp_policy([3.0] * 6, 4) == ([0, 1, 2, 3, 6], 18.0)
+    assert dp_policy([2.0] * 3 + [1.0] * 3, 5, stage_len=3) == ([0, 1, 2, 3, 4, 6], 9.0)
 
 def brute_force(L, budget, stage_len):
     T = len(L)
@@ -135,11 +139,16 @@ def test_initial_loss_is_uniform():
         loss = ARDMLoss()(net=net, images=x)
         np.testing.assert_allclose(loss.detach().numpy(), expected, rtol=1e-5) # log2(256) bits: a uniform guess.
 
-def test_blur():
-    x = torch.rand([2, 3, 8, 8])
-    assert torch.allclose(gaussian_blur(torch.full([1, 1, 8, 8], 0.3), 1.5), torch.full([1, 1, 8, 8], 0.3))
-    y = gaussian_blur(x, 1.0)
-    assert y.shape == x.shape and y.std() < x.std()
+@pytest.mark.parametrize('sigma', [0.5, 1.0, 1.5, 3.0])
+def test_blur_is_scipys_gaussian_filter(sigma):
+    # scipy.ndimage's separable Gaussian, mirrored at the borders (torch's 'reflect'), with the
+    # same radius: ceil(3 sigma), at most the image size less one (sigma = 3 on 8 pixels: 7).
+    import scipy.ndimage
+    x = torch.rand([2, 3, 8, 8], dtype=torch.float64)
+    radius = min(int(np.ceil(3 * sigma)), 7)
+    expected = scipy.ndimage.gaussian_filter(x.numpy(), sigma=[0, 0, sigma, sigma], mode='mirror', truncate=radius / sigma)
+    np.testing.assert_allclose(gaussian_blur(x, sigma).numpy(), expected, rtol=0, atol=1e-6) # A float32 kernel.
+    assert torch.allclose(gaussian_blur(torch.full([1, 1, 8, 8], 0.3), sigma), torch.full([1, 1, 8, 8], 0.3))
 
 def test_conditional_network_needs_cond():
     net = make_net(cond_blur=1.0)
@@ -188,6 +197,19 @@ def test_elbo_is_mean_exact_likelihood_over_orders():
     exact = torch.stack([net.bpd(images, None, SeedRandom([seed] * n), mode='exact') for seed in seeds_per_order(3)])
     torch.testing.assert_close(elbo, exact.mean(0), atol=0.04, rtol=0)
 
+@pytest.mark.parametrize('levels, num_stages', [(4, 2), (8, 3)])
+def test_elbo_of_one_dimension_is_its_exact_likelihood(levels, num_stages):
+    # One dimension has one order, so the upscale ARDM's ELBO is its exact NLL: S stages of one
+    # step each, every one weighted S D/(D-t) = S; with S draws the stratified steps are exactly
+    # the S stages, and the estimate has no randomness left.
+    net = make_net(img_resolution=1, img_channels=1, levels=levels, branch=2)
+    assert (net.num_stages, net.num_steps) == (num_stages, num_stages)
+    images = all_images(net)
+    elbo = net.bpd(images, None, SeedRandom(range(levels)), draws=num_stages)
+    exact = net.bpd(images, None, SeedRandom(range(levels)), mode='exact')
+    torch.testing.assert_close(elbo, exact, rtol=1e-12, atol=0)
+    assert float((2 ** -exact).sum()) == pytest.approx(1.0, abs=1e-6) and exact.min() > 0.1
+
 #----------------------------------------------------------------------------
 # Sampling.
 
@@ -212,10 +234,49 @@ def test_sampling_is_per_seed():
     assert torch.equal(batch[2:], alone)
     assert batch.min() >= 0 and batch.max() <= 4 and torch.equal(batch, batch.round())
 
-def test_upscale_sampling_reveals_every_digit():
-    net = make_net(img_resolution=2, levels=16, branch=2)
-    samples = net.sample(torch.zeros(50, 1, 2, 2), None, SeedRandom(range(50)), steps=net.num_stages, policy='naive')
-    assert samples.max() <= 15 and len(samples.unique()) > 8
+def frequencies(samples, levels):
+    """Empirical distribution of 2-dimensional level images [N, 2, 1, 1] over all levels^2 images."""
+    index = (samples[:, 0, 0, 0] * levels + samples[:, 1, 0, 0]).long()
+    return torch.bincount(index, minlength=levels ** 2).double() / len(samples)
+
+def test_upscale_sampling_matches_exact_distribution():
+    # Levels 0..3 in two binary digits, two dimensions: 16 images. One call per step samples the
+    # mixture over the orders of the exact fixed-order models; one call per stage samples, in
+    # each stage, every digit at once given the earlier stages' digits: a product of that stage's
+    # categoricals, computed here from the network's logits.
+    net = make_net(img_resolution=1, img_channels=2, levels=4, branch=2)
+    images = all_images(net)
+    n = 4000
+    mixture = torch.stack([2 ** -(net.bpd(images, None, SeedRandom([s] * 16), mode='exact') * 2) for s in seeds_per_order(2)]).mean(0)
+    per_step = frequencies(net.sample(torch.zeros(n, 2, 1, 1), None, SeedRandom(range(n))), 4)
+    assert float((per_step - mixture).abs().max()) < 0.03 # Binomial std at most 0.008.
+    hidden = torch.zeros_like(images, dtype=torch.bool)
+    high, low = images // 2, images % 2
+    with torch.no_grad():
+        p_high = net(torch.zeros_like(images), hidden, torch.zeros(16, dtype=torch.int64)).softmax(dim=2)
+        p_low = net(high * 2, hidden, torch.full([16], 2)).softmax(dim=2) # Stage 1 starts at step D = 2, seeing the high digits.
+    pick = lambda p, digits: p.gather(2, digits.long().unsqueeze(2)).squeeze(2).prod(dim=1).flatten()
+    per_stage = pick(p_high, high) * pick(p_low, low)
+    assert float(per_stage.sum()) == pytest.approx(1.0, abs=1e-6)
+    sampled = frequencies(net.sample(torch.zeros(n, 2, 1, 1), None, SeedRandom(range(n)), steps=2, policy='naive'), 4)
+    assert float((sampled - per_stage).abs().max()) < 0.03
+    assert float((per_stage - mixture).abs().max()) > 0.05 # The two policies differ: the test can tell them apart.
+
+def test_sampling_guided_by_a_second_network():
+    # One dimension: a single call, whose logits are the guide's extrapolated towards the net's,
+    # g + w (l - g); the sampled distribution is their softmax.
+    net, guide = make_net(img_resolution=1, levels=5, label_dim=2), make_net(seed=1, img_resolution=1, levels=5, label_dim=2)
+    labels = torch.eye(2)[torch.arange(3000) % 2]
+    samples = net.sample(torch.zeros(3000, 1, 1, 1), labels, SeedRandom(range(3000)), gnet=guide, guidance=2.5)
+    empty, step = torch.zeros([2, 1, 1, 1], dtype=torch.bool), torch.zeros(2, dtype=torch.int64)
+    with torch.no_grad():
+        l, g = net(torch.zeros(2, 1, 1, 1), empty, step, torch.eye(2)), guide(torch.zeros(2, 1, 1, 1), empty, step, torch.eye(2))
+    expected = (g + 2.5 * (l - g)).softmax(dim=2).flatten(1) # [class, level]
+    for c in range(2):
+        freq = torch.bincount(samples[c::2].flatten().long(), minlength=5).double() / 1500
+        assert float((freq - expected[c]).abs().max()) < 0.04, (c, freq, expected[c]) # Binomial std at most 0.013.
+    unguided = l.softmax(dim=2).flatten(1)
+    assert float((expected - unguided).abs().max()) > 0.1
 
 #----------------------------------------------------------------------------
 # The running per-step loss and the snapshot.
@@ -300,7 +361,7 @@ README_ARDM_DIGITS = {'elbo': 1.684, 'exact 64': 1.678, 'exact dp 16': 1.699, 'e
 def test_digits_acceptance(tmp_path, digits_zips, digits_ref):
     import json
     import time
-    from conftest import gen_metrics, invoke_ok
+    from helpers import gen_metrics, invoke_ok
     from training import digits, generate
 
     train, test = digits_zips['train'], digits_zips['test']

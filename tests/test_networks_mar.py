@@ -113,15 +113,19 @@ def test_unmasked_tokens_do_not_change_the_loss():
     assert not torch.allclose(loss_of(images + 0.5 * unknown), reference)
 
 def test_loss_applies_label_dropout_and_returns_per_sample_losses():
+    # label_dropout = p: each sample's label becomes the null class (all zeros) with probability
+    # p, the others keep theirs; 400 samples at p = 0.2 drop 80 +- 8.
     net = tiny_net().train()
     seen = []
     original = net.class_embedding
     net.class_embedding = lambda labels, n: (seen.append(labels.clone()), original(labels, n))[1]
     torch.manual_seed(0)
-    loss = MARLoss(label_dropout=0.5)(net=net, images=torch.rand([64, 1, 8, 8]) * 2 - 1, labels=one_hot(np.arange(64) % 10))
-    assert loss.shape == (64,) and torch.isfinite(loss).all()
-    dropped = (seen[0].sum(1) == 0).float().mean().item()
-    assert 0.3 < dropped < 0.7
+    labels = one_hot(np.arange(400) % 10)
+    loss = MARLoss(label_dropout=0.2, batch_mul=1)(net=net, images=torch.rand([400, 1, 8, 8]) * 2 - 1, labels=labels)
+    assert loss.shape == (400,) and torch.isfinite(loss).all() and (loss > 0).all()
+    dropped = seen[0].sum(1) == 0
+    assert torch.equal(seen[0][~dropped], labels[~dropped]) and (seen[0][dropped] == 0).all()
+    assert 0.14 < dropped.float().mean().item() < 0.26, dropped.float().mean()
     loss.sum().backward()
     assert net.class_emb.grad is not None and net.null_emb.grad is not None
 
@@ -207,6 +211,50 @@ def test_diffusion_head_samples_point_mass_with_true_noise(bound, temperature):
         out = head.sample(x0, float64_rnd(range(4)), temperature=temperature, bound=bound, steps=steps)
         assert torch.allclose(out, x0, atol=1e-9, rtol=0)
 
+class ZeroEps(torch.nn.Module):
+    """Predicts no noise (eps = 0) and the variance interpolation v: the sampler becomes linear in
+    its Gaussian draws."""
+    def __init__(self, v):
+        super().__init__()
+        self.v = v
+
+    def forward(self, x, t, c):
+        return torch.cat([torch.zeros_like(x), torch.full_like(x, self.v)], dim=-1)
+
+class FixedNoise:
+    """A StackedRandomGenerator stand-in whose randn returns given draws (its size checked)."""
+    def __init__(self, draws):
+        self.draws = draws
+
+    def randn(self, size, **kwargs):
+        assert list(size) == list(self.draws.shape), (size, self.draws.shape)
+        return self.draws
+
+@pytest.mark.parametrize('v', [-1.0, 1.0])
+def test_diffusion_head_sampler_is_ancestral_sampling_in_closed_form(v):
+    # With eps = 0 every step maps x_t to k_t x_t plus fresh noise of std s_t, where on the
+    # respaced schedule (abar_t, abar_{t-1}, beta_t = 1 - abar_t / abar_{t-1}) the posterior mean
+    # of q(x_{t-1} | x_t, x_0 = x_t / sqrt(abar_t)) gives
+    #   k_t = sqrt(abar_{t-1}) beta_t / ((1 - abar_t) sqrt(abar_t)) + sqrt(1 - beta_t) (1 - abar_{t-1}) / (1 - abar_t),
+    # and s_t^2 is the posterior variance beta_t (1 - abar_{t-1}) / (1 - abar_t) (v = -1) or
+    # beta_t (v = 1) (Nichol & Dhariwal 2021, Eq. 10-15). The output is then a sum of independent
+    # draws: the initial noise times prod_t k_t, and the noise added on the way to step t-1 times
+    # s_t prod_{t' < t} k_t'. Each of the K draws must enter once, with its own weight.
+    head = oracle_head(token_dim=1, v=v)
+    head.net = ZeroEps(v)
+    steps = 7
+    abar = cosine_alphas_cumprod()[networks_mar.spaced_timesteps(1000, steps)]
+    abar_prev = np.append(1.0, abar[:-1])
+    beta = 1 - abar / abar_prev
+    k = np.sqrt(abar_prev) * beta / ((1 - abar) * np.sqrt(abar)) + np.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar)
+    s = np.sqrt(beta * (1 - abar_prev) / (1 - abar) if v == -1 else beta)
+    expected = [np.prod(k)] + [s[t] * np.prod(k[:t]) for t in range(1, steps)]
+    # Draw j alone set to 1 (one image per draw): the output is that draw's weight.
+    out = head.sample(torch.zeros([steps, 1, 1], dtype=torch.float64), FixedNoise(torch.eye(steps, dtype=torch.float64).reshape(steps, steps, 1, 1)),
+        steps=steps)
+    np.testing.assert_allclose(np.sort(out.flatten().numpy()), np.sort(expected), rtol=1e-9, atol=0)
+    assert min(expected) > 1e-3 # Every draw matters.
+
 def test_diffusion_respacing_and_hybrid_loss():
     head = DiffusionHead(token_dim=2, cond_dim=2, width=8, depth=1)
     # Respacing to all 1000 steps is the training schedule; any respacing keeps alpha_bar.
@@ -261,6 +309,22 @@ class KnownField(torch.nn.Module):
         if self.constant:
             return c
         return (x - c) / (t[:, None] / 1000)
+
+@pytest.mark.parametrize('solver', ['euler', 'heun'])
+@pytest.mark.parametrize('steps', [1, 20])
+def test_flow_head_x_prediction_samples_a_point_mass(solver, steps):
+    # An x-predicting head that always predicts the clean token c implies the velocity
+    # (x - c) / t of the point mass at c; along it x(t) = c + (x(1) - c) t is linear, so Euler
+    # and Heun land on c exactly, whatever the noise; guidance towards the guide's c_g gives
+    # the extrapolated point g + w (c - g).
+    head = FlowHead(token_dim=3, cond_dim=3, width=8, depth=1, prediction='x', solver=solver)
+    head.net = KnownField(constant=True)
+    c = torch.rand([2, 4, 3], dtype=torch.float64) * 2 - 1
+    out = head.sample(c, float64_rnd([0, 1]), temperature=1.3, steps=steps)
+    assert torch.allclose(out, c, atol=1e-12, rtol=0)
+    g = torch.zeros_like(c)
+    out = head.sample(c, float64_rnd([0, 1]), guidance=2.0, guide_z=g, steps=steps)
+    assert torch.allclose(out, 2 * c - g, atol=1e-12, rtol=0)
 
 @pytest.mark.parametrize('solver', ['euler', 'heun'])
 def test_flow_head_integrates_linear_fields_exactly(solver):
@@ -534,14 +598,29 @@ def test_paper_sizes_parameter_counts():
         assert abs(count - paper) / paper < 0.02, (name, count)
     assert len(net.blocks) == 24 and type(net.head).__name__ == 'DiffusionHead' # ar-b
 
-def test_paper_size_forward_shapes_on_cpu():
+@pytest.mark.parametrize('head', ['diffusion', 'flow'])
+def test_paper_size_forward_on_cpu(head):
+    # MAR-B at full width (768, 64 buffer tokens, 1000 classes) on 32x32x4 latents (256 tokens of
+    # 16), few blocks. At initialisation its head outputs exactly zero (the paper's init), so with
+    # the flow head on all-zero latents every masked token's loss is the mean of 16 squared
+    # standard normal draws: a sample's loss averages 16 x 4 draws for each of its >= 180 masked
+    # tokens (mask ratio >= 0.7): 1 +- 0.013.
     from training import presets
-    kwargs = dict(presets.family_kwargs(presets.resolve('mar-b'))['network_kwargs'])
+    kwargs = dict(presets.family_kwargs(presets.resolve('mar-b', dict(head=head)))['network_kwargs'])
     kwargs.update(encoder_depth=1, decoder_depth=1, head_depth=1) # Full width, few blocks: fast.
     net = MAR(img_resolution=32, img_channels=4, label_dim=1000, **{k: v for k, v in kwargs.items() if k != 'class_name'})
-    loss = MARLoss()(net=net, images=torch.randn([2, 4, 32, 32]), labels=one_hot([1, 999], 1000))
+    assert (net.seq_len, net.token_dim, net.buffer_tokens, net.data_bound) == (256, 16, 64, None) # Latents: never clipped.
+    masks = []
+    loss_fn = MARLoss()
+    draw_mask = loss_fn.draw_mask
+    loss_fn.draw_mask = lambda *args: masks.append(draw_mask(*args)) or masks[-1]
+    torch.manual_seed(0)
+    images = torch.randn([2, 4, 32, 32]) if head == 'diffusion' else torch.zeros([2, 4, 32, 32])
+    loss = loss_fn(net=net, images=images, labels=one_hot([1, 999], 1000))
     assert loss.shape == (2,) and torch.isfinite(loss).all()
-    assert net.data_bound is None # Latents: never clipped.
+    assert (masks[0].sum(1) >= 180).all()
+    if head == 'flow':
+        assert (loss - 1).abs().max() < 0.05, loss
 
 def test_digits_presets_build():
     from training import presets
@@ -561,18 +640,52 @@ def test_digits_presets_build():
 
 @pytest.mark.parametrize('name', ['mar-digits', 'mar-digits-causal'])
 def test_digits_preset_trains_through_the_shared_loop(name, tmp_path, tiny_zip):
-    # The family plugs into the loop through its preset alone; the snapshot samples pixels.
+    # The family plugs into the loop through its preset alone. The snapshot holds the EMA of the
+    # training state (the same weights, moved away from the initial network: no warm-up here),
+    # samples as that state loaded into a freshly built network does, and decodes to pixels.
+    from torch_utils import util
     from training import config, training_loop
     small = dict(encoder_depth=1, decoder_depth=1) if name == 'mar-digits' else dict(depth=2)
-    _, c = config.build(name, dict(small, width=16, num_heads=2, head_width=16, head_depth=1,
-        batch=8, duration=1000, status=1000, snapshot=1000, checkpoint=0), data=tiny_zip)
+    _, c = config.build(name, dict(small, width=16, num_heads=2, head_width=16, head_depth=1, rampup=0.0, ema_beta=0.9,
+        batch=8, duration=1000, status=1000, snapshot=1000, checkpoint=1000), data=tiny_zip)
     training_loop.training_loop(run_dir=str(tmp_path), device='cpu', **c)
     with open(tmp_path / 'network-snapshot-0000001-ema.pkl', 'rb') as f:
         data = persistence.load_pickle(f)
     net, encoder = data['ema'], data['encoder']
     assert isinstance(net, {'mar-digits': MAR, 'mar-digits-causal': CausalAR}[name]) and net.label_dim == 3 and net.seq_len == 4
-    samples = net.sample(torch.zeros([2, 1, 4, 4]), torch.eye(3)[:2], StackedRandomGenerator('cpu', [0, 1]), steps=4, head_steps=5)
-    assert encoder.decode(samples).dtype == torch.uint8 and samples.abs().max() <= 1
+    state = torch.load(tmp_path / 'training-state-0000001.pt', weights_only=True)
+    fresh = util.construct_class_by_name(**c.network_kwargs, img_resolution=4, img_channels=1, label_dim=3).eval()
+    initial = {k: v.clone() for k, v in fresh.state_dict().items()}
+    fresh.load_state_dict(state['ema']['emas'][0])
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in fresh.state_dict().items())
+    assert max(float((fresh.state_dict()[k] - v).abs().max()) for k, v in initial.items()) > 1e-3
+    sample = lambda n: n.sample(torch.zeros([2, 1, 4, 4]), torch.eye(3)[:2], StackedRandomGenerator('cpu', [0, 1]), steps=4, head_steps=5)
+    samples = sample(net)
+    assert torch.equal(samples, sample(fresh)) and samples.abs().max() <= 1
+    assert torch.equal(encoder.decode(samples), (samples * 127.5 + 128).clip(0, 255).to(torch.uint8))
+
+@pytest.mark.parametrize('name, calls', [('mar-digits', 7), ('mar-digits-flow', 2 * 7 - 1), ('mar-digits-edm', 2 * 7 - 1),
+    ('mar-digits-causal', 2 * 7 - 1)])
+def test_head_sample_steps_reaches_the_head(name, calls):
+    # head_sample_steps=7: every token's head samples in 7 steps (diffusion: 7 network calls; flow
+    # and EDM with Heun: 2 per step but the last), unless the sampler is given head_steps.
+    from training import presets
+    small = dict(encoder_depth=1, decoder_depth=1) if name != 'mar-digits-causal' else dict(depth=1)
+    opts = presets.resolve(name, dict(small, head_sample_steps=7, width=16, num_heads=2, head_width=16, head_depth=1))
+    kwargs = dict(presets.family_kwargs(opts)['network_kwargs'])
+    network_class = {'training.networks_mar.MAR': MAR, 'training.networks_mar.CausalAR': CausalAR}[kwargs.pop('class_name')]
+    net = network_class(img_resolution=8, img_channels=1, label_dim=10, **kwargs).eval()
+    assert net.head.sample_steps == 7
+    seen = []
+    forward = net.head.net.forward
+    net.head.net.forward = lambda *args: seen.append(1) or forward(*args)
+    sample = lambda **kw: net.sample(torch.zeros([1, 1, 8, 8]), one_hot([3]), StackedRandomGenerator('cpu', [0]), **kw)
+    sample(**({'steps': 4} if name != 'mar-digits-causal' else {}))
+    head_calls = 4 if name != 'mar-digits-causal' else 16 # One per generation step.
+    assert len(seen) == head_calls * calls
+    seen.clear()
+    sample(head_steps=3, **({'steps': 4} if name != 'mar-digits-causal' else {}))
+    assert len(seen) == head_calls * (3 if name == 'mar-digits' else 5)
 
 #----------------------------------------------------------------------------
 # Acceptance (slow, 9-12 minutes each on 2 cores): the digits presets (masked with the diffusion,
@@ -595,14 +708,14 @@ README_CLASS_MEAN_PLUS_NOISE_FD = 0.339
 def test_digits_acceptance(preset, tmp_path, digits_zips, digits_ref):
     import json
     import time
-    from conftest import gen_metrics, invoke_ok, write_image_zip
+    from helpers import gen_metrics, invoke_ok, write_dataset
     from training import digits
 
     x_train, y_train = digits.pixels('train')
     rng = np.random.RandomState(0)
     baseline = np.concatenate([np.clip(x_train[y_train == c].mean(0) + rng.randn(100, 64) * x_train[y_train == c].std(0), 0, 1)
         for c in range(10)])
-    write_image_zip(tmp_path / 'baseline.zip', np.rint(baseline * 255).astype(np.uint8).reshape(-1, 8, 8))
+    write_dataset(tmp_path / 'baseline.zip', np.rint(baseline * 255).astype(np.uint8).reshape(-1, 8, 8))
     result = invoke_ok('calculate_metrics', 'calc', '--images', tmp_path / 'baseline.zip', '--ref', digits_ref, '--metrics', 'fd_digits',
         '--num', 1000, '--workers', 0)
     results = dict(baseline_fd=json.loads(result.output.strip().splitlines()[-1])['value'])

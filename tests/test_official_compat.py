@@ -1,13 +1,16 @@
 """EDM2 snapshots written here load in the unmodified official EDM2 code (NVlabs/edm2), checked
 without that code: a snapshot may reference only names that exist in the official tree, both in
 the pickle itself (every GLOBAL / STACK_GLOBAL opcode) and in the module sources it embeds (every
-import, and every attribute of the torch_utils modules they use); and it loads and computes the
-same outputs in a fresh process whose import path holds only a stand-in for that tree (no
-`training` package, no torch_utils.util). The real official code was run by hand on such a
-snapshot: same images for the same seeds (README, "Coming from EDM2")."""
+import, and every attribute of the torch_utils modules they use); and it loads in a fresh process
+whose import path holds only a stand-in for that tree (no `training` package, no
+torch_utils.util). What it computes there, and the images generate_images.py makes from it, are
+those of the official code: tests/data/official_edm2.npz holds the official network's outputs
+and the official generator's images for the same weights, made once by running the official code
+(tests/data/make_official_edm2.py; README, "Coming from EDM2")."""
 
 import ast
 import inspect
+import json
 import os
 import pickle
 import pickletools
@@ -15,18 +18,19 @@ import subprocess
 import sys
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
-from click.testing import CliRunner
 
 import dataset_tool
+import generate_images
 import train_edm2
+from helpers import ROOT, invoke_ok
 from torch_utils import misc
 from torch_utils import persistence
 from torch_utils import util
 from training import encoders
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from training import presets
 
 # What the official tree provides (names only, as of NVlabs/edm2 4bf8162): its packages and
 # modules, and the names in those that our pickles and embedded sources may use.
@@ -44,7 +48,7 @@ OFFICIAL = {
 }
 # Packages of this project: nothing else of ours exists in the official tree.
 PROJECT = {'dnnlib', 'torch_utils', 'training', 'simulations', 'benchmarks', 'tests'} | {
-    name[:-3] for name in os.listdir(REPO) if name.endswith('.py')}
+    name[:-3] for name in os.listdir(ROOT) if name.endswith('.py')}
 # Third-party modules a pickle of tensors, arrays and plain containers refers to.
 LIBRARIES = {'torch', 'numpy', 'collections', 'builtins', 'copyreg', '_codecs'}
 
@@ -131,14 +135,59 @@ def edm2_snapshot(tmp_path_factory):
     warm-up, so that the network's gains have moved away from their initial zeros."""
     root = tmp_path_factory.mktemp('official')
     data = str(root / 'digits.zip')
-    result = CliRunner().invoke(dataset_tool.cmdline, ['convert', '--source', 'builtin:digits-train', '--dest', data,
-        '--classes', '7,3', '--per-class', '32', '--workers', '1'])
-    assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(train_edm2.main, ['--preset', 'edm2-digits', '--data', data, '--outdir', str(root / 'run'),
+    invoke_ok(dataset_tool.cmdline, 'convert', '--source', 'builtin:digits-train', '--dest', data,
+        '--classes', '7,3', '--per-class', '32', '--workers', '1')
+    invoke_ok(train_edm2.main, '--preset', 'edm2-digits', '--data', data, '--outdir', root / 'run',
         '--duration', '1Ki', '--batch', '128', '--snapshot', '1Ki', '--status', '1Ki', '--checkpoint', '0',
-        '--set', 'channels=8', '--set', 'rampup=0.0'])
-    assert result.exit_code == 0, result.output
+        '--channels', OFFICIAL_OVERRIDES['channels'], '--set', f'num_blocks={OFFICIAL_OVERRIDES["num_blocks"]}', '--set', 'rampup=0.0')
     return str(root / 'run' / 'network-snapshot-0000001-0.100.pkl')
+
+#----------------------------------------------------------------------------
+# The official side: tests/data/official_edm2.npz, made by tests/data/make_official_edm2.py with
+# the official code from the network and inputs defined here (weights from a seeded generator,
+# so that only the official outputs are stored).
+
+OFFICIAL_EDM2 = os.path.join(ROOT, 'tests', 'data', 'official_edm2.npz')
+OFFICIAL_OVERRIDES = dict(channels=8, num_blocks=1) # edm2-digits, smaller.
+OFFICIAL_SEEDS = list(range(6))
+OFFICIAL_STEPS = 8
+
+def seeded_state(net):
+    """Weights for every parameter and buffer of an EDM2 network: normal draws from a generator
+    seeded 0, in the order of the sorted names (every gain away from its initial zero)."""
+    gen = torch.Generator().manual_seed(0)
+    return {name: torch.randn(value.shape, generator=gen) for name, value in sorted(net.state_dict().items())}
+
+def official_test_network():
+    """This project's network of the edm2_snapshot's structure, with the seeded weights."""
+    kwargs = presets.family_kwargs(presets.resolve('edm2-digits', OFFICIAL_OVERRIDES))['network_kwargs']
+    net = util.construct_class_by_name(**kwargs, img_resolution=8, img_channels=1, label_dim=2).eval().requires_grad_(False)
+    net.load_state_dict(seeded_state(net))
+    return net
+
+def official_test_inputs():
+    gen = torch.Generator().manual_seed(0)
+    return dict(x=torch.randn([4, 1, 8, 8], generator=gen) * 3, sigma=torch.tensor([0.1, 1.0, 3.0, 20.0]),
+        labels=torch.eye(2)[[0, 1, 1, 0]])
+
+@pytest.fixture(scope='module')
+def official():
+    """tests/data/official_edm2.npz: the network's constructor arguments, and the official
+    outputs: denoised (of official_test_inputs), images and classes (of OFFICIAL_SEEDS)."""
+    with np.load(OFFICIAL_EDM2) as data:
+        return {key: data[key] for key in data.files}
+
+@pytest.fixture(scope='module')
+def seeded_snapshot(edm2_snapshot, official, tmp_path_factory):
+    """The edm2_snapshot as train_edm2.py wrote it, its network given the seeded weights."""
+    with open(edm2_snapshot, 'rb') as f:
+        data = persistence.load_pickle(f)
+    assert data['ema'].init_kwargs == json.loads(str(official['kwargs'])), 'the network changed: remake tests/data/official_edm2.npz'
+    data['ema'].load_state_dict(seeded_state(data['ema']))
+    path = tmp_path_factory.mktemp('seeded') / 'network-snapshot-seeded.pkl'
+    with open(path, 'wb') as f:
+        pickle.dump(data, f)
+    return str(path)
 
 def test_snapshot_references_only_official_names(edm2_snapshot):
     with open(edm2_snapshot, 'rb') as f:
@@ -193,26 +242,39 @@ def make_stand_in_tree(root):
     assert 'from torch_utils import util\n' in src
     (root / 'torch_utils' / 'persistence.py').write_text(src.replace('from torch_utils import util\n', 'from dnnlib import util\n'))
 
-def test_loads_and_runs_without_this_tree(edm2_snapshot, tmp_path):
+def test_loads_and_runs_without_this_tree(seeded_snapshot, official, tmp_path):
+    # The snapshot, loaded and run with plain pickle.load where only the stand-in tree is
+    # importable, denoises as the official network with the same weights does, and decodes as the
+    # official encoder (float rounding of another CPU: up to 1e-5 on outputs of magnitude 10; a
+    # wrong scaling is ~1e-1).
     tree = tmp_path / 'official'
     tree.mkdir()
     make_stand_in_tree(tree)
-    gen = torch.Generator().manual_seed(0)
-    inputs = dict(x=torch.randn([4, 1, 8, 8], generator=gen) * 3, sigma=torch.tensor([0.1, 1.0, 3.0, 20.0]),
-        labels=torch.eye(2)[[0, 1, 1, 0]])
+    inputs = official_test_inputs()
     torch.save(inputs, tmp_path / 'inputs.pt')
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS='1')
-    result = subprocess.run([sys.executable, '-c', LOAD_AND_RUN, edm2_snapshot,
+    result = subprocess.run([sys.executable, '-c', LOAD_AND_RUN, seeded_snapshot,
         str(tmp_path / 'inputs.pt'), str(tmp_path / 'out.pt')], cwd=tree, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     there = torch.load(tmp_path / 'out.pt')
-
-    with open(edm2_snapshot, 'rb') as f:
-        data = persistence.load_pickle(f)
+    theirs = torch.as_tensor(official['denoised'])
+    assert there['label_dim'] == 2
+    torch.testing.assert_close(there['denoised'], theirs, rtol=0, atol=1e-5)
+    assert (there['images'].to(int) - (theirs * 127.5 + 128).clip(0, 255).to(torch.uint8).to(int)).abs().max() <= 1
+    # Loaded here, the same network and the same outputs.
+    with open(seeded_snapshot, 'rb') as f:
+        here = persistence.load_pickle(f)['ema']
     with torch.no_grad():
-        here = data['ema'](inputs['x'], inputs['sigma'], inputs['labels'])
-    assert there['label_dim'] == 2 and torch.equal(there['denoised'], here)
-    assert torch.equal(there['images'], data['encoder'].decode(here))
-    # The network is trained (not the identity-like initial state), so the comparison means something.
-    assert abs(float(data['ema'].unet.out_gain)) > 1e-3
-    assert not np.allclose(here.numpy(), (inputs['x'] * 0.25 / (0.25 + inputs['sigma'].reshape(-1, 1, 1, 1) ** 2)).numpy())
+        assert torch.equal(here(inputs['x'], inputs['sigma'], inputs['labels']), there['denoised'])
+    # Not the identity-like initial state: the comparison means something.
+    assert not np.allclose(theirs.numpy(), (inputs['x'] * 0.25 / (0.25 + inputs['sigma'].reshape(-1, 1, 1, 1) ** 2)).numpy(), atol=0.1)
+
+def test_generate_images_makes_the_official_images(seeded_snapshot, official, tmp_path):
+    # The same seeds give the official generator's images: its per-seed noise and classes, its
+    # Heun sampler, its decoding (one level of float rounding allowed).
+    invoke_ok(generate_images.main, '--net', seeded_snapshot, '--outdir', tmp_path, '--seeds', f'0-{len(OFFICIAL_SEEDS) - 1}',
+        '--steps', OFFICIAL_STEPS)
+    for seed, theirs in zip(OFFICIAL_SEEDS, official['images']):
+        ours = np.asarray(PIL.Image.open(tmp_path / f'{seed:06d}.png')).astype(int)
+        assert np.abs(ours - theirs[0].astype(int)).max() <= 1, seed
+    assert official['images'].std() > 20 and len(set(official['classes'].tolist())) == 2

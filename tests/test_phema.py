@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import scipy.integrate
 import torch
-from click.testing import CliRunner
 
 import reconstruct_phema
-from conftest import expect_cli_error
+from helpers import expect_cli_error, invoke, invoke_ok
 from torch_utils import persistence
 from training import phema
 
@@ -115,8 +114,7 @@ def test_posthoc_reconstruction_from_snapshots(tmp_path):
                 with open(tmp_path / f'network-snapshot-{t:07d}{suffix}.pkl', 'wb') as f:
                     pickle.dump(dict(ema=avg, loss_fn=None, encoder=None, dataset_kwargs={}), f)
 
-    result = CliRunner().invoke(reconstruct_phema.main, ['--indir', str(tmp_path), '--outdir', str(tmp_path / 'out'), '--outstd', '0.03,0.07,0.15'])
-    assert result.exit_code == 0, result.output
+    invoke_ok(reconstruct_phema.main, '--indir', tmp_path, '--outdir', tmp_path / 'out', '--outstd', '0.03,0.07,0.15')
     nearest = {0.03: 0.05, 0.07: 0.05, 0.15: 0.10}
     for (target, _), std in zip(truth.get(), [0.03, 0.07, 0.15]):
         with open(tmp_path / 'out' / f'phema-{T:07d}-{std:.3f}.pkl', 'rb') as f:
@@ -127,8 +125,7 @@ def test_posthoc_reconstruction_from_snapshots(tmp_path):
         assert error < 0.1 * baseline, (std, error, baseline)
 
     # An earlier time uses only the snapshots up to it.
-    result = CliRunner().invoke(reconstruct_phema.main, ['--indir', str(tmp_path), '--outdir', str(tmp_path / 'out'), '--outstd', '0.05:0.10:0.05', '--outkimg', '1000'])
-    assert result.exit_code == 0, result.output
+    invoke_ok(reconstruct_phema.main, '--indir', tmp_path, '--outdir', tmp_path / 'out', '--outstd', '0.05:0.10:0.05', '--outkimg', '1000')
     assert sorted(os.listdir(tmp_path / 'out'))[:2] == ['phema-0001000-0.050.pkl', 'phema-0001000-0.100.pkl']
     with open(tmp_path / 'out' / 'phema-0001000-0.050.pkl', 'rb') as f:
         rebuilt = persistence.load_pickle(f)['ema']
@@ -137,7 +134,7 @@ def test_posthoc_reconstruction_from_snapshots(tmp_path):
     assert torch.allclose(rebuilt.theta, stored.theta, atol=1e-4) # A stored profile reconstructs as itself.
 
 def test_reconstruct_phema_errors(tmp_path):
-    run = lambda *args: CliRunner().invoke(reconstruct_phema.main, ['--indir', str(tmp_path), '--outdir', str(tmp_path / 'o'), *args])
+    run = lambda *args: invoke(reconstruct_phema.main, '--indir', tmp_path, '--outdir', tmp_path / 'o', *args)
     result = run('--outstd', '0.05')
     expect_cli_error(result, 'no snapshots named PREFIX-KKKKKKK-S.SSS.pkl')
     result = run('--outstd', '0.3')

@@ -243,3 +243,50 @@ def test_dispatch_and_errors():
         edm_sampler(net, noise, labels, solver='rk4')
     with pytest.raises(ValueError, match='deterministic'):
         edm_sampler(net, noise, labels, solver='dpm++', S_churn=1)
+
+def dpmpp_2m_midpoint(denoise, x, sigmas, order=2):
+    """DPM-Solver++(2M) as Lu et al. (2022) derive it, written independently of samplers.py: in
+    lambda = -log(sigma) the ODE's exact step is x_{i+1} = (s_{i+1}/s_i) x_i + s_{i+1} * integral of
+    e^lambda D(lambda) over the step; 2M takes D constant at its value in the middle of the step,
+    extrapolated linearly in lambda from the last two denoised estimates (the first step: D_0).
+    The step to sigma = 0 lands on the denoised estimate. order=1: D constant at its value at the
+    start of the step (DPM-Solver++ 1, i.e. DDIM)."""
+    lam = lambda s: -np.log(s)
+    previous = None
+    for s_cur, s_next in zip(sigmas[:-1], sigmas[1:]):
+        D = denoise(x, s_cur)
+        if s_next == 0:
+            return D
+        mid = (lam(s_cur) + lam(s_next)) / 2
+        D_mid = D if previous is None or order == 1 else D + (D - previous[1]) / (lam(s_cur) - lam(previous[0])) * (mid - lam(s_cur))
+        x = (s_next / s_cur) * x + (1 - s_next / s_cur) * D_mid # s_{i+1} * (e^lam_{i+1} - e^lam_i) = 1 - s_{i+1}/s_i
+        previous = (s_cur, D)
+    return x
+
+def test_dpmpp_2m_is_the_midpoint_extrapolation():
+    # On a nonlinear network, in float64, over the Karras steps (rho = 7: the step ratio h_{i-1}/h_i
+    # is not 1, so the extrapolation's direction matters) and a uniform-in-lambda schedule.
+    net = TinyConvDenoiser().double()
+    noise = StackedRandomGenerator('cpu', [0, 1, 2]).randn([3, 2, 4, 4], dtype=torch.float64)
+    labels = torch.eye(3, dtype=torch.float64)
+    denoise = lambda x, s: net(x, torch.tensor(float(s), dtype=torch.float64).expand(len(x)), labels)
+    with torch.no_grad():
+        for num_steps, rho in [(6, 7), (12, 7), (5, 1)]:
+            sigmas = samplers.karras_sigmas(num_steps, rho=rho, dtype=torch.float64).tolist()
+            ours = edm_sampler(net, noise, labels, solver='dpm++', num_steps=num_steps, rho=rho, dtype=torch.float64)
+            reference = dpmpp_2m_midpoint(denoise, noise * sigmas[0], sigmas)
+            torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+            first_order = dpmpp_2m_midpoint(denoise, noise * sigmas[0], sigmas, order=1)
+            assert (ours - reference).abs().max() < 1e-6 * (ours - first_order).abs().max() # The comparison can tell.
+
+def test_heun_sde_churn_strength():
+    # heun_sde churns every step by gamma = min(S_churn / num_steps, sqrt(2) - 1): with the same
+    # per-seed noise it is 'heun' with that churn on every step (S_min = 0, S_max = inf).
+    net, noise, labels, _ = analytic_setup(n=6)
+    run = lambda solver, **kw: edm_sampler(net, noise, labels, solver=solver, num_steps=8, rnd=StackedRandomGenerator('cpu', range(6)), **kw)
+    weak = run('heun_sde', S_churn=2) # gamma = 0.25
+    assert torch.equal(weak, run('heun', S_churn=2))
+    strongest = run('heun_sde') # S_churn = 0: gamma = sqrt(2) - 1.
+    assert torch.equal(strongest, run('heun', S_churn=100)) and torch.equal(strongest, run('heun_sde', S_churn=100))
+    assert (weak - strongest).abs().max() > 0.01
+    assert torch.equal(run('heun_sde', S_churn=2, S_noise=1.5), run('heun', S_churn=2, S_noise=1.5))

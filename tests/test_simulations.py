@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from click.testing import CliRunner
 
 from simulations import gaussian as G
 from simulations import run_gaussian
 from simulations import plot_gaussian_K, plot_gaussian_n, plot_gaussian_sim
-from conftest import expect_cli_error
+from helpers import expect_cli_error, invoke
 
 def test_bounds_formula():
     assert G.bounds(5, 10, 0.5, 500) == pytest.approx((math.sqrt(50 / 500), math.sqrt((4 * 5 + 10) / 500)))
@@ -133,9 +132,8 @@ def _csvs(root, tag):
 
 def test_cli_all_tags_csv_speed_and_plots(tmp_path):
     results, figures = str(tmp_path / 'results'), str(tmp_path / 'figures')
-    runner = CliRunner()
     start = time.perf_counter()
-    res = runner.invoke(run_gaussian.main, ['--tag', 'all', '--results_dir', results])
+    res = invoke(run_gaussian.main, '--tag', 'all', '--results_dir', results)
     seconds = time.perf_counter() - start
     assert res.exit_code == 0, res.output
     print(f'all three tags: {seconds:.2f} s')
@@ -159,7 +157,7 @@ def test_cli_all_tags_csv_speed_and_plots(tmp_path):
         np.testing.assert_allclose(column('advantage (abs)'),
             np.subtract(column('empirical TV of single'), column('empirical TV of multi')), rtol=0, atol=1e-12)
     for tag, mod in (('K', plot_gaussian_K), ('n', plot_gaussian_n), ('sim', plot_gaussian_sim)):
-        res = runner.invoke(mod.main, ['--results_dir', results, '--outdir', figures])
+        res = invoke(mod.main, '--results_dir', results, '--outdir', figures)
         assert res.exit_code == 0, res.output
         for ext in ('png', 'svg'):
             path = os.path.join(figures, f'gaussian_{tag}.{ext}')
@@ -171,16 +169,15 @@ def test_cli_all_tags_csv_speed_and_plots(tmp_path):
 
 def test_cli_overrides_and_explicit_csv(tmp_path):
     results = str(tmp_path / 'r')
-    runner = CliRunner()
-    res = runner.invoke(run_gaussian.main, ['--tag', 'sim', '--values', '0,1', '--seeds', '1,2', '--K', '3',
-                                            '--D', '4', '--n', '50', '--num-test', '20', '--results_dir', results])
+    res = invoke(run_gaussian.main, '--tag', 'sim', '--values', '0,1', '--seeds', '1,2', '--K', '3',
+                 '--D', '4', '--n', '50', '--num-test', '20', '--results_dir', results)
     assert res.exit_code == 0, res.output
     (path,) = _csvs(results, 'sim')
     with open(path, newline='') as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and rows[0]['seed'] == '1;2' and rows[0]['K'] == '3' and rows[0]['D'] == '4'
     assert float(rows[0]['advantage (abs)']) == 0
-    res = runner.invoke(plot_gaussian_sim.main, ['--csv', path, '--outdir', str(tmp_path / 'f')])
+    res = invoke(plot_gaussian_sim.main, '--csv', path, '--outdir', tmp_path / 'f')
     assert res.exit_code == 0, res.output
     assert sorted(os.listdir(tmp_path / 'f')) == ['gaussian_sim.png', 'gaussian_sim.svg']
 
@@ -195,12 +192,12 @@ def test_cli_overrides_and_explicit_csv(tmp_path):
 ])
 def test_cli_bad_options(tmp_path, args, message):
     # Option errors are click usage errors (exit code 2), raised before anything is computed.
-    res = CliRunner().invoke(run_gaussian.main, args + ['--results_dir', str(tmp_path)])
+    res = invoke(run_gaussian.main, *args, '--results_dir', tmp_path)
     expect_cli_error(res, message, exit_code=2)
     assert not os.path.exists(tmp_path / 'gaussian')
 
 def test_plot_without_csv_names_folder(tmp_path):
-    res = CliRunner().invoke(plot_gaussian_n.main, ['--results_dir', str(tmp_path), '--outdir', str(tmp_path / 'f')])
+    res = invoke(plot_gaussian_n.main, '--results_dir', tmp_path, '--outdir', tmp_path / 'f')
     expect_cli_error(res, os.path.join(str(tmp_path), 'gaussian', 'n'), 'run_gaussian --tag n')
     assert not os.path.exists(tmp_path / 'f')
 

@@ -14,7 +14,7 @@ import scipy.stats
 from click.testing import CliRunner
 
 import run_study
-from conftest import expect_cli_error
+from helpers import expect_cli_error
 from training import digits
 from training import study
 

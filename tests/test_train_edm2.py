@@ -10,10 +10,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from click.testing import CliRunner
 
+import helpers
 import train_edm2
-from conftest import ROOT, expect_cli_error, torchrun, write_image_zip
+from helpers import ROOT, expect_cli_error, invoke_ok, torchrun, write_dataset
 from training import presets
 
 @pytest.fixture(scope='module')
@@ -21,7 +21,7 @@ def digits_zip(digits_zips):
     return digits_zips['train']
 
 def invoke(args):
-    return CliRunner().invoke(train_edm2.main, args)
+    return helpers.invoke(train_edm2.main, *args)
 
 def test_multisource_presets_table():
     opts = presets.resolve('edm2-img256-xs-5c-500')
@@ -74,6 +74,8 @@ def loop_arguments(monkeypatch, args):
     (['--p-uncond', '0.2', '--dropout', '0.05'], {'loss_kwargs.p_uncond': 0.2, 'network_kwargs.dropout': 0.05}),
     (['--ls', '1024'], {'loss_scaling': 1024.0}), # EDM2's loss scaling and cuDNN benchmarking flags.
     (['--bench=False'], {'cudnn_benchmark': False}),
+    (['--seed', '7'], {'seed': 7}),
+    (['--channels', '16'], {'network_kwargs.model_channels': 16}),
 ])
 def test_each_flag_changes_what_the_loop_receives(digits_zip, tmp_path, monkeypatch, flags, changes):
     base = ['--preset', 'edm2-digits', '--data', digits_zip, '--duration', '1Ki', '--batch', '64']
@@ -140,14 +142,14 @@ def test_missing_dataset_is_clear_error(tmp_path):
     assert not os.path.exists(tmp_path / 'run')
 
 def test_short_run_and_resume(digits_zip, tmp_path):
+    # Sliced in two invocations, the run ends where one invocation ends: the same network,
+    # optimizer and EMA bit for bit, one status line per interval, both invocations in the log.
     run_dir = tmp_path / 'run'
-    args = ['--preset', 'edm2-digits', '--data', digits_zip, '--outdir', str(run_dir), '--duration', '2Ki',
+    args = ['--preset', 'edm2-digits', '--data', digits_zip, '--duration', '2Ki',
         '--batch', '64', '--status', '1Ki', '--snapshot', '2Ki', '--checkpoint', '1Ki', '--set', 'channels=16']
-    result = invoke(args + ['--slice', '1Ki'])
-    assert result.exit_code == 0, result.output
+    invoke_ok(train_edm2.main, *args, '--outdir', run_dir, '--slice', '1Ki')
     assert sorted(f for f in os.listdir(run_dir) if f.startswith('training-state')) == ['training-state-0000001.pt']
-    result = invoke(args)
-    assert result.exit_code == 0, result.output
+    result = invoke_ok(train_edm2.main, *args, '--outdir', run_dir)
     assert 'Resuming from training-state-0000001.pt' in result.output
     files = sorted(os.listdir(run_dir))
     for name in ['log.txt', 'stats.jsonl', 'training_options.json', 'loss.png',
@@ -155,7 +157,34 @@ def test_short_run_and_resume(digits_zip, tmp_path):
         assert name in files, files
     options = json.load(open(run_dir / 'training_options.json'))
     assert options['preset'] == 'edm2-digits' and options['options']['channels'] == 16
-    assert 'Resuming' in open(run_dir / 'log.txt').read()
+    log = open(run_dir / 'log.txt').read()
+    assert log.count('Training from 0 kimg to 1 kimg') == 1 and log.count('Resuming from training-state-0000001.pt') == 1
+    assert [json.loads(line)['Progress/kimg'] for line in open(run_dir / 'stats.jsonl')] == [0, 1.024, 2.048]
+    invoke_ok(train_edm2.main, *args, '--outdir', tmp_path / 'straight')
+    sliced, straight = [torch.load(d / 'training-state-0000002.pt', weights_only=True) for d in [run_dir, tmp_path / 'straight']]
+    leaves = lambda state: [t for t in torch.utils._pytree.tree_leaves([state['net'], state['optimizer'], state['ema']]) if isinstance(t, torch.Tensor)]
+    assert len(leaves(sliced)) == len(leaves(straight)) > 10
+    assert all(torch.equal(a, b) for a, b in zip(leaves(sliced), leaves(straight)))
+
+def test_seed_and_channels_make_the_initial_network(digits_zip, tmp_path):
+    # --seed and --channels reach the loop: the kimg-0 snapshot (an EMA of the initial network)
+    # is the network the preset's structure with 16 channels gives after torch.manual_seed(seed).
+    from torch_utils import persistence
+    from torch_utils import util
+    kwargs = dict(presets.family_kwargs(presets.resolve('edm2-digits', dict(channels=16)))['network_kwargs'], img_resolution=8,
+        img_channels=1, label_dim=10)
+    for seed in [0, 7]:
+        run_dir = tmp_path / str(seed)
+        invoke_ok(train_edm2.main, '--preset', 'edm2-digits', '--data', digits_zip, '--outdir', run_dir, '--duration', 64, '--batch', 64,
+            '--snapshot', '1Ki', '--checkpoint', 0, '--channels', 16, '--seed', seed)
+        with open(run_dir / 'network-snapshot-0000000-0.050.pkl', 'rb') as f:
+            net = persistence.load_pickle(f)['ema']
+        torch.manual_seed(seed)
+        expected = util.construct_class_by_name(**kwargs)
+        assert net.init_kwargs.model_channels == 16
+        names = [name for name, _ in expected.named_parameters()]
+        assert names == [name for name, _ in net.named_parameters()]
+        assert all(torch.equal(a, b) for a, b in zip(expected.parameters(), net.parameters())), seed
 
 def test_latent_pipeline_end_to_end(tmp_path, tiny_vae):
     # Pixels -> VAE latents (dataset_tool.py encode) -> a latent EDM2 model (train_edm2.py, the
@@ -167,14 +196,10 @@ def test_latent_pipeline_end_to_end(tmp_path, tiny_vae):
     from torch_utils import persistence
     from training import encoders
 
-    def ok(command, *args):
-        result = CliRunner().invoke(command, [str(a) for a in args])
-        assert result.exit_code == 0, result.output
-        return result
     pixels, latents, run = tmp_path / 'pixels.zip', tmp_path / 'latents.zip', tmp_path / 'run'
-    ok(dataset_tool.cmdline, 'convert', '--source', 'builtin:digits-train', '--dest', pixels, '--resolution', '32x32', '--max-images', 64)
-    ok(dataset_tool.cmdline, 'encode', '--source', pixels, '--dest', latents, '--model-url', tiny_vae, '--batch', 32)
-    ok(train_edm2.main, '--preset', 'edm2-digits', '--data', latents, '--outdir', run, '--duration', 1024, '--batch', 32,
+    invoke_ok(dataset_tool.cmdline, 'convert', '--source', 'builtin:digits-train', '--dest', pixels, '--resolution', '32x32', '--max-images', 64)
+    invoke_ok(dataset_tool.cmdline, 'encode', '--source', pixels, '--dest', latents, '--model-url', tiny_vae, '--batch', 32)
+    invoke_ok(train_edm2.main, '--preset', 'edm2-digits', '--data', latents, '--outdir', run, '--duration', 1024, '--batch', 32,
         '--status', 512, '--snapshot', 1024, '--checkpoint', 1024, '--set', f'vae={tiny_vae}', '--set', 'channels=16',
         '--set', 'channel_mult=[1,1]')
     snapshot = run / 'network-snapshot-0000001-0.100.pkl'
@@ -182,15 +207,15 @@ def test_latent_pipeline_end_to_end(tmp_path, tiny_vae):
         data = persistence.load_pickle(f)
     assert isinstance(data['encoder'], encoders.StabilityVAEEncoder) and data['encoder'].vae_name == tiny_vae
     assert (data['ema'].img_channels, data['ema'].img_resolution, data['ema'].label_dim) == (4, 4, 10) # 32 px / 8, 4 channels.
-    ok(generate_images.main, '--net', snapshot, '--outdir', tmp_path / 'out', '--seeds', '0-15', '--steps', 4, '--batch', 8)
+    invoke_ok(generate_images.main, '--net', snapshot, '--outdir', tmp_path / 'out', '--seeds', '0-15', '--steps', 4, '--batch', 8)
     images = [PIL.Image.open(tmp_path / 'out' / f'{seed:06d}.png') for seed in range(16)]
     assert all(image.mode == 'RGB' and image.size == (32, 32) for image in images) # Decoded by the VAE.
     assert len({image.tobytes() for image in images}) == 16
 
     ref = tmp_path / 'ref.pkl'
-    ok(calculate_metrics.cmdline, 'ref', '--data', pixels, '--dest', ref, '--metrics', 'fd_digits', '--workers', 0)
-    gen = ok(calculate_metrics.cmdline, 'gen', '--net', snapshot, '--ref', ref, '--metrics', 'fd_digits', '--num', 16, '--steps', 4, '--batch', 8)
-    calc = ok(calculate_metrics.cmdline, 'calc', '--images', tmp_path / 'out', '--ref', ref, '--metrics', 'fd_digits', '--num', 16, '--workers', 0)
+    invoke_ok(calculate_metrics.cmdline, 'ref', '--data', pixels, '--dest', ref, '--metrics', 'fd_digits', '--workers', 0)
+    gen = invoke_ok(calculate_metrics.cmdline, 'gen', '--net', snapshot, '--ref', ref, '--metrics', 'fd_digits', '--num', 16, '--steps', 4, '--batch', 8)
+    calc = invoke_ok(calculate_metrics.cmdline, 'calc', '--images', tmp_path / 'out', '--ref', ref, '--metrics', 'fd_digits', '--num', 16, '--workers', 0)
     values = [json.loads(result.output.strip().splitlines()[-1])['value'] for result in [gen, calc]]
     assert np.isfinite(values[0]) and values[0] > 0 and values[0] == pytest.approx(values[1], rel=1e-9)
 
@@ -200,31 +225,24 @@ def test_causal_mar_through_the_command_lines(tmp_path, tiny_zip):
     # scored by calculate_metrics.py gen; bits/dim is refused with the reason.
     import calculate_metrics
     import generate_images
-    from conftest import expect_cli_error
     run, out = tmp_path / 'run', tmp_path / 'out'
-    result = CliRunner().invoke(train_edm2.main, [str(a) for a in ['--preset', 'mar-digits-causal', '--data', tiny_zip,
+    invoke_ok(train_edm2.main, '--preset', 'mar-digits-causal', '--data', tiny_zip,
         '--outdir', run, '--duration', 1024, '--batch', 32, '--status', 1024, '--snapshot', 1024, '--checkpoint', 0, '--workers', 0,
-        '--set', 'width=16', '--set', 'depth=2', '--set', 'num_heads=2', '--set', 'head_width=16', '--set', 'head_depth=1']])
-    assert result.exit_code == 0, result.output
+        '--set', 'width=16', '--set', 'depth=2', '--set', 'num_heads=2', '--set', 'head_width=16', '--set', 'head_depth=1')
     snapshot = sorted(run.glob('network-snapshot-*.pkl'))[-1]
     for batch, folder in [(2, out / 'a'), (5, out / 'b')]:
-        result = CliRunner().invoke(generate_images.main, [str(a) for a in ['--net', snapshot, '--outdir', folder, '--seeds', '0-4',
-            '--class', 'all', '--guidance', 2, '--batch', batch]])
-        assert result.exit_code == 0, result.output
+        invoke_ok(generate_images.main, '--net', snapshot, '--outdir', folder, '--seeds', '0-4', '--class', 'all', '--guidance', 2,
+            '--batch', batch)
     pngs = lambda folder: [(folder / f'{seed:06d}.png').read_bytes() for seed in range(5)]
     assert pngs(out / 'a') == pngs(out / 'b') and len(set(pngs(out / 'a'))) == 5
-    bad = CliRunner().invoke(generate_images.main, [str(a) for a in ['--net', snapshot, '--outdir', out / 'c', '--steps', 3]])
+    bad = helpers.invoke(generate_images.main, '--net', snapshot, '--outdir', out / 'c', '--steps', 3)
     expect_cli_error(bad, 'one token per step', 'got 3')
     assert not (out / 'c').exists()
     ref = tmp_path / 'ref.pkl'
-    result = CliRunner().invoke(calculate_metrics.cmdline, [str(a) for a in ['ref', '--data', tiny_zip, '--dest', ref,
-        '--metrics', 'fd_digits', '--workers', 0]])
-    assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(calculate_metrics.cmdline, [str(a) for a in ['gen', '--net', snapshot, '--ref', ref,
-        '--metrics', 'fd_digits', '--num', 8, '--batch', 8]])
-    assert result.exit_code == 0, result.output
+    invoke_ok(calculate_metrics.cmdline, 'ref', '--data', tiny_zip, '--dest', ref, '--metrics', 'fd_digits', '--workers', 0)
+    result = invoke_ok(calculate_metrics.cmdline, 'gen', '--net', snapshot, '--ref', ref, '--metrics', 'fd_digits', '--num', 8, '--batch', 8)
     assert np.isfinite(json.loads(result.output.strip().splitlines()[-1])['value'])
-    bpd = CliRunner().invoke(calculate_metrics.cmdline, [str(a) for a in ['bpd', '--net', snapshot, '--data', tiny_zip, '--workers', 0]])
+    bpd = helpers.invoke(calculate_metrics.cmdline, 'bpd', '--net', snapshot, '--data', tiny_zip, '--workers', 0)
     expect_cli_error(bpd, 'bits/dim does not apply to CausalAR', 'no exact likelihood', 'an ARDM snapshot')
 
 #----------------------------------------------------------------------------
@@ -241,11 +259,12 @@ TORCHRUN_FAMILIES = {
 }
 STEPS, BATCH = 8, 16
 
-def train_args(family, data, outdir):
+def train_args(family, data, outdir, slice_nimg=None):
     preset, kind, overrides = TORCHRUN_FAMILIES[family]
+    sliced = ['--slice', str(slice_nimg), '--checkpoint', str(slice_nimg)] if slice_nimg else []
     return ['--preset', preset, '--data', data[kind], '--outdir', str(outdir), '--duration', str(STEPS * BATCH), '--batch', str(BATCH),
         '--status', str(STEPS * BATCH), '--snapshot', '0', '--checkpoint', str(STEPS * BATCH), '--workers', '0',
-        *[arg for key, value in overrides.items() for arg in ['--set', f'{key}={value!r}']]]
+        *[arg for key, value in overrides.items() for arg in ['--set', f'{key}={value!r}']], *sliced]
 
 def initial_parameters(family, data):
     """The network every run of `family` starts from: the loop's construction with its seed."""
@@ -261,15 +280,19 @@ def initial_parameters(family, data):
 @pytest.fixture(scope='module')
 def torchrun_runs(tmp_path_factory, tiny_zip):
     """Each family trained by 1 process (this one) and, in one torchrun launch, by 2 processes
-    (EDM2 and MAR twice: the same command into two run directories).
-    -> {family: {'init': parameters, 'one', 'two'[, 'two_again']: final training state}}."""
+    (EDM2 and MAR twice: the same command into two run directories; ARDM also resumed by 2
+    processes from a training state 1 process wrote halfway).
+    -> {family: {'init': parameters, 'one', 'two'[, 'two_again' | 'resumed']: final training
+    state}, 'output': what the launch printed}."""
     root = tmp_path_factory.mktemp('torchrun')
     rnd = np.random.RandomState(0)
-    data = dict(tiny=tiny_zip, one_pixel=write_image_zip(root / 'one-pixel.zip', rnd.randint(0, 256, [40, 1, 1], dtype=np.uint8), rnd.randint(0, 3, 40)))
-    names = dict(edm2=['two', 'two_again'], mar=['two', 'two_again'], ardm=['two'])
-    torchrun([os.path.join(ROOT, 'tests', 'torchrun_commands.py'),
+    data = dict(tiny=tiny_zip, one_pixel=write_dataset(root / 'one-pixel.zip', rnd.randint(0, 256, [40, 1, 1], dtype=np.uint8), rnd.randint(0, 3, 40)))
+    names = dict(edm2=['two', 'two_again'], mar=['two', 'two_again'], ardm=['two', 'resumed'])
+    with contextlib.redirect_stdout(io.StringIO()):
+        invoke_ok(train_edm2.main, *train_args('ardm', data, root / 'ardm-resumed', slice_nimg=STEPS * BATCH // 2))
+    launch = torchrun([os.path.join(ROOT, 'tests', 'torchrun_commands.py'),
         json.dumps([['train_edm2', *train_args(family, data, root / f'{family}-{name}')] for family in names for name in names[family]])])
-    runs = {}
+    runs = {'output': launch.stdout}
     for family in TORCHRUN_FAMILIES:
         with contextlib.redirect_stdout(io.StringIO()):
             result = invoke(train_args(family, data, root / f'{family}-one'))
@@ -303,10 +326,13 @@ def test_torchrun_two_processes(torchrun_runs, family):
     assert moved(one) > 1e-4 and moved(two) > 1e-4
     assert all(torch.isfinite(value).all() for value in two['net'].values())
     if family == 'ardm':
-        assert float(two['net']['step_count'][0]) == STEPS * BATCH # Every image of both ranks counted.
-        for a, b in zip([one['net'], *one['ema']['emas']], [two['net'], *two['ema']['emas']]):
-            for key in a:
-                torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-7)
+        # Also resumed by 2 processes from a training state of 1 (new random streams, with a warning).
+        assert 'the checkpoint was written by 1 processes, not 2' in torchrun_runs['output']
+        for two in [runs['two'], runs['resumed']]:
+            assert float(two['net']['step_count'][0]) == STEPS * BATCH # Every image of both ranks counted.
+            for a, b in zip([one['net'], *one['ema']['emas']], [two['net'], *two['ema']['emas']]):
+                for key in a:
+                    torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-7)
     else:
         for key in two['net']:
             assert torch.equal(two['net'][key], runs['two_again']['net'][key]), key
@@ -325,7 +351,7 @@ def test_resumes_a_run_of_the_official_code(tmp_path):
     from training import training_loop
     shutil.copytree(OFFICIAL_RUN, tmp_path / 'offrun', ignore=shutil.ignore_patterns('*.py'))
     rnd = np.random.RandomState(0)
-    write_image_zip(tmp_path / 'rgb.zip', rnd.randint(0, 256, size=[64, 8, 8, 3], dtype=np.uint8), [0] * 32 + [1] * 32)
+    write_dataset(tmp_path / 'rgb.zip', rnd.randint(0, 256, size=[64, 8, 8, 3], dtype=np.uint8), [0] * 32 + [1] * 32)
     official = training_loop.load_training_state(str(tmp_path / 'offrun' / 'training-state-0000002.pt'))
     assert type(official['state']) is dict and official['state']['cur_nimg'] == 2048 and 'rng' not in official
     with contextlib.chdir(tmp_path):

@@ -13,14 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import torchrun
+from helpers import ROOT, TESTS, subprocess_env, torchrun
 from torch_utils import persistence
 from training import networks_edm2
 from training import presets
 from training import training_loop
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(ROOT, 'tests')
 
 def loop_kwargs(run_dir, total_nimg=8000, noise=True, ema=True, **kwargs):
     c = dict(
@@ -146,11 +143,23 @@ def test_gradient_accumulation_matches_one_round(tmp_path, optimizer):
             for key in initial:
                 torch.testing.assert_close(net[key], reference[key], rtol=1e-5, atol=1e-6)
 
-def init_parameters():
-    """The TinyNet parameters every run with loop_kwargs starts from (seed 1, rank 0)."""
+def init_parameters(seed=1):
+    """The TinyNet parameters a run with loop_kwargs starts from (its seed, rank 0)."""
     from loop_family import TinyNet # pylint: disable=import-outside-toplevel
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     return {name: p.detach() for name, p in TinyNet(img_resolution=4, img_channels=1, label_dim=3).named_parameters()}
+
+def test_seed_makes_the_initial_network(tmp_path):
+    # A run of no images saves its initial network as the kimg-0 snapshot: the one torch builds
+    # after manual_seed(seed), for each seed.
+    for seed in [1, 7]:
+        training_loop.training_loop(**loop_kwargs(tmp_path / str(seed), seed=seed, ema=False, total_nimg=0, status_nimg=0,
+            snapshot_nimg=1000, checkpoint_nimg=0))
+        with open(tmp_path / str(seed) / 'network-snapshot-0000000.pkl', 'rb') as f:
+            net = persistence.load_pickle(f)['ema']
+        expected = init_parameters(seed)
+        assert all(torch.equal(p, expected[name]) for name, p in net.named_parameters()), seed
+    assert not torch.equal(init_parameters(1)['inp.weight'], init_parameters(7)['inp.weight'])
 
 def test_resume_is_bit_identical(tmp_path):
     straight = tmp_path / 'straight'
@@ -176,16 +185,12 @@ def test_damaged_newest_state_falls_back(tmp_path):
 
 RUNNER = os.path.join(TESTS, 'loop_runner.py')
 
-def _env():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), OMP_NUM_THREADS='1')
-    return env
-
 def test_sigterm_saves_state_and_resume_matches(tmp_path):
     straight = tmp_path / 'straight'
     killed = tmp_path / 'killed'
     training_loop.training_loop(**loop_kwargs(straight, total_nimg=40000, snapshot_nimg=None, checkpoint_nimg=40000))
     kwargs = loop_kwargs(killed, total_nimg=40000, snapshot_nimg=None, checkpoint_nimg=40000)
-    proc = subprocess.Popen([sys.executable, RUNNER, json.dumps(kwargs)], cwd=ROOT, env=_env(),
+    proc = subprocess.Popen([sys.executable, RUNNER, json.dumps(kwargs)], cwd=ROOT, env=subprocess_env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Wait until it has trained for a while, then pre-empt it.
     deadline = time.time() + 120
@@ -202,17 +207,22 @@ def test_sigterm_saves_state_and_resume_matches(tmp_path):
     assert_states_equal(final_state(straight), final_state(killed))
 
 def test_two_gloo_processes_match_one(tmp_path):
+    # 2 processes (one launch): 4 images each per step in one round, and in two rounds of 2
+    # (gradient accumulation: DDP's no_sync on the first round, the gradients all-reduced on the
+    # last), give the 1-process run's network.
     one = tmp_path / 'one'
-    two = tmp_path / 'two'
     # 100 steps: Adam amplifies summation-order differences over long runs.
-    short = dict(noise=False, ema=False, snapshot_nimg=None, total_nimg=800, status_nimg=800, checkpoint_nimg=800)
+    short = dict(noise=False, ema=False, snapshot_nimg=None, total_nimg=800, status_nimg=800, checkpoint_nimg=800, device=None)
     training_loop.training_loop(**loop_kwargs(one, **short))
-    kwargs = loop_kwargs(two, **short)
-    kwargs['device'] = None
-    torchrun([RUNNER, json.dumps(kwargs)])
-    a, b = final_state(one), final_state(two)
-    assert a['state']['cur_nimg'] == b['state']['cur_nimg'] == 800
-    for key in a['net']:
-        if a['net'][key].is_floating_point():
-            torch.testing.assert_close(a['net'][key], b['net'][key], rtol=1e-5, atol=1e-6)
-    assert len(b['rng']) == 2 # Each rank's RNG state is kept for exact resumption.
+    runs = {'two': loop_kwargs(tmp_path / 'two', **short), 'two-accumulating': loop_kwargs(tmp_path / 'two-accumulating', batch_gpu=2, **short)}
+    torchrun([RUNNER, json.dumps(list(runs.values()))])
+    a = final_state(one)
+    assert max(float((a['net'][k] - p).abs().max()) for k, p in init_parameters().items()) > 0.01 # Training went somewhere.
+    for name in runs:
+        b = final_state(tmp_path / name)
+        assert a['state']['cur_nimg'] == b['state']['cur_nimg'] == 800
+        assert b['net']['calls'] == 100 * (2 if name == 'two-accumulating' else 1) # Forward calls of rank 0's copy.
+        for key in a['net']:
+            if a['net'][key].is_floating_point() and key != 'calls':
+                torch.testing.assert_close(a['net'][key], b['net'][key], rtol=1e-5, atol=1e-6)
+        assert len(b['rng']) == 2 # Each rank's RNG state is kept for exact resumption.
