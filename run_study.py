@@ -191,12 +191,10 @@ class Study:
         return study.budgets(model['K'], self.arms, self.budget, self.preset_duration(model) if 'preset' in self.arms else None)
 
     def snapshot_interval(self, model):
-        """A snapshot at every budget: their greatest common divisor, or the profile's interval."""
+        """A snapshot at every budget (and at the profile's interval, for long runs): the
+        greatest common divisor of them all."""
         points = list(self.budgets(model).values())
-        interval = util.parse_nimg(self.profile['snapshot']) if self.profile['snapshot'] else math.gcd(*points)
-        if any(point % interval for point in points):
-            raise ValueError(f'{model["name"]}: the budgets {points} are not multiples of the snapshot interval {interval}')
-        return interval
+        return math.gcd(*points, *([util.parse_nimg(self.profile['snapshot'])] if self.profile['snapshot'] else []))
 
     def snapshot(self, model, nimg):
         return self.path('runs', model['name'], f'network-snapshot-{nimg // 1000:07d}-{self.profile["ema"]}.pkl')

@@ -2,7 +2,8 @@
 FOR REAL from a working directory outside the repository with relative paths, on a tiny
 ImageNet-shaped tree (synset folders of the study's classes), a tiny real diffusers VAE and
 stand-in detectors: build -> train (torchrun, 1 and 2 processes) -> generate -> score -> the
-single-vs-multi comparison with its table -> post-hoc EMA of the run it made; and the digits study."""
+single-vs-multi comparison with its table -> post-hoc EMA of the run it made; and the digits study,
+as a SLURM job array and through its launcher."""
 
 import glob
 import io
@@ -46,7 +47,7 @@ def test_scripts_exist():
     names = {os.path.relpath(p, os.path.join(ROOT, 'bash_files')) for p in SCRIPTS}
     assert names == {'common.sh', 'demo.sh', 'compare_single_vs_multi.sh', 'convert/build_multisource.sh', 'convert/build_all.sh',
         'train/train_multisource.sh', 'generate/generate_multisource.sh', 'metrics/score_multisource.sh',
-        'study/digits.sh', 'study/imagenet.sh', 'slurm/train_multisource.sh'}
+        'study/digits.sh', 'study/imagenet.sh', 'slurm/train_multisource.sh', 'slurm/study_array.sh', 'slurm/submit_study.sh'}
 
 @pytest.mark.parametrize('script', SCRIPTS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_shellcheck(script):
@@ -189,38 +190,103 @@ def test_train_generate_score(work, monkeypatch):
     assert table in scored.stdout and table.splitlines()[0] == '| source | network-snapshot-0000001-0.050 fid | network-snapshot-0000001-0.050 fd_dinov2 |'
     assert table.splitlines()[2] == f'| 171 | {records[0]["value"]:.4g} | {records[1]["value"]:.4g} |'
 
-def test_compare_single_vs_multi_and_reconstruct(work):
-    # Reuses the datasets, references and the multi-source model of the tests above (skipped as
-    # done), trains the two single-source models and prints the per-source table.
-    result = launch(work, 'compare_single_vs_multi.sh', '--imagenet', 'in/train', '--out', 'study', '--level', 'sim3', '--sources', 2,
-        '--per-class', 12, '--gpus', 1, '--batch-gpu', 8, '--num', 10, '--resolution', 32, '--vae', 'vae',
-        '--preset', 'edm2-img256-xs-3c-100', '--duration', '1Ki', *TINY_XS)
+def kid_numpy(x, y):
+    """The unbiased kernel distance from numpy's full kernel matrices (independent of training/metrics.py)."""
+    k = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3
+    n, m = len(x), len(y)
+    return float((k(x, x).sum() - np.trace(k(x, x))) / (n * (n - 1)) + (k(y, y).sum() - np.trace(k(y, y))) / (m * (m - 1)) - 2 * k(x, y).mean())
+
+def test_compare_single_vs_multi_and_reconstruct(work, monkeypatch):
+    # One comparison of the ImageNet study: target 171 alone and with 182 (level sim3), 12 images
+    # each, the steps arm with a 1Ki budget on tiny networks; scored with FID, KID and FD-DINOv2
+    # (stand-in detectors) against all 24 images of class 171, next to the floor.
+    options = ['--imagenet', 'in/train', '--out', 'cmp', '--level', 'sim3', '--sources', 2, '--per-class', 12, '--gpus', 1,
+        '--batch-gpu', 8, '--num', 10, '--resolution', 32, '--vae', 'vae', '--preset', 'edm2-img256-xs-3c-100', '--arms', 'steps',
+        '--budget', '1Ki', *TINY_XS]
+    result = launch(work, 'compare_single_vs_multi.sh', *options)
     trained = [c for c in commands(result) if 'train_edm2.py' in c]
-    assert len(trained) == 2 and all('--data study/data/src' in c for c in trained)
-    table = [line for line in result.stdout.splitlines() if line.startswith('| sim3 | 2 | 12 |')]
-    assert len(table) == 2 # FID and FD-DINOv2.
-    single, multi = (float(cell.split(' ± ')[0]) for cell in table[0].split('|')[4:6])
-    assert single > 0 and multi > 0
-    rows = list(open(work[0] / 'study' / 'study.csv'))
-    assert rows[0].strip() == 'level,K,N,source,kind,seed,metric,value' and len(rows) == 1 + 2 * 2 * 2 # sources x kinds x metrics
-    assert (work[0] / 'study' / 'study.png').stat().st_size > 1000
-    launch(work, 'study/imagenet.sh', '--imagenet', 'in/train', '--out', 'study', '--levels', 'sim3', '--sources', 2, '--per-class', 12,
-        '--seeds', 0, '--gpus', 1, '--num', 10, '--resolution', 32, '--vae', 'vae', '--preset', 'edm2-img256-xs-3c-100', '--duration', '1Ki')
-    # Post-hoc EMA of the run directory the launchers made (its kimg-0 snapshots are left out).
-    subprocess.run([sys.executable, os.path.join(ROOT, 'reconstruct_phema.py'), '--indir', 'study/runs/sim3-2c-12-s0',
+    assert [c.split('--data ')[1].split()[0] for c in trained] == ['cmp/data/c171-n12-r0-latents.zip', 'cmp/data/c171-182-n12-r0-latents.zip']
+    rows = [line for line in result.stdout.splitlines() if line.startswith('| 171 | sim3 | 2 | 12 | steps |')]
+    assert len(rows) == 3 # FID, KID and FD-DINOv2.
+    csv_rows = list(open(work[0] / 'cmp' / 'study.csv'))
+    assert csv_rows[0].strip() == 'target,replicate,kind,level,K,N,budget,nimg,metric,value' and len(csv_rows) == 1 + 3 * 4 # (floor, base, doubled, steps) x metrics
+    assert (work[0] / 'cmp' / 'study.png').stat().st_size > 1000
+    # The single-source model's base score recomputed here: its 10 images of the target (seeds 0-9,
+    # its family's default sampler, the batches of 32 gen makes), the stand-in detectors' features,
+    # FID from numpy's eigenvalues and KID from numpy's kernel matrices, against the reference.
+    from training import detectors, generate
+    monkeypatch.chdir(work[0]) # The snapshot names its VAE by the relative path the run was given.
+    snap = generate.load_snapshot(str(work[0] / 'cmp' / 'runs' / 't171-single-12-r0' / 'network-snapshot-0000001-0.050.pkl'), verbose=False)
+    images = torch.cat([r.images for r in generate.generate_images(snap.net, snap.encoder, seeds=range(10), class_idx=0, verbose=False)])
+    features = detectors.InceptionV3Detector(path=work[1]['EDM2_INCEPTION'])(images).numpy()
+    with open(work[0] / 'cmp' / 'refs' / 't171.pkl', 'rb') as f:
+        ref = pickle.load(f)
+    assert ref['num_images'] == 24 and ref['kid']['features'].shape == (24, 2048) # Every image of class 171.
+    scores = {r['metric']: r['value'] for r in map(json.loads, open(work[0] / 'cmp' / 'scores' / 't171-single-12-r0-base.jsonl'))}
+    assert scores['fid'] == pytest.approx(frechet_distance_low_rank(features, ref['fid']), rel=1e-6)
+    assert scores['kid'] == pytest.approx(kid_numpy(features.astype(np.float64), ref['kid']['features'].astype(np.float64)), rel=1e-6)
+    # The study launcher with the same options finds everything done.
+    again = launch(work, 'study/imagenet.sh', '--imagenet', 'in/train', '--out', 'cmp', '--levels', 'sim3', '--sources', '1,2', '--per-class', 12,
+        '--gpus', 1, '--batch-gpu', 8, '--num', 10, '--resolution', 32, '--vae', 'vae', '--preset', 'edm2-img256-xs-3c-100', '--arms', 'steps',
+        '--budget', '1Ki', *TINY_XS)
+    assert [c for c in commands(again) if 'run_study.py' not in c] == [] and again.stdout.count('already done') == 2
+    # Post-hoc EMA of a run directory the study made (its kimg-0 snapshots are left out).
+    subprocess.run([sys.executable, os.path.join(ROOT, 'reconstruct_phema.py'), '--indir', 'cmp/runs/t171-sim3-2c-12-r0',
         '--outdir', 'phema', '--outstd', '0.07'], cwd=work[0], check=True, capture_output=True)
     assert os.listdir(work[0] / 'phema') == ['phema-0000001-0.070.pkl']
 
-def test_digits_study(work):
-    # The smallest grid: one source (digit 0), one multi-source model of it and its single-source
-    # model, two at a time; then again, which finds everything done.
-    args = ['digits', '--levels', 'similar', '--sources', 1, '--per-class', 5, '--seeds', 0, '--duration', '1Ki', '--num', 8]
-    result = launch(work, 'study/digits.sh', *args, '--jobs', 2)
-    assert '[model 2/2]' in result.stdout and 'ETA' in result.stdout
-    rows = list(open(work[0] / 'digits' / 'study.csv'))
-    assert [line.split(',')[:6] for line in rows[1:]] == [['similar', '1', '5', '0', kind, '0'] for kind in ['multi', 'multi', 'single', 'single']]
-    again = launch(work, 'study/digits.sh', *args)
-    assert [c for c in commands(again) if 'run_study.py' not in c] == [] and 'already done' in again.stdout # Nothing redone.
+FAKE_SBATCH = """#!/usr/bin/env bash
+printf '%s\n' "$*" >> "$SBATCH_LOG"
+echo 4242
+"""
+
+def test_digits_study_as_a_job_array_then_its_launcher(work, tmp_path):
+    # The smallest digits study: target 0 alone and with its nearest digit, 5 images each, one
+    # replicate, a 1Ki budget. First as a SLURM job array (submit_study.sh with a stand-in sbatch,
+    # then each task's command with its SLURM_ARRAY_TASK_ID, in reverse order), then the
+    # launcher, which finds every model done and writes the summary; then other settings, refused.
+    directory, env = work
+    args = ['--data', 'digits', '--out', 'digits', '--targets', 0, '--levels', 'similar', '--sources', '1,2', '--per-class', 5,
+        '--replicates', 0, '--budget', '1Ki', '--num', 20]
+    (tmp_path / 'sbatch').write_text(FAKE_SBATCH)
+    (tmp_path / 'sbatch').chmod(0o755)
+    slurm = dict(env, PATH=f'{tmp_path}{os.pathsep}{env["PATH"]}', SBATCH_LOG=str(tmp_path / 'sbatch.log'), REPO_ROOT=ROOT)
+    submitted = bash('slurm/submit_study.sh', *args, '--', '--partition=cpu', cwd=directory, env=slurm, check=True)
+    assert '2 models' in submitted.stdout and not (directory / 'digits').exists() # A dry run counted them.
+    calls = (tmp_path / 'sbatch.log').read_text().splitlines()
+    assert calls[0].startswith(f'--parsable --array=0-1 --partition=cpu {ROOT}/bash_files/slurm/study_array.sh --data digits --out digits --targets 0')
+    assert calls[1].startswith('--parsable --dependency=afterok:4242 --job-name=multisource-report --ntasks=1 --partition=cpu --wrap=')
+    assert f'{ROOT}/run_study.py report --data digits --out digits --targets 0' in calls[1]
+    for task in [1, 0]:
+        ran = bash('slurm/study_array.sh', *args, cwd=directory, env=dict(slurm, SLURM_ARRAY_TASK_ID=str(task)), check=True)
+        assert f'Task {task} of 2: {["t0-single-5-r0", "t0-similar-2c-5-r0"][task]}' in ran.stdout
+    summary = launch(work, 'study/digits.sh', 'digits', *args[4:], '--jobs', 2)
+    assert summary.stdout.count('already done') == 2 and '[model 2/2]' in summary.stdout
+    assert [c for c in commands(summary) if 'run_study.py' not in c] == [] # Nothing redone.
+    rows = [line.strip().split(',') for line in open(directory / 'digits' / 'study.csv')][1:]
+    assert sorted((r[2], r[6], r[8]) for r in rows) == sorted((kind, budget, metric) for kind, budget in [('floor', ''), ('single', 'base'),
+        ('single', 'doubled'), ('multi', 'steps'), ('multi', 'per-source')] for metric in ['fd_digits', 'kid_digits'])
+    # The single-source model's base score recomputed here, the reference included: the digit 0
+    # images outside the replicate's pool of 80 (numpy's permutation with seed [0, 0]), its 20
+    # samples (16 Heun steps), features of the digits detector, the Frechet distance by scipy.
+    from training import detectors, digits, generate
+    from training.metrics import frechet_distance_sqrtm
+    images, labels = digits.load('all')
+    zeros = np.flatnonzero(labels == 0)
+    held_out = np.setdiff1d(zeros, zeros[np.random.RandomState([0, 0]).permutation(len(zeros))[:80]])
+    detector = detectors.DigitsDetector()
+    ref = detector(torch.as_tensor(images[held_out])[:, None]).numpy()
+    snap = generate.load_snapshot(str(directory / 'digits' / 'runs' / 't0-single-5-r0' / 'network-snapshot-0000001-0.100.pkl'), verbose=False)
+    samples = torch.cat([r.images for r in generate.generate_images(snap.net, snap.encoder, seeds=range(20), class_idx=0, verbose=False, num_steps=16)])
+    features = detector(samples).numpy()
+    expected = frechet_distance_sqrtm(features.mean(0), np.cov(features, rowvar=False), ref.mean(0), np.cov(ref, rowvar=False))
+    value = next(float(r[9]) for r in rows if (r[2], r[6], r[8]) == ('single', 'base', 'fd_digits'))
+    assert value == pytest.approx(expected, rel=1e-6)
+    # Other settings into the same folder: refused, nothing changed.
+    before = sorted(p.name for p in (directory / 'digits' / 'scores').iterdir())
+    refused = bash('study/digits.sh', 'digits', *args[4:], '--num', 30, cwd=directory, env=env)
+    assert refused.returncode == 1 and 'num was 20, now 30' in refused.stderr
+    assert sorted(p.name for p in (directory / 'digits' / 'scores').iterdir()) == before
 
 #----------------------------------------------------------------------------
 # Several machines: two torchrun "nodes" on this machine (--nnodes 2, one process each, started

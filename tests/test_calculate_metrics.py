@@ -91,6 +91,16 @@ def test_kernel_distance_matches_brute_force_and_is_unbiased():
     with pytest.raises(ValueError, match='at least 2'):
         metrics.kernel_distance(x[:1], y)
 
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning") # sqrtm of a singular product: it still agrees to 1e-8.
+def test_frechet_distance_of_few_wide_features():
+    # Fewer vectors than dimensions: the n x n route gives the d x d route's value.
+    rng = np.random.RandomState(2)
+    mu2, sigma2 = rng.randn(64), random_spd(64, rng)
+    for n in [2, 10, 64, 65, 200]:
+        x = rng.randn(n, 64) * 0.7 + 0.2
+        assert metrics.frechet_distance_of_features(x, mu2, sigma2) == pytest.approx(
+            frechet_distance_sqrtm(x.mean(0), np.cov(x, rowvar=False), mu2, sigma2), rel=1e-8)
+
 def test_floor_of_the_frechet_distance_against_its_closed_form():
     # Features N(0, I_d) against the exact population statistics: a sample of n has
     # E|mean|^2 = d / n, and for the covariance term E tr(S + I - 2 S^(1/2)) = E sum (sqrt(l) - 1)^2

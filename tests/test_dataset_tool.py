@@ -283,7 +283,7 @@ def test_multisource_scripts_on_an_imagenet_root_without_devkit(tmp_path, monkey
     train = tmp_path / 'home' / 'datas' / 'Datasets' / 'ImageNet' / 'train'
     for class_id in [171, 182, 198, 208, 215, 231]:
         for j in range(100):
-            save_png(str(train / synsets[class_id] / f'{synsets[class_id]}_{j}.JPEG.png'), np.full([4, 4, 3], [class_id % 256, j, 7], dtype=np.uint8))
+            save_image(str(train / synsets[class_id] / f'{synsets[class_id]}_{j}.JPEG.png'), np.full([4, 4, 3], [class_id % 256, j, 7], dtype=np.uint8))
     (tmp_path / 'work').mkdir()
     result = anchors.invoke('msgm-convert-5c', tmp_path / 'work')
     assert result.exit_code == 0, result.output
@@ -494,10 +494,10 @@ def test_an_image_beside_the_class_folders_is_refused(tmp_path):
     with open(os.path.join(os.path.dirname(dataset_tool.__file__), 'training', 'imagenet_synsets.txt')) as f:
         synsets = f.read().split()
     for synset in [synsets[151], synsets[152]]:
-        save_png(str(tmp_path / 'src' / synset / '0.png'), np.full([8, 8, 3], 7, dtype=np.uint8))
+        save_image(str(tmp_path / 'src' / synset / '0.png'), np.full([8, 8, 3], 7, dtype=np.uint8))
     ok('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "ok.zip"}')
     assert read_zip(tmp_path / 'ok.zip')[1] == [151, 152]
-    save_png(str(tmp_path / 'src' / 'preview.png'), np.zeros([8, 8, 3], dtype=np.uint8))
+    save_image(str(tmp_path / 'src' / 'preview.png'), np.zeros([8, 8, 3], dtype=np.uint8))
     expect_cli_error(run('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "bad.zip"}'),
         'preview.png lies beside the class folders', synsets[151], 'has no class')
     assert listing(tmp_path) == ['ok.zip', 'src']
@@ -505,7 +505,7 @@ def test_an_image_beside_the_class_folders_is_refused(tmp_path):
 def test_a_file_listed_twice_with_two_labels_is_refused(tmp_path):
     # dataset.json read into a dict took the last of the two labels.
     for image in range(2):
-        save_png(str(tmp_path / 'src' / f'{image}.png'), np.full([4, 4], image, dtype=np.uint8))
+        save_image(str(tmp_path / 'src' / f'{image}.png'), np.full([4, 4], image, dtype=np.uint8))
     (tmp_path / 'src' / 'dataset.json').write_text(json.dumps({'labels': [['0.png', 0], ['1.png', 1], ['0.png', 1]]}))
     expect_cli_error(run('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out.zip"}'),
         'lists 0.png twice, with the labels 0 and 1')

@@ -235,7 +235,7 @@ def test_equal_to_the_official_reconstruction(tmp_path):
     write_snapshots(ours / RUN_DIR)
     for folder in [raw, anchor]:
         write_snapshots(folder / RAW_DIR, official=True)
-    run = lambda indir, outdir, *args: CliRunner().invoke(reconstruct_phema.main, [f'--indir={indir}', f'--outdir={outdir}', *args])
+    run = lambda indir, outdir, *args: invoke(reconstruct_phema.main, f'--indir={indir}', f'--outdir={outdir}', *args)
     cases = {
         'run-0.150': (anchors.invoke('edm2-phema-run', ours), ours / 'out'),
         'run-sweep': (run(ours / RUN_DIR, ours / 'sweep', '--outstd=0.010,0.015,...,0.250', '--batch=8'), ours / 'sweep'),
@@ -260,7 +260,7 @@ def test_equal_to_the_official_reconstruction(tmp_path):
     assert len(os.listdir(anchor / 'out')) == 49
 
 def test_reconstruct_phema_options(tmp_path):
-    run = lambda *args: CliRunner().invoke(reconstruct_phema.main, [str(a) for a in args])
+    run = lambda *args: invoke(reconstruct_phema.main, *args)
     indir = tmp_path / RUN_DIR
     write_snapshots(indir)
     result = run('--indir', indir, '--outdir', indir, '--outstd', '0.07')
