@@ -57,7 +57,7 @@ PROFILES = dict(
             (10, 1000): dict(preset='edm2-img256-xs-10c-1000-nlr', batch=6144, status='96Ki', checkpoint='96Mi')}),
 )
 GRIDS = dict(
-    digits=dict(targets='3', levels='similar,dissimilar', sources='1,2,4', per_class='20,40', replicates='0-4'),
+    digits=dict(targets='3', levels='similar,dissimilar', sources='1,2,4', per_class='20,40', replicates='0-5'),
     quick=dict(targets='3', levels='similar,dissimilar', sources='1,2', per_class='20', replicates='0-2'),
     imagenet=dict(targets='171', levels='sim3,sim2,sim1', sources='1,3,5,10', per_class='100,500,1000', replicates='0'),
 )
@@ -340,8 +340,10 @@ class Study:
                 eta = elapsed / len(done) * (len(models) - len(done))
                 print(f'[model {len(done)}/{len(models)}] {model["name"]}: {" and ".join(did) or "already done"} in '
                     f'{util.format_time(time.time() - began)}; elapsed {util.format_time(elapsed)}, ETA {util.format_time(eta)}', flush=True)
+        # Longest first, so that no job is left with a long model when the others are done.
+        by_cost = sorted(models, key=lambda m: -max(self.budgets(m).values()))
         with concurrent.futures.ThreadPoolExecutor(self.jobs) as pool:
-            for future in [pool.submit(one, model) for model in models]:
+            for future in [pool.submit(one, model) for model in by_cost]:
                 future.result()
 
     #------------------------------------------------------------------------
@@ -399,7 +401,7 @@ def study_options(fn):
         click.option('--levels', help='Similarity levels  [default: digits similar,dissimilar; ImageNet sim3,sim2,sim1]', metavar='LIST', type=str, default=None),
         click.option('--sources', 'num_sources', help='Numbers of sources K, 1 = the target alone  [default: digits 1,2,4]', metavar='LIST', type=str, default=None),
         click.option('--per-class', help='Images per source N  [default: digits 20,40]', metavar='LIST', type=str, default=None),
-        click.option('--replicates', help='Replicates, each its own data draw and training seed  [default: digits 0-4]', metavar='LIST', type=str, default=None),
+        click.option('--replicates', help='Replicates, each its own data draw and training seed  [default: digits 0-5]', metavar='LIST', type=str, default=None),
         click.option('--arms', help='Budget arms: steps, per-source, preset  [default: digits steps,per-source; ImageNet preset]', metavar='LIST', type=str, default=None),
         click.option('--quick', help='The quick digits study (target 3, K 1 and 2, N 20, replicates 0-2)', is_flag=True),
         # Settings: a study folder holds one set of them (study.json).

@@ -54,6 +54,7 @@ def combine_cond(cond, uncond):
 @click.option('--ls',           'loss_scaling', help='Loss scaling (against fp16 under/overflows)', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option('--bench',        'cudnn_benchmark', help='Enable cuDNN benchmarking', metavar='BOOL', type=bool, default=None)
 @click.option('--xflip',        help='Random x-flips of the dataset', metavar='BOOL', type=bool, default=None)
+@click.option('--cache',        help='Keep the decoded dataset in memory (as EDM2)', metavar='BOOL', type=bool, default=None)
 @click.option('--status',       help='Status interval (images)', metavar='NIMG', type=str, default=None)
 @click.option('--snapshot',     help='Snapshot interval (images; 0 = off)', metavar='NIMG', type=str, default=None)
 @click.option('--checkpoint',   help='Training-state interval (images; 0 = off)', metavar='NIMG', type=str, default=None)

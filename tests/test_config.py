@@ -23,7 +23,7 @@ def test_build_gives_every_loop_argument(tiny_zip):
         num_blocks=2, attn_resolutions=[4], dropout=0.0, sigma_data=0.5, use_fp16=True)
     assert c.encoder_kwargs == dict(class_name='training.encoders.StandardRGBEncoder') # uint8 data: pixels.
     assert c.lr_kwargs == dict(func_name='training.networks_edm2.learning_rate_schedule', ref_lr=0.01, ref_batches=1000, rampup_Mimg=0.01)
-    assert c.dataset_kwargs == dict(class_name='training.dataset.ImageFolderDataset', path=tiny_zip, use_labels=True, xflip=False)
+    assert c.dataset_kwargs == dict(class_name='training.dataset.ImageFolderDataset', path=tiny_zip, use_labels=True, xflip=False, cache=True)
 
 def test_values_are_checked_against_the_defaults_types():
     opts = presets.resolve('edm2-digits', dict(lr=1, dropout=0, ema_stds=[0.05, 1], duration='1.5Ki', snapshot=0))

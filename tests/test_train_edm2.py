@@ -66,6 +66,7 @@ def loop_arguments(monkeypatch, args):
     (['--uncond'], {'dataset_kwargs.use_labels': False}),
     (['--cond'], {}), # The preset's own choice.
     (['--xflip', 'true'], {'dataset_kwargs.xflip': True}),
+    (['--cache', 'false'], {'dataset_kwargs.cache': False}), # EDM2's flag: the decoded dataset kept in memory.
     (['--lr-schedule', 'multisource'], {'lr_kwargs.func_name': 'training.networks_edm2.multisource_lr_schedule'}),
     (['--P_mean', '-1.2', '--P_std', '0.7'], {'loss_kwargs.P_mean': -1.2, 'loss_kwargs.P_std': 0.7}),
     (['--decay', '123'], {'lr_kwargs.ref_batches': 123}),

@@ -23,7 +23,7 @@ def build(preset, overrides=None, data=None, world_size=1):
     FileNotFoundError naming the option or file on any inconsistency."""
     opts = presets.resolve(preset, overrides)
     check_options(opts, world_size)
-    dataset_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=opts.cond, xflip=opts.xflip)
+    dataset_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=opts.cond, xflip=opts.xflip, cache=opts.cache)
     dataset = open_dataset(dataset_kwargs, opts.cond)
     family = presets.family_kwargs(opts)
     c = util.EasyDict(

@@ -22,7 +22,6 @@ noise levels).
 
 import math
 import numpy as np
-import scipy.stats
 import torch
 from torch_utils import persistence
 
@@ -734,6 +733,7 @@ class MARLoss:
 
     def draw_mask(self, batch_size, seq_len, device):
         """[N, L] bool, True = masked; the same count in every row (the encoder drops them)."""
+        import scipy.stats # pylint: disable=import-outside-toplevel # Here: every script imports this module, few train MAR.
         u = float(torch.rand([]))
         lo = (self.mask_ratio_min - 1) / self.mask_ratio_std
         ratio = 1 + self.mask_ratio_std * scipy.stats.truncnorm.ppf(u, lo, 0)

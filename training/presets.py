@@ -37,6 +37,7 @@ COMMON_OPTIONS = dict(
     seed        = 0,            # Random seed.
     workers     = 2,            # DataLoader worker processes per GPU/process.
     xflip       = False,        # Random horizontal flips of the dataset (doubles it).
+    cache       = True,         # Keep the decoded dataset in memory (each data-loading process its own copy), as EDM2 does.
     lr          = 0.01,         # Reference learning rate.
     grad_clip   = 0.0,          # Clip the gradient norm to this value (0 = off).
     loss_scaling = 1.0,         # Loss scaling factor against fp16 under/overflows (EDM2's --ls).

@@ -3,7 +3,7 @@
 # does training on more sources help a target digit? Target 3; companions joining it from the
 # nearest class means ('similar': 9, then 8, 2) or the farthest ('dissimilar': 4, then 6, 0);
 # K = 1, 2, 4 sources; N = 20 and 40 images per source (the 20 are part of the 40); replicates
-# 0-4, each its own data draw and training seed; budgets as two arms, the same number of steps
+# 0-5, each its own data draw and training seed; budgets as two arms, the same number of steps
 # (32Ki images) and the same images per source (K x 32Ki), the single-source model also at 64Ki
 # (converged?). The target alone is scored (digits Frechet distance and KID, 300 samples) against
 # its images that no model saw, next to the metric's floor. Writes OUTDIR/study.csv, study.md and
