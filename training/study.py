@@ -378,8 +378,9 @@ def markdown(rows, metrics, grid):
     return '\n'.join(lines) + '\n'
 
 #----------------------------------------------------------------------------
-# Figure: per metric (rows) and (arm, N) (columns), the target's score against K for each level,
-# the single-source model at K = 1, the floor as a band, 95% intervals as error bars.
+# Figure: per metric (rows) and (arm, N) (columns), the paired ratio multi / single against K for
+# each level (1 at K = 1 by definition), 95% intervals as error bars, the theory's prediction from
+# the smallest K as open markers, and floor / single as a band: no model can go below it.
 
 def plot(rows, metrics, grid, path):
     import matplotlib # pylint: disable=import-outside-toplevel
@@ -388,28 +389,31 @@ def plot(rows, metrics, grid, path):
     columns = list(itertools.product(grid['arms'], grid['per_class']))
     fig, axes = plt.subplots(len(metrics), len(columns), figsize=(3.6 * len(columns), 3.0 * len(metrics)), squeeze=False)
     for (i, metric), (j, (arm, n)) in itertools.product(enumerate(metrics), enumerate(columns)):
-        ax, (scale, unit) = axes[i][j], metric_scale(metric)
+        ax = axes[i][j]
         entries = [e for e in comparisons(rows, metric, grid) if e['arm'] == arm and e['N'] == n and 'ratio' in e]
+        predicted = {(t['target'], t['level'], t['K']): t['predicted'] for t in theory(entries)}
+        ax.axhline(1, color='0.3', lw=0.8)
         for target in grid['targets']:
             mine = [e for e in entries if e['target'] == target]
             if not mine:
                 continue
-            single, floor = mine[0]['single'], mine[0]['floor']
-            ax.axhspan((floor[0] - np.nan_to_num(floor[1])) * scale, (floor[0] + np.nan_to_num(floor[1])) * scale, color='0.85', label='floor')
-            for level, marker in zip(grid['levels'], 'osd^v'):
-                cells = sorted((e['K'], e['multi']) for e in mine if e['level'] == level)
-                ks = [1] + [k for k, _ in cells]
-                means = [single[0]] + [m for _, (m, _) in cells]
-                errors = [single[1]] + [h for _, (_, h) in cells]
-                ax.errorbar(ks, np.multiply(means, scale), yerr=np.multiply(np.nan_to_num(errors), scale), marker=marker, capsize=3,
-                    label=f'{level}' + (f' (target {target})' if len(grid['targets']) > 1 else ''))
+            floor = t_interval(np.divide(mine[0]['values']['floor'], mine[0]['values']['single']))
+            ax.axhspan(floor[0] - np.nan_to_num(floor[1]), floor[0] + np.nan_to_num(floor[1]), color='0.85', label='floor / single')
+            for (level, marker), color in zip(zip(grid['levels'], 'osd^v'), ['C0', 'C1', 'C2', 'C3', 'C4']):
+                cells = sorted((e['K'], e['ratio']) for e in mine if e['level'] == level)
+                ax.errorbar([1] + [k for k, _ in cells], [1] + [r[0] for _, r in cells], yerr=[0] + [np.nan_to_num(r[1]) for _, r in cells],
+                    marker=marker, color=color, capsize=3, label=level + (f' (target {target})' if len(grid['targets']) > 1 else ''))
+                theory_points = [(k, predicted[target, level, k]) for k, _ in cells if (target, level, k) in predicted]
+                if theory_points:
+                    ax.errorbar([k + 0.12 for k, _ in theory_points], [p[0] for _, p in theory_points], yerr=[np.nan_to_num(p[1]) for _, p in theory_points],
+                        marker=marker, mfc='none', ls='none', color=color, capsize=2, label=f'{level}: theory (1 - b) + b/K')
         ax.set_title(f'{arm} budget, N = {n}', fontsize=9)
         ax.set_xlabel('number of sources K')
         ax.set_xticks(sorted({1, *grid['num_sources']}))
-        ax.set_ylabel(f'target {metric}{unit}')
+        ax.set_ylabel(f'target {metric}: multi / single')
         ax.grid(alpha=0.3)
     if axes[0][0].get_legend_handles_labels()[0]:
-        axes[0][0].legend(fontsize=7)
+        axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     with util.atomic_path(path) as tmp:
         fig.savefig(tmp, format='png', dpi=110)
