@@ -11,3 +11,4 @@ if __name__ == '__main__':
     runs = json.loads(sys.argv[1])
     for kwargs in runs if isinstance(runs, list) else [runs]:
         training_loop.training_loop(**kwargs)
+    dist.exiting(0)

@@ -234,3 +234,20 @@ def test_a_nan_reads_nan_in_its_own_window_only():
     assert (later.num('Test/b'), later.mean('Test/b')) == (2, 3.0)
 
 #----------------------------------------------------------------------------
+
+def test_one_line_errors_tells_a_process_of_several_how_it_ends():
+    # torch_utils.distributed leaves a torchrun process at once with this status (the C++ teardown
+    # of a Gloo group aborts now and then); an unexpected exception keeps Python's own exit (None).
+    from torch_utils import distributed as dist
+    def ends(behaviour):
+        @util.one_line_errors
+        def command():
+            if behaviour is not None:
+                raise behaviour
+        try:
+            command()
+        except (SystemExit, RuntimeError):
+            pass
+        return dist._exit_status # pylint: disable=protected-access
+    assert [ends(None), ends(ValueError('bad')), ends(SystemExit(3)), ends(SystemExit('text')), ends(RuntimeError('bug'))] == [0, 1, 3, 1, None]
+    dist.exiting(None)

@@ -408,15 +408,25 @@ def stop_on_signals():
 
 def one_line_errors(fn):
     """Under torchrun every rank reaches the same error (each checks the same input, or receives
-    rank 0's outcome: torch_utils.distributed.rank0_outcome), so rank 0 alone prints it."""
+    rank 0's outcome: torch_utils.distributed.rank0_outcome), so rank 0 alone prints it. The exit
+    status goes to torch_utils.distributed.exiting (see there: why a process of several leaves
+    at once)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from torch_utils import distributed as dist # pylint: disable=import-outside-toplevel
+        dist.exiting(None) # Unknown until fn ends: an unexpected exception keeps Python's own exit.
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except (ValueError, OSError, Interrupted) as e:
             if int(os.environ.get('RANK') or 0) == 0:
                 print(f'Error: {error_message(e)}', file=sys.stderr, flush=True)
+            dist.exiting(128 + e.signum if isinstance(e, Interrupted) else 1)
             raise SystemExit(128 + e.signum if isinstance(e, Interrupted) else 1) from e
+        except SystemExit as e:
+            dist.exiting(e.code if isinstance(e.code, int) else 1)
+            raise
+        dist.exiting(0)
+        return result
     return wrapper
 
 def check_writable(path, what, folder=False):
