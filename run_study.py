@@ -79,10 +79,10 @@ def tool(script, *args, gpus=1, nodes=None, job=0):
     bash_files/common.sh does: torchrun's static rendezvous, so that node 0 holds global rank 0,
     on master_port + job, so that one command's nodes never meet another command's."""
     if nodes and nodes['nnodes'] > 1:
-        launcher = [sys.executable, '-m', 'torch.distributed.run', f'--nnodes={nodes["nnodes"]}', f'--node-rank={nodes["node_rank"]}',
+        launcher = [sys.executable, '-m', 'torch_utils.torchrun', f'--nnodes={nodes["nnodes"]}', f'--node-rank={nodes["node_rank"]}',
             f'--master-addr={nodes["master_addr"]}', f'--master-port={nodes["master_port"] + job}', f'--nproc_per_node={gpus}', '--']
     elif gpus > 1:
-        launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={gpus}', '--']
+        launcher = [sys.executable, '-m', 'torch_utils.torchrun', '--standalone', f'--nproc_per_node={gpus}', '--']
     else:
         launcher = [sys.executable]
     return launcher + [os.path.join(ROOT, script)] + [str(a) for a in args]

@@ -132,7 +132,7 @@ torchrun_py() {
         nodes=(--nnodes="$nnodes" --node-rank="$node_rank" --master-addr="$master_addr" --master-port="$((master_port + TORCHRUN_JOB))")
     fi
     TORCHRUN_JOB=$((TORCHRUN_JOB + 1))
-    run "$PYTHON" -m torch.distributed.run "${nodes[@]}" --nproc_per_node="$procs" -- "$REPO_ROOT/$script" "$@"
+    run "$PYTHON" -m torch_utils.torchrun "${nodes[@]}" --nproc_per_node="$procs" -- "$REPO_ROOT/$script" "$@"
 }
 
 newest_file() {

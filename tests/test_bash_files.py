@@ -161,13 +161,13 @@ def test_train_generate_score(work, monkeypatch):
     for run in [out / 'runs' / 'sim3-2c-12-s0', work[0] / 'runs' / 'two']:
         assert {'network-snapshot-0000001-0.050.pkl', 'network-snapshot-0000001-0.100.pkl', 'training-state-0000001.pt'} <= set(os.listdir(run))
     generated = launch(work, 'generate/generate_multisource.sh', '--run', run_dir, '--sources', 2, '--outdir', 'gen', '--num', 3, '--steps', 2)
-    assert all('torch.distributed.run' not in c for c in commands(generated)) # One process: plain python.
+    assert all('torch_utils.torchrun' not in c for c in commands(generated)) # One process: plain python.
     for k in range(2):
         names = sorted(os.listdir(work[0] / 'gen' / 'network-snapshot-0000001-0.050' / f'class{k}'))
         assert names == ['000000.png', '000001.png', '000002.png']
     # Under torchrun (2 processes): its option parser must not see --num (torchrun_py puts -- first).
     scored = launch(work, 'metrics/score_multisource.sh', '--run', run_dir, '--refs', 'study/refs', '--num', 10, '--steps', 2, '--gpus', 2)
-    assert any('torch.distributed.run --standalone --nproc_per_node=2 -- ' in c and '--num 10' in c for c in commands(scored))
+    assert any('torch_utils.torchrun --standalone --nproc_per_node=2 -- ' in c and '--num 10' in c for c in commands(scored))
     records = [json.loads(line) for line in open(out / 'runs' / 'sim3-2c-12-s0' / 'metrics-per-source.jsonl')]
     assert [(r['source'], r['metric']) for r in records] == [(171, 'fid'), (171, 'fd_dinov2'), (182, 'fid'), (182, 'fd_dinov2')]
     assert all(r['ref'] == f'study/refs/imagenet-{r["source"]}.pkl' for r in records)
@@ -351,7 +351,7 @@ def test_two_nodes_train_and_score_as_one_node_with_two_processes(work, tmp_path
     start = time.time()
     result = bash('slurm/train_multisource.sh', *train, '--outdir', 'runs/two-nodes', '--gpus', 1, cwd=directory, env=slurm, check=True)
     two_nodes = time.time() - start
-    torchruns = [c for c in commands(result) if 'torch.distributed.run' in c]
+    torchruns = [c for c in commands(result) if 'torch_utils.torchrun' in c]
     assert sorted(c.split('--node-rank=')[1][0] for c in torchruns) == ['0', '1']
     assert all('--nnodes=2' in c and '--master-addr=127.0.0.1' in c and '--nproc_per_node=1 --' in c for c in torchruns)
     print(f'training: two nodes with one process each {two_nodes:.1f} s' + (f', one node with two processes {one_node:.1f} s' if one_node > 1 else ''))

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -383,12 +384,13 @@ def test_two_runs_started_together_on_one_directory(tmp_path, tiny_zip):
 
 def test_a_locked_directory_under_torchrun(tmp_path, tiny_zip):
     # Rank 0 takes the lock and tells the others; rank 0 alone prints the error, no rank prints a
-    # traceback. (torchrun itself then reports the failed ranks with its own ChildFailedError.)
+    # traceback, and the launchers' torchrun (torch_utils.torchrun) ends with one line of its own
+    # instead of torchrun's ChildFailedError report, exiting with the processes' status.
     from training import runs
     run = tmp_path / 'run'
     held = runs.lock(str(run))
     try:
-        result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train_edm2.py',
+        result = subprocess.run([sys.executable, '-m', 'torch_utils.torchrun', '--standalone', '--nproc_per_node=2', 'train_edm2.py',
             '--data', tiny_zip, '--outdir', str(run), *TINY_EDM2], cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=300)
         holder = (run / '.lock').read_text()
         dry_run = invoke(train_edm2.main, '--data', tiny_zip, '--outdir', run, *TINY_EDM2, '--dry-run') # Probes the lock too.
@@ -397,8 +399,12 @@ def test_a_locked_directory_under_torchrun(tmp_path, tiny_zip):
     assert dry_run.exit_code == 1 and 'is in use by another training process' in dry_run.output
     output = result.stdout + result.stderr
     errors = [line for line in output.splitlines() if line.startswith('Error')]
-    assert result.returncode != 0 and len(errors) == 1 and 'is in use' in errors[0] and holder.strip() in errors[0], output
-    assert output.count('Traceback') == output.count('ChildFailedError: '), output
+    assert result.returncode == 1 and len(errors) == 1 and 'is in use' in errors[0] and holder.strip() in errors[0], output
+    assert 'Traceback' not in output and 'ChildFailedError' not in output, output
+    launcher = [line for line in output.splitlines() if line.startswith('torchrun: ')]
+    # Both ranks end with status 1 (or rank 1 is stopped by torchrun first: signal 15).
+    assert len(launcher) == 1 and re.fullmatch(r'torchrun: train_edm2\.py: ranks? 0(, 1)? ended with exit status 1'
+        r'(; rank 1 ended with signal 15)? \(the output is above\)', launcher[0]), output
     assert not run.exists()
 
 def test_a_start_that_crashed_before_its_first_training_state_starts_again(tmp_path, tiny_zip):

@@ -273,7 +273,7 @@ def test_several_nodes_run_the_same_distributed_commands(tmp_path, monkeypatch):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 open(path, 'w').close()
         the_study.run_grid(models)
-    torchrun = lambda calls: [c for c in calls if 'torch.distributed.run' in c]
+    torchrun = lambda calls: [c for c in calls if 'torch_utils.torchrun' in c]
     assert [c for c in commands[1] if c not in torchrun(commands[1])] == [] # Node 1 builds nothing.
     assert any('dataset_tool.py' in ' '.join(c) for c in commands[0])
     assert len(torchrun(commands[0])) == len(torchrun(commands[1])) == 2 * 3 # Each model trained once, scored at two budgets.
