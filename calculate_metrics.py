@@ -75,6 +75,19 @@ def _tag_value(value):
         return number if np.isfinite(number) else value # 'nan', 'inf': not JSON numbers.
     return value
 
+def results_options(fn):
+    """--results (append to this JSONL file) and --tag -> results (the path, checked) and tags
+    (parsed). Goes below util.one_line_errors, so that its errors are one line too."""
+    @click.option('--results', help='Append the results to this JSONL file', metavar='FILE', type=str, default=None)
+    @click.option('--tag', help='Extra result fields, "key=value key2=value2"', metavar='STR', type=str, default=None)
+    @functools.wraps(fn)
+    def wrapper(*args, results, tag, **kwargs):
+        tags = parse_tags(tag)
+        if results:
+            util.check_writable(results, '--results')
+        return fn(*args, results=results, tags=tags, **kwargs)
+    return wrapper
+
 def detector_options(fn):
     """--inception, --dinov2-repo, --dinov2-weights, --dinov2-model -> detector_kwargs."""
     @click.option('--inception', help='Inception-v3 pickle: path, file:// or http(s) URL; a pickle runs the code it holds: '
@@ -231,17 +244,13 @@ def ref(data, dest, metrics, class_spec, batch, workers, overwrite, detector_kwa
 @click.option('--seed', help='Seed of the subset', metavar='INT', type=int, default=0, show_default=True)
 @click.option('--batch', help='Images per batch per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', help='DataLoader worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
-@click.option('--results', help='Append the results to this JSONL file', metavar='FILE', type=str, default=None)
-@click.option('--tag', help='Extra result fields, "key=value key2=value2"', metavar='STR', type=str, default=None)
 @detector_options
 @util.one_line_errors
-def calc(images, ref_path, metrics, num, seed, batch, workers, results, tag, detector_kwargs):
+@results_options
+def calc(images, ref_path, metrics, num, seed, batch, workers, results, tags, detector_kwargs):
     """Metrics of a set of images against reference statistics."""
     dist.init()
     metrics = parse_metrics(metrics, FEATURE_METRICS)
-    tags = parse_tags(tag)
-    if results:
-        util.check_writable(results, '--results')
     load_reference(ref_path, metrics)
     dataset = open_image_dataset(images, '--images', max_size=num, seed=seed)
     if len(dataset) < num:
@@ -268,11 +277,10 @@ def calc(images, ref_path, metrics, num, seed, batch, workers, results, tag, det
 @click.option('--seed', help='Seed of the draws', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--batch', help='Images per batch per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', help='DataLoader worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
-@click.option('--results', help='Append the results to this JSONL file', metavar='FILE', type=str, default=None)
-@click.option('--tag', help='Extra result fields, "key=value key2=value2"', metavar='STR', type=str, default=None)
 @detector_options
 @util.one_line_errors
-def floor(data, ref_path, metrics, class_spec, num, draws, seed, batch, workers, results, tag, detector_kwargs):
+@results_options
+def floor(data, ref_path, metrics, class_spec, num, draws, seed, batch, workers, results, tags, detector_kwargs):
     """The floor of a metric: real images scored as if a model had generated them. Each draw
     takes --num of the real images with replacement (the sample size of the evaluation) and
     scores them against --ref; prints the mean over the draws (value) and their standard
@@ -281,9 +289,6 @@ def floor(data, ref_path, metrics, class_spec, num, draws, seed, batch, workers,
     not clearly exceed this cannot be told from real data at these sizes."""
     dist.init()
     metrics = parse_metrics(metrics, FEATURE_METRICS)
-    tags = parse_tags(tag)
-    if results:
-        util.check_writable(results, '--results')
     load_reference(ref_path, metrics)
     dataset = open_image_dataset(data, '--data')
     class_idx, indices = (None, np.arange(len(dataset))) if class_spec is None else class_indices(dataset, class_spec, data)
@@ -314,34 +319,31 @@ def floor(data, ref_path, metrics, class_spec, num, draws, seed, batch, workers,
 @click.option('--per-class', help='Score every class separately (--num images each); --ref may name a file per class with {source} (its original id) or {class} (its index)', is_flag=True)
 @click.option('--guidance', help='Guidance strength  [default: the preset\'s, or 1 = none]', metavar='FLOAT', type=float, default=None)
 @click.option('--gnet', help='Guiding network snapshot  [default: the preset\'s, or none]', metavar='PKL|URL', type=str, default=None)
-@click.option('--steps', help='Sampling steps  [default: the family\'s own]', metavar='INT', type=click.IntRange(min=1), default=None)
+@click.option('--steps', help='Sampling steps  [default: the family\'s own]', metavar='INT', type=int, default=None)
+@click.option('--opt', 'opt_texts', help='Sampling option of the network\'s family, e.g. temperature=0.5 (generate_images.py --opt); repeatable', metavar='KEY=VALUE', multiple=True)
 @click.option('--batch', help='Images per batch per process', metavar='INT', type=click.IntRange(min=1), default=32, show_default=True)
-@click.option('--results', help='Append the results to this JSONL file', metavar='FILE', type=str, default=None)
-@click.option('--tag', help='Extra result fields, "key=value key2=value2"', metavar='STR', type=str, default=None)
 @detector_options
 @util.one_line_errors
-def gen(net, preset, ref_path, metrics, num, seed, class_spec, per_class, guidance, gnet, steps, batch, results, tag, detector_kwargs):
+@results_options
+def gen(net, preset, ref_path, metrics, num, seed, class_spec, per_class, guidance, gnet, steps, opt_texts, batch, results, tags, detector_kwargs):
     """Generate images in memory and calculate their metrics: of random classes, of one class,
     or of every class separately (--per-class, e.g. each source of a multi-source model against
     that source's reference). Accuracy metrics compare the predicted class with the class's
     original id when the snapshot records its sources (dataset.json), else with its index. A
     generation preset (--preset, or its name as --net) brings its guiding network and guidance,
-    as in generate_images.py."""
-    spec = generate.resolve_generation(net, preset, gnet, guidance)
-    net, gnet, guidance = spec.net, spec.gnet, spec.guidance
+    as in generate_images.py. The results record the sampling options (--steps, --opt)."""
+    spec = generate.resolve_generation(net, preset, gnet, guidance, opt_texts, dict(steps=steps))
     dist.init()
     metrics = parse_metrics(metrics, ALL_METRICS)
-    tags = parse_tags(tag)
     ref_metrics = [m for m in metrics if m in FEATURE_METRICS]
     if ref_metrics and ref_path is None:
         raise ValueError(f'--ref: needed for {", ".join(ref_metrics)}')
     if per_class and class_spec is not None:
         raise ValueError('--per-class scores every class; it does not go with --class')
     generate.check_seed_range(seed, num)
-    if results:
-        util.check_writable(results, '--results')
     device = dist.get_device()
-    snapshot = generate.load_snapshot(net, device=device, verbose=(dist.get_rank() == 0))
+    loaded = generate.load(spec, device=device, verbose=(dist.get_rank() == 0))
+    snapshot = loaded.snapshot
     classes = range(snapshot.label_dim) if per_class else [generate.resolve_class(class_spec, snapshot.label_dim, snapshot.sources)]
     if per_class and snapshot.label_dim == 0:
         raise ValueError('--per-class: the network is unconditional')
@@ -349,27 +351,24 @@ def gen(net, preset, ref_path, metrics, num, seed, class_spec, per_class, guidan
     refs = {c: class_reference(ref_path, c, ids) for c in classes} if ref_metrics else {}
     for ref in dict.fromkeys(refs.values()):
         load_reference(ref, ref_metrics) # Every file readable before any work.
-    guide = generate.load_snapshot(gnet, device=device, verbose=(dist.get_rank() == 0)).net if gnet and guidance != 1 else None
-    generate.check_guidance(snapshot, gnet=guide, guidance=guidance)
-    generate.check_guide(snapshot.net, guide)
     for metric in metrics:
         if metric in detectors_lib.CLASSIFIERS:
-            detectors_lib.CLASSIFIERS[metric].check_network(snapshot.label_dim, snapshot.sources, net)
+            detectors_lib.CLASSIFIERS[metric].check_network(snapshot.label_dim, snapshot.sources, spec.net)
     detectors = load_detectors(metrics, device, detector_kwargs)
-    sampler_kwargs = {} if steps is None else dict(steps=steps)
 
     records = []
     for class_idx in classes:
         dist.print0(f'Generating {num} images of {"random classes" if class_idx is None else f"class {class_idx}"} '
-            f'from {net} and calculating {", ".join(metrics)}')
+            f'from {spec.net} and calculating {", ".join(metrics)}')
         evaluation = metrics_lib.Evaluation(detectors, device)
-        for r in generate.generate_images(snapshot.net, snapshot.encoder, seeds=range(seed, seed + num), class_idx=class_idx,
-                batch_size=batch, device=device, gnet=guide, guidance=guidance, verbose=(dist.get_rank() == 0), **sampler_kwargs):
-            evaluation.update(r.images.to(device), r.labels if ids is None or r.labels is None else torch.as_tensor(ids)[r.labels.cpu()])
+        for batch_images in generate.generate_images(snapshot.net, snapshot.encoder, seeds=range(seed, seed + num), class_idx=class_idx,
+                batch_size=batch, device=device, gnet=loaded.guide, guidance=spec.guidance, verbose=(dist.get_rank() == 0), **loaded.sampler_kwargs):
+            labels = batch_images.labels
+            evaluation.update(batch_images.images.to(device), labels if ids is None or labels is None else torch.as_tensor(ids)[labels.cpu()])
         ref_stats = load_reference(refs[class_idx], ref_metrics, detectors) if ref_metrics else None
-        base = dict(net=net, **({'preset': spec.preset} if spec.preset else {}), num=num, seed=seed, **{'class': class_idx}, guidance=guidance)
+        base = dict(net=spec.net, **({'preset': spec.preset} if spec.preset else {}), num=num, seed=seed, **{'class': class_idx}, guidance=spec.guidance)
         base.update(dict(source=ids[class_idx]) if ids is not None and isinstance(class_idx, int) else {})
-        base.update(dict(steps=steps) if steps is not None else {})
+        base.update(loaded.sampler_kwargs) # The sampling options given (--steps, --opt).
         base.update(dict(ref=refs[class_idx]) if ref_metrics else {})
         records += [dict(metric=m, value=v, **base) for m, v in evaluation.all_reduce().results(ref_stats).items()]
     report(records, results, tags)
@@ -393,17 +392,13 @@ def class_reference(ref_path, class_idx, ids):
 @click.option('--policy', help='Exact mode with --steps: how the calls split the dimensions  [default: dp]', type=click.Choice(['dp', 'naive']), default=None)
 @click.option('--draws', help='ELBO mode: stratified timesteps per image  [default: the network\'s]', metavar='INT', type=click.IntRange(min=1), default=None)
 @click.option('--workers', help='DataLoader worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
-@click.option('--results', help='Append the result to this JSONL file', metavar='FILE', type=str, default=None)
-@click.option('--tag', help='Extra result fields, "key=value key2=value2"', metavar='STR', type=str, default=None)
 @util.one_line_errors
-def bpd(net, data, num, seed, batch, mode, steps, policy, draws, workers, results, tag):
+@results_options
+def bpd(net, data, num, seed, batch, mode, steps, policy, draws, workers, results, tags):
     """Bits per dimension of a dataset under a likelihood network."""
     dist.init()
-    tags = parse_tags(tag)
     if policy is not None and (mode != 'exact' or steps is None):
         raise ValueError('--policy: applies to --mode exact with --steps only')
-    if results:
-        util.check_writable(results, '--results')
     device = dist.get_device()
     snapshot = generate.load_snapshot(net, device=device, verbose=(dist.get_rank() == 0))
     if not callable(getattr(snapshot.net, 'bpd', None)):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from torch_utils import util
 from training import digits
-from training import study
+from training import imagenet
 from training.dataset import FileTree, is_image_file, label_map, load_metadata, open_image
 
 TRANSFORMS = ['none', 'center-crop', 'center-crop-wide', 'center-crop-dhariwal']
@@ -152,13 +152,7 @@ def is_imagenet_root(path):
     if any(os.path.isfile(os.path.join(path, m)) for m in ['meta.bin', 'ILSVRC2012_devkit_t12.tar.gz']):
         return True
     folders = [e.name for e in os.scandir(train) if e.is_dir()]
-    return bool(folders) and all(name in imagenet_synsets() for name in folders)
-
-@functools.lru_cache(maxsize=1)
-def imagenet_synsets():
-    """{synset: official ILSVRC-2012 class id}: the position in training/imagenet_synsets.txt."""
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'training', 'imagenet_synsets.txt')) as f:
-        return {name: i for i, name in enumerate(f.read().split())}
+    return bool(folders) and all(name in imagenet.synsets() for name in folders)
 
 def open_file_tree(path):
     """A folder or ZIP of images. Classes come from its dataset.json, or else from the class
@@ -221,7 +215,7 @@ def folder_class_ids(folder_names):
     """Class id of each class folder: for ImageNet synset folders (n01440764, ...) the official
     ILSVRC-2012 id, which is the position in the sorted list of all 1000 synsets, so that a tree
     holding only some of the classes keeps their ids; otherwise the position in sorted order."""
-    synsets = imagenet_synsets()
+    synsets = imagenet.synsets()
     if all(name in synsets for name in folder_names):
         return {name: synsets[name] for name in folder_names}
     return {name: i for i, name in enumerate(sorted(folder_names))}
@@ -276,10 +270,10 @@ def open_mnist(images_path):
 #----------------------------------------------------------------------------
 # Selecting images: --classes, --per-class, --max-images, --sim_name.
 
-# The multi-source study's similarity levels (training/study.py): ten ImageNet class ids each.
+# The multi-source study's similarity levels (training/imagenet.py): ten ImageNet class ids each.
 # Its scripts call them sim3/sim2/sim1, its Python code level1/level2/level3.
-SIMILARITY_LEVELS = study.IMAGENET_LEVELS
-LEVEL_NAMES = study.LEVEL_ALIASES | {name: name for name in SIMILARITY_LEVELS}
+SIMILARITY_LEVELS = imagenet.IMAGENET_LEVELS
+LEVEL_NAMES = imagenet.LEVEL_ALIASES | {name: name for name in SIMILARITY_LEVELS}
 
 def similarity_level(flag, name):
     """A level's canonical name (sim1..sim3) from either spelling, any case (the study's

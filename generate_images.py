@@ -108,18 +108,19 @@ def _gather(items):
 @click.option('--class', 'class_spec', help='Class index 0..K-1, "all" to cycle through the classes, or a source: id:N (original class id, e.g. id:171), name:NAME or NAME  [default: random]', metavar='INT|all|id:N|NAME', type=str, default=None)
 @click.option('--batch', 'batch_size', help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=32, show_default=True)
 @click.option('--grid',       help='Also save one image grid (rows per class with --class all)', metavar='PNG', type=str, default=None)
-@click.option('--solver',     help='ODE/SDE solver (EDM2 networks)  [default: heun]', type=click.Choice(samplers.SOLVERS), default=None)
-@click.option('--steps',      help='Sampling steps  [default: the sampler\'s]', metavar='INT', type=click.IntRange(min=1), default=None)
-@click.option('--sigma_min',  help='Lowest noise level  [default: 0.002]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option('--sigma_max',  help='Highest noise level  [default: 80]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option('--rho',        help='Time step exponent  [default: 7]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option('--S_churn', 'S_churn', help='Stochasticity strength  [default: 0]', metavar='FLOAT', type=click.FloatRange(min=0), default=None)
-@click.option('--S_min', 'S_min', help='Stochastic min noise level  [default: 0]', metavar='FLOAT', type=click.FloatRange(min=0), default=None)
-@click.option('--S_max', 'S_max', help='Stochastic max noise level  [default: inf]', metavar='FLOAT', type=click.FloatRange(min=0), default=None)
-@click.option('--S_noise', 'S_noise', help='Stochastic noise inflation  [default: 1]', metavar='FLOAT', type=float, default=None)
+@click.option('--opt', 'opt_texts', help='Sampling option of the network\'s family, e.g. temperature=0.5 (README: sampling options); repeatable', metavar='KEY=VALUE', multiple=True)
+@click.option('--solver',     help=f'EDM2 sampler: {"|".join(samplers.SOLVERS)}  [default: heun]', metavar='NAME', type=str, default=None)
+@click.option('--steps',      help='Sampling steps  [default: the sampler\'s]', metavar='INT', type=int, default=None)
+@click.option('--sigma_min',  help='EDM2 sampler: lowest noise level  [default: 0.002]', metavar='FLOAT', type=float, default=None)
+@click.option('--sigma_max',  help='EDM2 sampler: highest noise level  [default: 80]', metavar='FLOAT', type=float, default=None)
+@click.option('--rho',        help='EDM2 sampler: time step exponent  [default: 7]', metavar='FLOAT', type=float, default=None)
+@click.option('--S_churn', 'S_churn', help='EDM2 sampler: stochasticity strength  [default: 0]', metavar='FLOAT', type=float, default=None)
+@click.option('--S_min', 'S_min', help='EDM2 sampler: stochastic min noise level  [default: 0]', metavar='FLOAT', type=float, default=None)
+@click.option('--S_max', 'S_max', help='EDM2 sampler: stochastic max noise level  [default: inf]', metavar='FLOAT', type=float, default=None)
+@click.option('--S_noise', 'S_noise', help='EDM2 sampler: stochastic noise inflation  [default: 1]', metavar='FLOAT', type=float, default=None)
 @click.option('--overwrite',  help='Replace images or a grid that another command made', is_flag=True)
 @util.one_line_errors
-def main(preset, net, gnet, guidance, outdir, subdirs, seeds, class_spec, batch_size, grid, overwrite, **sampler_opts):
+def main(preset, net, gnet, guidance, outdir, subdirs, seeds, class_spec, batch_size, grid, opt_texts, overwrite, **sampler_flags):
     """Generate images from a snapshot (any model family) or an official EDM2 preset.
 
     Examples:
@@ -137,6 +138,10 @@ def main(preset, net, gnet, guidance, outdir, subdirs, seeds, class_spec, batch_
     python generate_images.py --net run/network-snapshot-0134217-0.050.pkl --class id:171 --seeds 0-4999 --outdir out
 
     \b
+    # A MAR model with its sampler's own options (README: sampling options)
+    python generate_images.py --net mar-run/network-snapshot-0000098-ema.pkl --opt temperature=0.9 --opt guidance_schedule=linear --guidance 2 --outdir out
+
+    \b
     # 50000 images on 8 GPUs with an official EDM2 preset
     torchrun --standalone --nproc_per_node=8 generate_images.py \\
         --preset edm2-img512-xs-guid-fid --outdir out --subdirs --seeds 0-49999
@@ -144,14 +149,11 @@ def main(preset, net, gnet, guidance, outdir, subdirs, seeds, class_spec, batch_
     seeds = generate.parse_seeds(seeds)
     if outdir is None and grid is None:
         raise ValueError('Nothing to write: give --outdir and/or --grid')
-    spec = generate.resolve_generation(net, preset, gnet, guidance)
-    net, gnet, guidance = spec.net, spec.gnet, spec.guidance
-    # Only the options the user set: each sampler keeps its own defaults (docs/families.md).
-    sampler_kwargs = {key: value for key, value in sampler_opts.items() if value is not None}
-    samplers.check_edm_options(**sampler_kwargs)
+    # Only the sampling options the user set: each sampler keeps its own defaults (docs/families.md).
+    spec = generate.resolve_generation(net, preset, gnet, guidance, opt_texts, sampler_flags)
 
     local = lambda path: os.path.abspath(path) if path is not None and os.path.exists(path) else path
-    record = dict(net=local(net), gnet=local(gnet), guidance=guidance, class_spec=class_spec, **sampler_kwargs)
+    record = dict(net=local(spec.net), gnet=local(spec.gnet), guidance=spec.guidance, class_spec=class_spec, **spec.options)
     image_paths = [os.path.join(outdir, f'{seed // 1000 * 1000:06d}' if subdirs else '', f'{seed:06d}.png') for seed in seeds] if outdir else []
     check_outputs(image_paths, json.dumps(record), overwrite, '--outdir')
     if outdir is not None:
@@ -160,23 +162,21 @@ def main(preset, net, gnet, guidance, outdir, subdirs, seeds, class_spec, batch_
 
     dist.init()
     device = dist.get_device()
-    snapshot = generate.load_snapshot(net, device=device)
-    generate.check_guidance(snapshot, gnet=gnet, guidance=guidance)
+    loaded = generate.load(spec, device=device)
+    snapshot = loaded.snapshot
     class_idx = generate.resolve_class(class_spec, snapshot.label_dim, snapshot.sources)
-    guide = generate.load_snapshot(gnet, device=device).net if gnet is not None and guidance != 1 else None
-    generate.check_guide(snapshot.net, guide)
 
     results = []
     image_iter = generate.generate_images(snapshot.net, snapshot.encoder, seeds=seeds, class_idx=class_idx,
-        batch_size=batch_size, device=device, gnet=guide, guidance=guidance, **sampler_kwargs)
-    for r in tqdm.tqdm(image_iter, unit='batch', disable=(dist.get_rank() != 0)):
-        images = r.images.cpu()
-        for idx, image in zip(r.indices, images):
+        batch_size=batch_size, device=device, gnet=loaded.guide, guidance=spec.guidance, **loaded.sampler_kwargs)
+    for batch in tqdm.tqdm(image_iter, unit='batch', disable=(dist.get_rank() != 0)):
+        images = batch.images.cpu()
+        for idx, image in zip(batch.indices, images):
             if outdir is not None:
                 save_image(image, image_paths[idx], json.dumps(record))
         if grid is not None:
-            labels = r.labels.tolist() if r.labels is not None else [None] * len(r.seeds)
-            results += list(zip(r.indices, labels, images))
+            labels = batch.labels.tolist() if batch.labels is not None else [None] * len(batch.seeds)
+            results += list(zip(batch.indices, labels, images))
 
     if grid is not None:
         results = sorted(_gather(results), key=lambda item: item[0])

@@ -42,16 +42,16 @@ def combine_cond(cond, uncond):
 @click.option('--duration',     help='Training duration (images; Ki/Mi/Gi)', metavar='NIMG', type=str, default=None)
 @click.option('--batch',        help='Total batch size', metavar='NIMG', type=str, default=None)
 @click.option('--batch-gpu',    help='Limit batch size per GPU/process (gradient accumulation)', metavar='NIMG', type=str, default=None)
-@click.option('--lr',           help='Reference learning rate', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option('--decay',        help='Learning rate decay (batches)', metavar='BATCHES', type=click.IntRange(min=0), default=None)
+@click.option('--lr',           help='Reference learning rate', metavar='FLOAT', type=float, default=None)
+@click.option('--decay',        help='Learning rate decay (batches)', metavar='BATCHES', type=int, default=None)
 @click.option('--lr-schedule',  help='Learning rate schedule (EDM2: edm2, multisource)', metavar='NAME', type=str, default=None)
-@click.option('--channels',     help='Channel count', metavar='INT', type=click.IntRange(min=1), default=None)
-@click.option('--dropout',      help='Dropout probability', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=None)
+@click.option('--channels',     help='Channel count', metavar='INT', type=int, default=None)
+@click.option('--dropout',      help='Dropout probability', metavar='FLOAT', type=float, default=None)
 @click.option('--P_mean', 'P_mean', help='Noise level mean', metavar='FLOAT', type=float, default=None)
-@click.option('--P_std', 'P_std', help='Noise level standard deviation', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option('--p-uncond',     help='Label dropout probability (classifier-free guidance)', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=None)
-@click.option('--fp16',         help='Mixed precision on CUDA', metavar='BOOL', type=bool, default=None)
-@click.option('--ls',           'loss_scaling', help='Loss scaling (against fp16 under/overflows)', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option('--P_std', 'P_std', help='Noise level standard deviation', metavar='FLOAT', type=float, default=None)
+@click.option('--label-dropout', '--p-uncond', 'label_dropout', help='Label dropout probability (classifier-free guidance)', metavar='FLOAT', type=float, default=None)
+@click.option('--mixed-precision', '--fp16', 'mixed_precision', help='Mixed precision on CUDA', metavar='BOOL', type=bool, default=None)
+@click.option('--ls',           'loss_scaling', help='Loss scaling (against fp16 under/overflows)', metavar='FLOAT', type=float, default=None)
 @click.option('--bench',        'cudnn_benchmark', help='Enable cuDNN benchmarking', metavar='BOOL', type=bool, default=None)
 @click.option('--xflip',        help='Random x-flips of the dataset', metavar='BOOL', type=bool, default=None)
 @click.option('--cache',        help='Keep the decoded dataset in memory (as EDM2)', metavar='BOOL', type=bool, default=None)
@@ -59,7 +59,7 @@ def combine_cond(cond, uncond):
 @click.option('--snapshot',     help='Snapshot interval (images; 0 = off)', metavar='NIMG', type=str, default=None)
 @click.option('--checkpoint',   help='Training-state interval (images; 0 = off)', metavar='NIMG', type=str, default=None)
 @click.option('--seed',         help='Random seed', metavar='INT', type=int, default=None)
-@click.option('--workers',      help='DataLoader workers per process', metavar='INT', type=click.IntRange(min=0), default=None)
+@click.option('--workers',      help='DataLoader workers per process', metavar='INT', type=int, default=None)
 @click.option('--slice',        'slice_nimg', help='Stop after this many images in this invocation (then resume)', metavar='NIMG', type=str, default=None)
 @click.option('--set',          'set_options', help='Override any preset value, e.g. --set num_blocks=2', metavar='KEY=VALUE', multiple=True)
 @click.option('--restart',      help='Move an earlier run in --outdir aside and start over', is_flag=True)
@@ -67,7 +67,8 @@ def combine_cond(cond, uncond):
 @util.one_line_errors
 def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, uncond, **flags):
     """Train a model from a named preset. Every preset value can be overridden: the common ones
-    with their flags, any other with --set KEY=VALUE.
+    with their flags, any other with --set KEY=VALUE. The flags parse types only: every value is
+    checked once, by the library, whether it came from a flag or from --set.
 
     --outdir belongs to one run: re-running the same command resumes it (a run directory of the
     official EDM2 code too, with an EDM2 preset); a directory holding
@@ -78,16 +79,16 @@ def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, uncond
     flags['cond'] = combine_cond(flags['cond'], uncond)
     overrides = {key: value for key, value in flags.items() if value is not None}
     overrides.update(presets.parse_override(text) for text in set_options)
-    opts, c = config.build(preset, overrides, data=data, world_size=dist.get_world_size())
+    opts, loop_kwargs = config.build(preset, overrides, data=data, world_size=dist.get_world_size())
     slice_nimg = util.parse_nimg(slice_nimg) if slice_nimg is not None else 0
     if slice_nimg:
-        config.check_slice(slice_nimg, c.batch_size)
-    data_record = config.describe_data(c.dataset_kwargs)
+        config.check_slice(slice_nimg, loop_kwargs.batch_size)
+    data_record = config.describe_data(loop_kwargs.dataset_kwargs)
 
     dist.print0(f'Preset {preset} ({opts.family}):')
     dist.print0(json.dumps(opts, indent=2))
     dist.print0('Training config:')
-    dist.print0(json.dumps(c, indent=2))
+    dist.print0(json.dumps(loop_kwargs, indent=2))
     lock = dist.rank0_outcome(runs.lock, outdir, probe=dry_run)
     try:
         action = runs.check(outdir, preset, restart=restart, data=data_record)
@@ -96,12 +97,12 @@ def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, uncond
         if dry_run:
             dist.print0('Dry run; exiting.')
             return
-        record = json.loads(json.dumps(dict(options=opts, config=c, data=data_record)))
+        record = json.loads(json.dumps(dict(options=opts, config=loop_kwargs, data=data_record)))
         run_id = dist.rank0_outcome(runs.prepare, outdir, preset, record, action)
         on_resumed = functools.partial(runs.record_resumption, outdir, record) if action == 'resume' else None
         # A run of the official code keeps every training state; so does this code when it continues one.
         keep = 0 if action == 'resume' and runs.is_official_run(runs.read_options(outdir)) else 2
-        train(outdir, dict(c, run_id=run_id, slice_nimg=slice_nimg, on_resumed=on_resumed, keep_checkpoints=keep))
+        train(outdir, dict(loop_kwargs, run_id=run_id, slice_nimg=slice_nimg, on_resumed=on_resumed, keep_checkpoints=keep))
     finally:
         if lock is not None and dist.get_rank() == 0:
             lock.release()

@@ -344,15 +344,15 @@ class ClassMeans(torch.nn.Module):
     """Samples each class's mean training digit (net space [-1, 1]) plus noise from the seeds;
     guided by `gnet` (another ClassMeans), the mean is extrapolated: g + w (mean - g).
     Also a stand-in likelihood: bpd = mean pixel value plus a small per-seed random term."""
+    sampler_options = dict(steps=int)
+
     def __init__(self, means, noise=0.1):
         super().__init__()
         self.img_resolution, self.img_channels, self.label_dim = 8, 1, means.shape[0]
         self.noise = noise
         self.register_buffer('means', means)
 
-    def sample(self, noise, labels, rnd, gnet=None, guidance=1.0, steps=None, **unknown):
-        if unknown:
-            raise ValueError(f'ClassMeans: unknown options {", ".join(sorted(unknown))}')
+    def sample(self, noise, labels, rnd, gnet=None, guidance=1.0, steps=None):
         base = self.means[labels.argmax(1)]
         if guidance != 1:
             base = gnet.means[labels.argmax(1)].lerp(base, guidance)
@@ -363,11 +363,13 @@ class ClassMeans(torch.nn.Module):
 
 @persistence.persistent_class
 class NoLikelihood(torch.nn.Module):
+    sampler_options = dict()
+
     def __init__(self):
         super().__init__()
         self.img_resolution, self.img_channels, self.label_dim = 8, 1, 0
 
-    def sample(self, noise, labels, rnd, gnet=None, guidance=1.0, **unknown):
+    def sample(self, noise, labels, rnd, gnet=None, guidance=1.0):
         return torch.zeros_like(noise)
 
 def class_means(images, labels):

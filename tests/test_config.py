@@ -16,9 +16,12 @@ from training import training_loop
 def test_build_gives_every_loop_argument(tiny_zip):
     opts, c = config.build('edm2-digits', dict(duration='2Ki', batch=64, channels=16, channel_mult=[1, 1]), data=tiny_zip)
     assert opts.family == 'edm2' and opts.duration == 2048 and opts.channels == 16
-    loop_params = set(inspect.signature(training_loop.training_loop).parameters)
-    assert set(c) <= loop_params and loop_params - set(c) == {'run_dir', 'run_id', 'on_resumed', 'slice_nimg', 'force_finite', 'keep_checkpoints', 'device'}
-    assert (c.total_nimg, c.batch_size, c.batch_gpu, c.status_nimg, c.snapshot_nimg) == (2048, 64, 0, 8 << 10, 64 << 10)
+    loop_params = inspect.signature(training_loop.training_loop).parameters
+    assert set(c) <= set(loop_params) and set(loop_params) - set(c) == {'run_dir', 'run_id', 'on_resumed', 'slice_nimg', 'force_finite', 'keep_checkpoints', 'device'}
+    # What the preset decides, the loop requires: it keeps no defaults of its own for it.
+    assert {name for name, param in loop_params.items() if param.default is inspect.Parameter.empty} == set(c) | {'run_dir'}
+    # batch_gpu as the loop uses it: per process and round (the option's 0 = the whole per-process batch).
+    assert (c.total_nimg, c.batch_size, c.batch_gpu, c.status_nimg, c.snapshot_nimg) == (2048, 64, 64, 8 << 10, 64 << 10)
     assert c.network_kwargs == dict(class_name='training.networks_edm2.Precond', model_channels=16, channel_mult=[1, 1],
         num_blocks=2, attn_resolutions=[4], dropout=0.0, sigma_data=0.5, use_fp16=True)
     assert c.encoder_kwargs == dict(class_name='training.encoders.StandardRGBEncoder') # uint8 data: pixels.
@@ -51,7 +54,8 @@ def test_values_are_checked_against_the_defaults_types():
     (dict(batch=64, duration=1000), 1, 'duration: 1000 images is not a multiple of the batch size 64'),
     (dict(batch=64, checkpoint=100), 1, 'checkpoint: 100 images'),
     (dict(channel_mult=[1, 2, 2, 2, 2]), 1, 'channel_mult has 5 resolution levels, too many for 4x4'),
-    (dict(p_uncond=1.0), 1, 'p_uncond must be in'),
+    (dict(label_dropout=1.0), 1, 'label_dropout must be in'),
+    (dict(p_uncond=1.0), 1, 'label_dropout must be in'), # The old name.
     (dict(lr_schedule='cosine'), 1, 'lr_schedule "cosine" is not an EDM2 schedule'),
     (dict(ema_stds=[0.5]), 1, 'EMA std must be in'),
 ])

@@ -19,6 +19,7 @@ import sklearn.datasets
 import torch
 
 import dataset_tool
+from training import imagenet
 from helpers import expect_cli_error, invoke, invoke_ok, read_zip, save_image, save_tiny_vae
 
 #----------------------------------------------------------------------------
@@ -278,7 +279,7 @@ def test_multisource_scripts_on_an_imagenet_root_without_devkit(tmp_path, monkey
     # train/ with synset folders and no meta.bin or devkit (before: "has no class labels"); the
     # bundled synset list gives the ids. Then --nums=1000 on a class of fewer images names --nums.
     import anchors
-    synsets = {class_id: name for name, class_id in dataset_tool.imagenet_synsets().items()}
+    synsets = {class_id: name for name, class_id in imagenet.synsets().items()}
     monkeypatch.setenv('HOME', str(tmp_path / 'home'))
     train = tmp_path / 'home' / 'datas' / 'Datasets' / 'ImageNet' / 'train'
     for class_id in [171, 182, 198, 208, 215, 231]:

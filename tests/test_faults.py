@@ -528,7 +528,7 @@ def test_impossible_generation_and_metric_values_are_refused(tmp_path, trained, 
         (generate_images.main, ['--net', snapshot, '--outdir', tmp_path / 'g', '--guidance', 'inf'], 'guidance must be at least 0 and finite'),
         (calculate_metrics.cmdline, gen + ['--guidance', 'nan'], 'guidance must be at least 0 and finite'),
         (generate_images.main, ['--net', snapshot, '--outdir', tmp_path / 'g', '--sigma_min', 100], 'need 0 < sigma_min < sigma_max'),
-        (generate_images.main, ['--net', snapshot, '--outdir', tmp_path / 'g', '--S_noise', 'nan'], '--S_noise nan: must be a finite number'),
+        (generate_images.main, ['--net', snapshot, '--outdir', tmp_path / 'g', '--S_noise', 'nan'], 'sampling option S_noise=nan: must be a finite number'),
         # Before: a MemoryError, and seed 2^32 gave seed 0's image.
         (generate_images.main, ['--net', snapshot, '--outdir', tmp_path / 'g', '--seeds', '0-99999999999'], '"0-99999999999" is outside 0..4294967295'),
         (generate_images.main, ['--net', snapshot, '--outdir', tmp_path / 'g', '--seeds', '4294967296'], '"4294967296" is outside 0..4294967295'),

@@ -3,6 +3,7 @@ command line (files, grid, --class all, errors), family dispatch, and (slow) the
 test: a classifier trained on the real digits recognises the requested class, more so with guidance."""
 
 import functools
+import json
 import os
 import pickle
 
@@ -41,29 +42,29 @@ class TinyDenoiser(torch.nn.Module):
 @persistence.persistent_class
 class TinyFamily(torch.nn.Module):
     """A family with its own sampler: the image is the class index (as a level) plus the options."""
+    sampler_options = dict(steps=int)
+
     def __init__(self, img_resolution=4, img_channels=1, label_dim=3):
         super().__init__()
         self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
 
-    def sample(self, noise, labels, rnd, gnet=None, guidance=1.0, steps=1, **unknown):
-        if unknown:
-            raise ValueError(f'TinyFamily: unknown options {", ".join(sorted(unknown))}')
+    def sample(self, noise, labels, rnd, gnet=None, guidance=1.0, steps=1):
         value = labels.argmax(dim=1).to(torch.float32) * 0.25 + steps * 0.01 + rnd.rand([noise.shape[0]]) * 0
         return value.reshape(-1, 1, 1, 1).expand(noise.shape)
 
 @persistence.persistent_class
 class Dropout:
-    def __init__(self, p_uncond=0.0):
-        self.p_uncond = p_uncond
+    def __init__(self, label_dropout=0.0):
+        self.label_dropout = label_dropout
 
     @property
     def has_unconditional_branch(self):
-        return self.p_uncond > 0
+        return self.label_dropout > 0
 
-def write_snapshot(path, net, p_uncond=None, encoder=None, sources=None):
+def write_snapshot(path, net, label_dropout=None, encoder=None, sources=None, loss_fn=None):
     torch.manual_seed(0)
     data = dict(ema=net.eval().requires_grad_(False), encoder=encoder or encoders.StandardRGBEncoder(),
-        loss_fn=Dropout(p_uncond) if p_uncond is not None else None, dataset_kwargs={}, sources=sources)
+        loss_fn=loss_fn or (Dropout(label_dropout) if label_dropout is not None else None), dataset_kwargs={}, sources=sources)
     with open(path, 'wb') as f:
         pickle.dump(data, f)
     return str(path)
@@ -71,7 +72,7 @@ def write_snapshot(path, net, p_uncond=None, encoder=None, sources=None):
 @pytest.fixture(scope='module')
 def snapshot(tmp_path_factory):
     torch.manual_seed(0)
-    return write_snapshot(tmp_path_factory.mktemp('snap') / 'network-snapshot.pkl', TinyDenoiser(), p_uncond=0.1)
+    return write_snapshot(tmp_path_factory.mktemp('snap') / 'network-snapshot.pkl', TinyDenoiser(), label_dropout=0.1)
 
 invoke = functools.partial(helpers.invoke, generate_images.main)
 
@@ -79,7 +80,7 @@ invoke = functools.partial(helpers.invoke, generate_images.main)
 
 def test_load_snapshot(snapshot):
     snap = generate.load_snapshot(snapshot, verbose=False)
-    assert snap.label_dim == 5 and snap.loss_fn.p_uncond == 0.1 and snap.dataset_kwargs == {}
+    assert snap.label_dim == 5 and snap.loss_fn.label_dropout == 0.1 and snap.dataset_kwargs == {}
     assert not snap.net.training and type(snap.encoder).__name__ == 'StandardRGBEncoder'
 
 def test_official_vae_encoder_is_replaced(tmp_path):
@@ -222,6 +223,10 @@ def test_sampler_options(snapshot, tmp_path):
         expected = by_hand(**kwargs)
         assert np.abs(images - expected).max() <= 1, args
         assert np.abs(images - default).max() > 2, args
+        # The same options as --opt KEY=VALUE: the same images.
+        opts = [a for key, value in dict(steps=4, **kwargs).items() for a in ['--opt', f'{key}={value}']]
+        invoke_ok(generate_images.main, '--net', snapshot, '--outdir', tmp_path / f'opt{i}', '--seeds', '3-5', *opts)
+        assert np.array_equal(pngs(tmp_path / f'opt{i}', seeds), images), opts
     reference_churn = by_hand(S_churn=20)
     for kwargs in [dict(S_min=1), dict(S_max=1), dict(S_noise=1.5)]: # Each restricts or scales the churn.
         assert np.abs(by_hand(S_churn=20, **kwargs) - reference_churn).max() > 2, kwargs
@@ -236,7 +241,11 @@ def test_sampler_options(snapshot, tmp_path):
     ('nodrop', ['--guidance', '2'], 'needs a guiding network'),
     ('uncond', ['--guidance', '2'], 'is unconditional'),
     ('uncond', ['--class', '0'], 'unconditional'),
-    ('family', ['--sigma_min', '0.1'], 'unknown options'),
+    ('family', ['--sigma_min', '0.1'], 'sampling option "sigma_min" does not apply to TinyFamily networks; their options: steps (int)'),
+    ('family', ['--opt', 'steps=3'], '--opt steps=3: the sampling option steps is given twice, with different values'),
+    ('ok', ['--opt', 'temperature=0.5'], 'sampling option "temperature" does not apply to EDM2 networks; their options: solver (str), steps (int)'),
+    ('ok', ['--opt', 'solver=rk4'], 'sampling option solver=rk4: unknown solver; choose from euler, heun, heun_sde, dpm++'),
+    ('ok', ['--opt', 'oops'], '--opt "oops" is not KEY=VALUE'),
 ])
 def test_cli_errors(tmp_path, make, args, message):
     path = tmp_path / 'snap.pkl'
@@ -246,7 +255,7 @@ def test_cli_errors(tmp_path, make, args, message):
         path.write_bytes(pickle.dumps(dict(net=1)))
     elif make in ['ok', 'nodrop', 'uncond', 'family']:
         net = TinyFamily() if make == 'family' else TinyDenoiser(label_dim=0 if make == 'uncond' else 5)
-        write_snapshot(path, net, p_uncond=0.1 if make == 'ok' else None)
+        write_snapshot(path, net, label_dropout=0.1 if make == 'ok' else None)
     result = invoke('--net', path, '--outdir', tmp_path / 'out', '--steps', 2, *args)
     error = expect_cli_error(result, message)
     assert str(path) in error or make not in ['garbage', 'dict', 'missing']
@@ -411,6 +420,129 @@ def test_metrics_gen_uses_the_preset_guidance(tmp_path, monkeypatch):
     unguided = fd('--net', files[preset.net])
     assert by_name['value'] == by_preset['value'] == explicit['value'] != unguided['value']
     assert by_name['guidance'] == 1.4 and by_name['preset'] == 'edm2-img512-xs-guid-fid' and by_name['net'] == preset.net
+
+#----------------------------------------------------------------------------
+# Sampling options (--opt KEY=VALUE): one option for every family's sampler, checked against the
+# options the family declares, recorded in the PNGs and in gen's results, each changing the images
+# as README.md's table says.
+
+def pngs(folder, seeds=range(4)):
+    return np.stack([np.asarray(PIL.Image.open(os.path.join(folder, f'{seed:06d}.png'))) for seed in seeds]).astype(int)
+
+def test_opt_and_the_edm_flags_are_one_option(snapshot, tmp_path):
+    # --opt reaches the EDM sampler's options as their flags do: the same images; a bad value is the
+    # same one line through either; a flag and --opt that disagree are refused.
+    invoke_ok(generate_images.main, '--net', snapshot, '--outdir', tmp_path / 'flags', '--seeds', '0-3', '--solver', 'euler', '--sigma_max', 5)
+    invoke_ok(generate_images.main, '--net', snapshot, '--outdir', tmp_path / 'opt', '--seeds', '0-3', '--opt', 'solver=euler', '--opt', 'sigma_max=5')
+    invoke_ok(generate_images.main, '--net', snapshot, '--outdir', tmp_path / 'default', '--seeds', '0-3')
+    assert np.array_equal(pngs(tmp_path / 'flags'), pngs(tmp_path / 'opt'))
+    assert np.abs(pngs(tmp_path / 'opt') - pngs(tmp_path / 'default')).max() > 2
+    assert '"solver": "euler", "sigma_max": 5' in generate_images.made_by(tmp_path / 'opt' / '000000.png')
+    for value in ['100', '-1']:
+        by_flag = expect_cli_error(invoke('--net', snapshot, '--outdir', tmp_path / 'bad', '--sigma_min', value), 'sampling option')
+        by_opt = expect_cli_error(invoke('--net', snapshot, '--outdir', tmp_path / 'bad', '--opt', f'sigma_min={value}'), 'sampling option')
+        assert by_flag == by_opt, (by_flag, by_opt)
+    expect_cli_error(invoke('--net', snapshot, '--outdir', tmp_path / 'bad', '--steps', 4, '--opt', 'steps=5'), 'given twice')
+    assert not (tmp_path / 'bad').exists()
+
+def tiny_mar(order='random', head='flow'):
+    from training import networks_mar
+    torch.manual_seed(0)
+    kwargs = dict(img_resolution=4, img_channels=1, label_dim=3, patch_size=2, width=16, num_heads=2, dropout=0.0, head=head,
+        head_width=16, head_depth=1, head_kwargs=dict(sample_steps=3), data_bound=1.0)
+    net = networks_mar.MAR(encoder_depth=1, decoder_depth=1, buffer_tokens=1, sample_steps=2, **kwargs) if order == 'random' else \
+        networks_mar.CausalAR(depth=1, **kwargs)
+    with torch.no_grad(): # Away from the zero-initialised head: outputs that depend on every input.
+        for param in net.parameters():
+            param.add_(torch.randn_like(param) * 0.3)
+    return net
+
+@pytest.fixture(scope='module')
+def family_snapshots(tmp_path_factory):
+    """Tiny MAR (flow head, 4 tokens, K = 2, 3 head steps), causal MAR (EDM head) and ARDM (4
+    levels, 16 steps, a falling running loss L_t) snapshots of 1x4x4 images, 3 classes."""
+    from training import networks_ardm, networks_mar
+    folder = tmp_path_factory.mktemp('families')
+    paths = {name: str(folder / f'{name}.pkl') for name in ['mar', 'causal', 'ardm']}
+    write_snapshot(paths['mar'], tiny_mar(), loss_fn=networks_mar.MARLoss(label_dropout=0.1))
+    write_snapshot(paths['causal'], tiny_mar('raster', head='edm'), loss_fn=networks_mar.MARLoss(label_dropout=0.1))
+    torch.manual_seed(0)
+    ardm = networks_ardm.ARDMNet(img_resolution=4, img_channels=1, label_dim=3, levels=4, model_channels=8, num_blocks=1)
+    with torch.no_grad():
+        for param in ardm.parameters():
+            param.add_(torch.randn_like(param) * 0.3)
+        ardm.step_loss.copy_(torch.linspace(2, 0.1, ardm.num_steps, dtype=torch.float64) ** 2) # Falling: dp and naive differ.
+        ardm.step_count.fill_(1)
+    write_snapshot(paths['ardm'], ardm, encoder=encoders.QuantizeEncoder(levels=4))
+    return paths
+
+# (snapshot, arguments, --opt settings that keep the images of those arguments alone, settings that change them)
+OPTION_EFFECTS = [
+    ('mar', [], ['temperature=1.0'], ['temperature=0.5']),                                 # 1 = as trained.
+    ('mar', ['--guidance', 1], ['guidance_schedule=linear'], None),                       # Rising from 1 to 1: no change.
+    ('mar', ['--guidance', 3], ['guidance_schedule=constant'], ['guidance_schedule=linear']), # From 1 to 3: weaker early on.
+    ('mar', [], ['head_steps=3'], ['head_steps=2']),                                      # The head's own default is 3.
+    ('mar', [], ['steps=2'], ['steps=1']),                                                # The network's default K is 2.
+    ('causal', ['--guidance', 2], ['use_cache=False'], None),                             # The cache changes the speed only.
+    ('causal', [], ['steps=4', 'head_steps=3'], ['head_steps=5']),                        # One step per token (4 tokens).
+    ('ardm', [], ['policy=naive'], None),                                                 # One call per step: the policies agree.
+    ('ardm', ['--steps', 4], ['policy=dp'], ['policy=naive']),                            # 4 calls for 16 steps: they differ.
+]
+
+@pytest.mark.parametrize('name, args, same, other', OPTION_EFFECTS)
+def test_sampling_options_change_images_as_documented(family_snapshots, tmp_path, name, args, same, other):
+    def images(folder, opts):
+        invoke_ok(generate_images.main, '--net', family_snapshots[name], '--outdir', tmp_path / folder, '--seeds', '0-3', *args,
+            *[a for opt in opts for a in ['--opt', opt]])
+        return pngs(tmp_path / folder)
+    default = images('default', [])
+    assert np.abs(images('same', same) - default).max() <= (1 if 'use_cache=False' in same else 0), same
+    if other is not None:
+        assert np.abs(images('other', other) - default).max() > 2, other
+    record = json.loads(generate_images.made_by(tmp_path / 'same' / '000000.png')) # The PNG records the options.
+    assert all(record[key] == value for key, value in map(lambda opt: util.parse_assignment(opt, '--opt'), same))
+
+@pytest.mark.parametrize('name, opt, message', [
+    ('mar', 'temperature=hot', "sampling option \"temperature\" expects a number, got 'hot' (MAR sampling options: steps (int), "
+        'temperature (float), guidance_schedule (str), head_steps (int))'),
+    ('mar', 'use_cache=False', 'sampling option "use_cache" does not apply to MAR networks; their options: steps (int), temperature'),
+    ('causal', 'use_cache=1', 'sampling option "use_cache" expects True or False, got 1'),
+    ('ardm', 'temperature=0.5', 'sampling option "temperature" does not apply to ARDMNet networks; their options: steps (int), policy (str)'),
+])
+def test_unknown_or_ill_typed_options_name_the_family_options(family_snapshots, tmp_path, name, opt, message):
+    # generate_images.py and calculate_metrics.py gen: one check against the family's declaration.
+    expect_cli_error(invoke('--net', family_snapshots[name], '--outdir', tmp_path / 'out', '--opt', opt), message)
+    expect_cli_error(helpers.invoke('calculate_metrics', 'gen', '--net', family_snapshots[name], '--metrics', 'fd_digits',
+        '--ref', tmp_path / 'ref.npz', '--num', 4, '--opt', opt), message)
+    assert not (tmp_path / 'out').exists() or not os.listdir(tmp_path / 'out')
+
+@pytest.mark.parametrize('name, opt, message', [
+    ('mar', 'temperature=-1', 'MAR: temperature must be a finite number, at least 0, got -1.0'),
+    ('mar', 'guidance_schedule=cosine', 'MAR: guidance_schedule must be "constant" or "linear", got \'cosine\''),
+    ('mar', 'head_steps=0', 'MAR: head_steps must be at least 1'),
+    ('causal', 'steps=3', 'steps must be the number of tokens (4), got 3'),
+    ('ardm', 'policy=fast', 'ARDM: unknown policy "fast"; choose dp or naive'),
+])
+def test_option_values_are_checked_by_the_family(family_snapshots, tmp_path, name, opt, message):
+    expect_cli_error(invoke('--net', family_snapshots[name], '--outdir', tmp_path / 'out', '--opt', opt), message)
+    assert not (tmp_path / 'out').exists() or not os.listdir(tmp_path / 'out')
+
+def test_guide_of_another_generation_order_is_refused(family_snapshots, tmp_path):
+    # A masked MAR guided by a causal one: checked once, before sampling (generate.check_guidance).
+    result = invoke('--net', family_snapshots['mar'], '--gnet', family_snapshots['causal'], '--guidance', 2, '--outdir', tmp_path / 'out')
+    expect_cli_error(result, '--gnet is a CausalAR on 1x4x4 inputs with 3 classes, but the network is a MAR')
+
+def test_gen_takes_and_records_sampling_options(family_snapshots, tiny_zip, tmp_path):
+    ref = tmp_path / 'ref.npz'
+    invoke_ok('calculate_metrics', 'ref', '--data', tiny_zip, '--metrics', 'fd_digits', '--dest', ref, '--workers', 0)
+    def record(*opts):
+        result = invoke_ok('calculate_metrics', 'gen', '--net', family_snapshots['mar'], '--ref', ref, '--metrics', 'fd_digits', '--num', 8,
+            *[a for opt in opts for a in ['--opt', opt]])
+        (line,) = [json.loads(line) for line in result.output.splitlines() if line.startswith('{')]
+        return line
+    default, cooler, same = record(), record('temperature=0.5', 'guidance_schedule=linear'), record('temperature=1')
+    assert cooler['temperature'] == 0.5 and cooler['guidance_schedule'] == 'linear' and 'temperature' not in default
+    assert same['value'] == default['value'] != cooler['value'] and same['temperature'] == 1.0
 
 def test_torchrun_two_processes_match_one(snapshot, tmp_path):
     args = ['generate_images.py', '--net', snapshot, '--seeds', '0-6', '--steps', '3', '--class', 'all']

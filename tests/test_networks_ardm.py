@@ -157,8 +157,9 @@ def test_conditional_network_needs_cond():
         net.sample(torch.zeros(2, 1, 2, 2), None, SeedRandom([0, 1]))
     assert net.sample(torch.zeros(2, 1, 2, 2), None, SeedRandom([0, 1]), cond=x).shape == x.shape
     assert torch.isfinite(net.bpd(x, None, SeedRandom([0, 1]), mode='exact')).all() # z comes from the images.
-    with pytest.raises(ValueError, match='unknown options'):
-        net.sample(torch.zeros(2, 1, 2, 2), None, SeedRandom([0, 1]), cond=x, temperature=1.0)
+    assert net.sampler_options == dict(steps=int, policy=str) # What --opt reaches (cond is an array).
+    with pytest.raises(ValueError, match='unknown policy "fast"'):
+        net.sample(torch.zeros(2, 1, 2, 2), None, SeedRandom([0, 1]), cond=x, policy='fast', steps=2)
 
 #----------------------------------------------------------------------------
 # Likelihood.

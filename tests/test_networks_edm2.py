@@ -1,6 +1,8 @@
 """EDM2 network and loss: magnitude preservation, forced weight normalisation, the official
 architecture's parameter names and counts, EDM preconditioning and the loss in closed form."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -151,14 +153,14 @@ def test_edm2_loss_label_dropout():
     labels = torch.eye(10)[torch.arange(4000) % 10]
     net = FixedDenoiser(0.0)
     torch.manual_seed(0)
-    N.EDM2Loss(p_uncond=0.2)(net=net, images=torch.zeros(4000, 1, 1, 1), labels=labels)
+    N.EDM2Loss(label_dropout=0.2)(net=net, images=torch.zeros(4000, 1, 1, 1), labels=labels)
     dropped = (net.seen_labels.sum(1) == 0).float().mean().item()
     assert abs(dropped - 0.2) < 0.03
     assert torch.equal(net.seen_labels[net.seen_labels.sum(1) > 0], labels[net.seen_labels.sum(1) > 0])
-    N.EDM2Loss(p_uncond=0.0)(net=net, images=torch.zeros(4000, 1, 1, 1), labels=labels)
+    N.EDM2Loss(label_dropout=0.0)(net=net, images=torch.zeros(4000, 1, 1, 1), labels=labels)
     assert torch.equal(net.seen_labels, labels)
-    with pytest.raises(ValueError, match='p_uncond'):
-        N.EDM2Loss(p_uncond=1.0)
+    with pytest.raises(ValueError, match='label_dropout must be in'):
+        N.EDM2Loss(label_dropout=1.0)
 
 #----------------------------------------------------------------------------
 # The official architecture: parameter counts of the paper's Tables 2 and 3, names, the digits
@@ -194,7 +196,9 @@ def test_official_img64_parameter_counts(size, millions):
 def test_multisource_parameter_counts():
     # The study's 12 presets are one XS network on 32x32x4 latents; K sources differ only in
     # the class embedding, a [4 * 128, K] matrix.
-    counts = {(k, n): parameter_count(f'edm2-img256-xs-{k}c-{n}', label_dim=k) for k, n in presets.MULTISOURCE_GRID}
+    sizes = [tuple(map(int, m.groups())) for m in map(re.compile(r'edm2-img256-xs-(\d+)c-(\d+)').fullmatch, presets.PRESETS) if m]
+    assert len(sizes) == 12
+    counts = {(k, n): parameter_count(f'edm2-img256-xs-{k}c-{n}', label_dim=k) for k, n in sizes}
     for (k, n), count in counts.items():
         assert count == counts[1, 100] + (k - 1) * 4 * 128, (k, n)
 

@@ -14,8 +14,9 @@ import scipy.stats
 import torch
 
 from torch_utils import persistence
-from training import networks_mar
-from training.networks_mar import MAR, CausalAR, MARLoss, DiffusionHead, FlowHead, EDMHead, unmasking_schedule
+from training import mar_heads
+from training.mar_heads import DiffusionHead, FlowHead, EDMHead
+from training.networks_mar import MAR, CausalAR, MARLoss, unmasking_schedule
 from training.samplers import StackedRandomGenerator
 
 HEADS = ['diffusion', 'flow', 'edm']
@@ -191,7 +192,7 @@ class OracleEps(torch.nn.Module):
 def oracle_head(token_dim, v):
     """A float64 diffusion head (its own coefficients, in float64) whose network is OracleEps."""
     head = DiffusionHead(token_dim=token_dim, cond_dim=token_dim, width=8, depth=1)
-    for name, value in networks_mar.diffusion_coefficients(head.alphas_cumprod).items():
+    for name, value in mar_heads.diffusion_coefficients(head.alphas_cumprod).items():
         setattr(head, name, torch.as_tensor(value))
     head.net = OracleEps(torch.as_tensor(np.sqrt(cosine_alphas_cumprod())), v=v)
     return head
@@ -243,7 +244,7 @@ def test_diffusion_head_sampler_is_ancestral_sampling_in_closed_form(v):
     head = oracle_head(token_dim=1, v=v)
     head.net = ZeroEps(v)
     steps = 7
-    abar = cosine_alphas_cumprod()[networks_mar.spaced_timesteps(1000, steps)]
+    abar = cosine_alphas_cumprod()[mar_heads.spaced_timesteps(1000, steps)]
     abar_prev = np.append(1.0, abar[:-1])
     beta = 1 - abar / abar_prev
     k = np.sqrt(abar_prev) * beta / ((1 - abar) * np.sqrt(abar)) + np.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar)
@@ -521,8 +522,8 @@ def test_guidance_one_is_the_unguided_path(head, order):
     # The null class does not.
     assert not torch.allclose(sample(guidance=3.0), plain, atol=1e-3)
     out, guide = torch.randn([5, 6]), torch.randn([5, 6])
-    assert torch.allclose(networks_mar.combine_guidance(out, guide, 1.0, 6), out, atol=1e-6)
-    assert torch.allclose(networks_mar.combine_guidance(out, guide, 2.0, 3)[:, :3], 2 * out[:, :3] - guide[:, :3])
+    assert torch.allclose(mar_heads.combine_guidance(out, guide, 1.0, 6), out, atol=1e-6)
+    assert torch.allclose(mar_heads.combine_guidance(out, guide, 2.0, 3)[:, :3], 2 * out[:, :3] - guide[:, :3])
 
 @pytest.mark.parametrize('order', ['random', 'raster'])
 def test_linear_guidance_schedule_weights(order):
@@ -554,17 +555,21 @@ def test_seed_gives_same_image_whatever_the_batch(head, order):
     assert not torch.allclose(batch[0], batch[1])
 
 @pytest.mark.parametrize('order', ['random', 'raster'])
-def test_sample_rejects_unknown_options(order):
+def test_sample_checks_its_options(order):
+    # The names and types are checked against `sampler_options` by the front end
+    # (test_generate_images.py); sample() checks the values.
     net = tiny_net(order=order)
     sample = lambda **kw: net.sample(torch.zeros([1, 1, 8, 8]), one_hot([0]), StackedRandomGenerator('cpu', [0]), **kw)
-    options = 'steps, temperature, guidance_schedule, head_steps' + (', use_cache' if order == 'raster' else '')
-    with pytest.raises(ValueError, match=f'does not understand num_steps; its options are {options}$'):
-        sample(num_steps=3)
-    with pytest.raises(ValueError, match='guidance_schedule'):
+    assert list(net.sampler_options) == ['steps', 'temperature', 'guidance_schedule', 'head_steps'] + (['use_cache'] if order == 'raster' else [])
+    with pytest.raises(ValueError, match='guidance_schedule must be "constant" or "linear", got \'cosine\''):
         sample(guidance_schedule='cosine')
-    # The guide must generate in the same order (a masked guide has no cache, a causal one no mask).
-    with pytest.raises(ValueError, match='same order'):
-        sample(gnet=tiny_net(order={'random': 'raster', 'raster': 'random'}[order]), guidance=2.0)
+    with pytest.raises(ValueError, match='temperature must be a finite number, at least 0, got -1'):
+        sample(temperature=-1.0)
+    with pytest.raises(ValueError, match='head_steps must be at least 1'):
+        sample(head_steps=0)
+    if order == 'random':
+        with pytest.raises(ValueError, match='steps must be in 1..16'):
+            sample(steps=0)
     if order == 'raster':
         with pytest.raises(ValueError, match='one token per step: steps must be the number of tokens \\(16\\), got 8'):
             sample(steps=8)
@@ -635,8 +640,11 @@ def test_digits_presets_build():
     assert len(net.blocks) == 8 and net.pos.shape == (16, 128)
     with pytest.raises(ValueError, match='option "order" must be "random".*"raster".*got \'zigzag\''):
         presets.family_kwargs(presets.resolve('mar-digits', dict(order='zigzag')))
-    with pytest.raises(ValueError, match='head must be one of diffusion, flow, edm'):
-        build_preset_net('mar-digits', img_resolution=8, img_channels=1, label_dim=10).make_head('ddim', 8, 8, 1, {})
+    with pytest.raises(ValueError, match="head must be one of diffusion, flow, edm and head_steps .*; got 'ddim' and 1"):
+        MAR(img_resolution=8, img_channels=1, patch_size=2, width=16, num_heads=2, encoder_depth=1, decoder_depth=1, head='ddim')
+    with pytest.raises(ValueError, match="got 'flow' and 0"):
+        MAR(img_resolution=8, img_channels=1, patch_size=2, width=16, num_heads=2, encoder_depth=1, decoder_depth=1, head='flow',
+            head_kwargs=dict(sample_steps=0))
 
 @pytest.mark.parametrize('name', ['mar-digits', 'mar-digits-causal'])
 def test_digits_preset_trains_through_the_shared_loop(name, tmp_path, tiny_zip):
@@ -666,12 +674,12 @@ def test_digits_preset_trains_through_the_shared_loop(name, tmp_path, tiny_zip):
 
 @pytest.mark.parametrize('name, calls', [('mar-digits', 7), ('mar-digits-flow', 2 * 7 - 1), ('mar-digits-edm', 2 * 7 - 1),
     ('mar-digits-causal', 2 * 7 - 1)])
-def test_head_sample_steps_reaches_the_head(name, calls):
-    # head_sample_steps=7: every token's head samples in 7 steps (diffusion: 7 network calls; flow
-    # and EDM with Heun: 2 per step but the last), unless the sampler is given head_steps.
+def test_head_steps_reaches_the_head(name, calls):
+    # The training option head_steps=7: every token's head samples in 7 steps (diffusion: 7 network
+    # calls; flow and EDM with Heun: 2 per step but the last), unless the sampler is given head_steps.
     from training import presets
     small = dict(encoder_depth=1, decoder_depth=1) if name != 'mar-digits-causal' else dict(depth=1)
-    opts = presets.resolve(name, dict(small, head_sample_steps=7, width=16, num_heads=2, head_width=16, head_depth=1))
+    opts = presets.resolve(name, dict(small, head_steps=7, width=16, num_heads=2, head_width=16, head_depth=1))
     kwargs = dict(presets.family_kwargs(opts)['network_kwargs'])
     network_class = {'training.networks_mar.MAR': MAR, 'training.networks_mar.CausalAR': CausalAR}[kwargs.pop('class_name')]
     net = network_class(img_resolution=8, img_channels=1, label_dim=10, **kwargs).eval()

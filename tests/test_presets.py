@@ -16,6 +16,28 @@ from training import presets
 from training import training_loop
 
 #----------------------------------------------------------------------------
+# The tables are literal: every preset's name is written out (grep finds it), as in EDM2's table;
+# and the generators reach the generation presets without importing the families.
+
+def test_every_preset_name_is_written_out():
+    from training import generate # pylint: disable=import-outside-toplevel
+    for module, table in [(presets, presets.PRESETS), (generate, generate.GENERATION_PRESETS)]:
+        with open(module.__file__) as f:
+            text = f.read()
+        missing = [name for name in table if f"'{name}'" not in text]
+        assert len(table) > 30 and not missing, (module.__name__, missing)
+
+def test_the_generators_and_dataset_tool_import_no_family_and_no_study():
+    import subprocess # pylint: disable=import-outside-toplevel
+    import sys # pylint: disable=import-outside-toplevel
+    from helpers import ROOT, subprocess_env # pylint: disable=import-outside-toplevel
+    code = ('import sys, dataset_tool, generate_images, calculate_metrics; '
+        'print(sorted(m for m in sys.modules if m.startswith("training.")))')
+    loaded = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, check=True).stdout
+    assert 'training.generate' in loaded and 'training.imagenet' in loaded
+    assert not [name for name in ['presets', 'networks_edm2', 'networks_ardm', 'networks_mar', 'study'] if f"'training.{name}'" in loaded]
+
+#----------------------------------------------------------------------------
 # One training step for every preset.
 
 def preset_data(name):

@@ -72,7 +72,9 @@ def loop_arguments(monkeypatch, args):
     (['--decay', '123'], {'lr_kwargs.ref_batches': 123}),
     (['--fp16', 'false'], {'network_kwargs.use_fp16': False}),
     (['--batch-gpu', '16'], {'batch_gpu': 16}),
-    (['--p-uncond', '0.2', '--dropout', '0.05'], {'loss_kwargs.p_uncond': 0.2, 'network_kwargs.dropout': 0.05}),
+    (['--p-uncond', '0.2', '--dropout', '0.05'], {'loss_kwargs.label_dropout': 0.2, 'network_kwargs.dropout': 0.05}),
+    (['--label-dropout', '0.2'], {'loss_kwargs.label_dropout': 0.2}),
+    (['--mixed-precision', 'false'], {'network_kwargs.use_fp16': False}),
     (['--ls', '1024'], {'loss_scaling': 1024.0}), # EDM2's loss scaling and cuDNN benchmarking flags.
     (['--bench=False'], {'cudnn_benchmark': False}),
     (['--seed', '7'], {'seed': 7}),
@@ -100,6 +102,34 @@ def test_each_flag_changes_what_the_loop_receives(digits_zip, tmp_path, monkeypa
 def test_bad_options_are_clear_errors(digits_zip, tmp_path, args, message):
     result = invoke(['--data', digits_zip, '--outdir', str(tmp_path / 'run')] + args)
     expect_cli_error(result, message)
+    assert not os.path.exists(tmp_path / 'run')
+
+# Every flag parses its type only: its value is checked once, by the library, as the same value
+# given with --set is (before, --p-uncond 1 passed click's [0, 1] and was then refused, and --lr 0
+# had two messages).
+@pytest.mark.parametrize('flag, option, value, message', [
+    ('--p-uncond', 'label_dropout', '1', 'label_dropout must be in [0, 1), got 1.0'),
+    ('--label-dropout', 'p_uncond', '-0.5', 'label_dropout must be in [0, 1), got -0.5'),
+    ('--dropout', 'dropout', '1.5', 'dropout 1.5 in [0, 1]'),
+    ('--channels', 'channels', '0', 'channels 0 must be at least 1'),
+    ('--lr', 'lr', '0', 'lr must be positive'),
+    ('--P_std', 'P_std', '0', 'P_std and sigma_data must be positive'),
+    ('--ls', 'loss_scaling', '0', 'loss_scaling (--ls) must be positive'),
+    ('--decay', 'decay', '-1', 'option "decay" must be at least 0, got -1'),
+    ('--workers', 'workers', '-1', 'option "workers" must be at least 0, got -1'),
+    ('--seed', 'seed', '-1', 'option "seed" must be at least 0, got -1'),
+    ('--batch', 'batch', '0', 'batch and duration must be at least 1 image'),
+    ('--fp16', 'mixed_precision', '2', None), # A type error: click's own usage error for the flag.
+])
+def test_a_bad_value_is_one_message_through_its_flag_and_set(digits_zip, tmp_path, flag, option, value, message):
+    base = ['--preset', 'edm2-digits', '--data', digits_zip, '--outdir', str(tmp_path / 'run'), '--dry-run']
+    if message is None:
+        expect_cli_error(invoke(base + [flag, value]), 'is not a valid boolean', exit_code=2)
+        expect_cli_error(invoke(base + ['--set', f'{option}={value}']), f'option "{option}" expects True or False, got 2')
+        return
+    by_flag = expect_cli_error(invoke(base + [flag, value]), message)
+    by_set = expect_cli_error(invoke(base + ['--set', f'{option}={value}']), message)
+    assert by_flag == by_set
     assert not os.path.exists(tmp_path / 'run')
 
 def test_edm2_training_command_and_default_preset(tmp_path, monkeypatch):
@@ -375,7 +405,7 @@ def test_resumes_a_run_of_the_official_code(tmp_path):
     # Ours carries what the official code needs to resume it (verified by running it: it went on
     # from our kimg 2 to 3): its keys, and the loss settings under loss_fn.
     settings = lambda loss: {k: v for k, v in loss.items() if not k.startswith('_')}
-    assert set(official) <= set(ours) and settings(ours['loss_fn']) == dict(settings(official['loss_fn']), p_uncond=0.0)
+    assert set(official) <= set(ours) and settings(ours['loss_fn']) == dict(settings(official['loss_fn']), label_dropout=0.0)
     # The resumption is recorded as for runs of this code (the official arguments stay, still
     # read as an official run: every state is kept), and the next one compares with that record.
     recorded = json.loads((tmp_path / 'offrun' / 'training_options.json').read_text())

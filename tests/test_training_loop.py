@@ -29,8 +29,8 @@ def loop_kwargs(run_dir, total_nimg=8000, noise=True, ema=True, **kwargs):
         optimizer_kwargs=dict(class_name='torch.optim.Adam', betas=(0.9, 0.99)),
         lr_kwargs=dict(func_name='training.networks_edm2.learning_rate_schedule', ref_lr=0.01, ref_batches=100, rampup_Mimg=0.001),
         ema_kwargs=dict(class_name='training.phema.PowerFunctionEMA', stds=[0.05, 0.1]) if ema else None,
-        run_dir=str(run_dir), seed=1, batch_size=8, total_nimg=total_nimg,
-        status_nimg=2000, snapshot_nimg=4000, checkpoint_nimg=2000, device='cpu',
+        run_dir=str(run_dir), seed=1, batch_size=8, batch_gpu=8, total_nimg=total_nimg,
+        status_nimg=2000, snapshot_nimg=4000, checkpoint_nimg=2000, loss_scaling=1, grad_clip=0, cudnn_benchmark=False, device='cpu',
     )
     c.update(kwargs)
     return c
@@ -132,14 +132,14 @@ def test_gradient_accumulation_matches_one_round(tmp_path, optimizer):
     kwargs = dict(noise=False, snapshot_nimg=None, total_nimg=400, status_nimg=400, checkpoint_nimg=400,
         optimizer_kwargs=dict(class_name=optimizer), lr_kwargs=dict(func_name='training.training_loop.constant_lr', ref_lr=0.05))
     states = {}
-    for batch_gpu in [0, 4, 2]:
+    for batch_gpu in [8, 4, 2]:
         training_loop.training_loop(**loop_kwargs(tmp_path / str(batch_gpu), batch_gpu=batch_gpu, **kwargs))
         states[batch_gpu] = final_state(tmp_path / str(batch_gpu))
     initial = init_parameters()
-    assert max((states[0]['net'][k] - p).abs().max() for k, p in initial.items()) > 0.01 # 50 steps went somewhere.
+    assert max((states[8]['net'][k] - p).abs().max() for k, p in initial.items()) > 0.01 # 50 steps went somewhere.
     for batch_gpu in [4, 2]:
         assert states[batch_gpu]['net']['calls'] == 50 * 8 // batch_gpu # One forward call per round.
-        for net, reference in zip([states[batch_gpu]['net'], *states[batch_gpu]['ema']['emas']], [states[0]['net'], *states[0]['ema']['emas']]):
+        for net, reference in zip([states[batch_gpu]['net'], *states[batch_gpu]['ema']['emas']], [states[8]['net'], *states[8]['ema']['emas']]):
             for key in initial:
                 torch.testing.assert_close(net[key], reference[key], rtol=1e-5, atol=1e-6)
 
@@ -214,7 +214,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     # 100 steps: Adam amplifies summation-order differences over long runs.
     short = dict(noise=False, ema=False, snapshot_nimg=None, total_nimg=800, status_nimg=800, checkpoint_nimg=800, device=None)
     training_loop.training_loop(**loop_kwargs(one, **short))
-    runs = {'two': loop_kwargs(tmp_path / 'two', **short), 'two-accumulating': loop_kwargs(tmp_path / 'two-accumulating', batch_gpu=2, **short)}
+    runs = {'two': loop_kwargs(tmp_path / 'two', batch_gpu=4, **short), 'two-accumulating': loop_kwargs(tmp_path / 'two-accumulating', batch_gpu=2, **short)}
     torchrun([RUNNER, json.dumps(list(runs.values()))])
     a = final_state(one)
     assert max(float((a['net'][k] - p).abs().max()) for k, p in init_parameters().items()) > 0.01 # Training went somewhere.

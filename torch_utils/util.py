@@ -2,6 +2,7 @@
 name, URL/file opening through an on-disk cache, the stdout/stderr tee Logger, parsing helpers
 and atomic output paths."""
 
+import ast
 import contextlib
 import functools
 import glob
@@ -146,6 +147,30 @@ def parse_float_list(s):
                 f'e.g. 0.010,0.015,...,0.250')
         values.extend(raw[i - 1] + step * (k + 1) for k in range(round(count)))
     return values
+
+def parse_assignment(text, flag):
+    """'key=value' (train_edm2.py --set, the generators' --opt) -> (key, value): the value a Python
+    literal, a bare word a string."""
+    match = re.fullmatch(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)', str(text))
+    if not match:
+        raise ValueError(f'{flag} "{text}" is not KEY=VALUE')
+    key, raw = match.group(1), match.group(2).strip()
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key, value
+
+def check_type(value, expected, what):
+    """`value` as the type `expected` (bool, int, float or str; an int passes for a float, a bool
+    for nothing else), or a ValueError that names `what`."""
+    ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        kind = {bool: 'True or False', int: 'an integer', float: 'a number', str: 'a string'}.get(expected, expected.__name__)
+        raise ValueError(f'{what} expects {kind}, got {value!r}')
+    return value
 
 _NIMG_SUFFIXES = {'': 1, 'k': 10**3, 'M': 10**6, 'G': 10**9, 'Ki': 2**10, 'Mi': 2**20, 'Gi': 2**30}
 

@@ -26,7 +26,7 @@ def build(preset, overrides=None, data=None, world_size=1):
     dataset_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=opts.cond, xflip=opts.xflip, cache=opts.cache)
     dataset = open_dataset(dataset_kwargs, opts.cond)
     family = presets.family_kwargs(opts)
-    c = util.EasyDict(
+    loop_kwargs = util.EasyDict(
         dataset_kwargs      = dataset_kwargs,
         encoder_kwargs      = family['encoder_kwargs'] or default_encoder_kwargs(dataset, opts, data),
         data_loader_kwargs  = dict(num_workers=opts.workers),
@@ -37,7 +37,7 @@ def build(preset, overrides=None, data=None, world_size=1):
         ema_kwargs          = family['ema_kwargs'],
         seed                = opts.seed,
         batch_size          = opts.batch,
-        batch_gpu           = opts.batch_gpu,
+        batch_gpu           = batch_per_round(opts.batch, opts.batch_gpu, world_size),
         total_nimg          = opts.duration,
         status_nimg         = opts.status,
         snapshot_nimg       = opts.snapshot,
@@ -46,8 +46,8 @@ def build(preset, overrides=None, data=None, world_size=1):
         loss_scaling        = opts.loss_scaling,
         cudnn_benchmark     = opts.cudnn_benchmark,
     )
-    check_network(c, dataset)
-    return opts, c
+    check_network(loop_kwargs, dataset)
+    return opts, loop_kwargs
 
 #----------------------------------------------------------------------------
 # Checks.
@@ -55,8 +55,7 @@ def build(preset, overrides=None, data=None, world_size=1):
 def check_options(opts, world_size=1):
     """The checks that need no dataset: value ranges, the batch split and the intervals."""
     check_ranges(opts, world_size)
-    check_batch(util.EasyDict(batch_size=opts.batch, batch_gpu=opts.batch_gpu, total_nimg=opts.duration, status_nimg=opts.status,
-        snapshot_nimg=opts.snapshot, checkpoint_nimg=opts.checkpoint), world_size)
+    check_batch(opts, world_size)
 
 def describe_data(dataset_kwargs):
     """What the dataset is, as training_options.json records it (training/runs.py compares it on
@@ -71,25 +70,28 @@ def check_ranges(opts, world_size=1):
         raise ValueError(f'seed must be in 0..{2**32 - world_size}, got {opts.seed}')
     if opts.batch < 1 or opts.duration < 1:
         raise ValueError(f'batch and duration must be at least 1 image, got batch {opts.batch} and duration {opts.duration}')
-    if opts.workers < 0:
-        raise ValueError(f'workers must be at least 0, got {opts.workers}')
     if not opts.lr > 0 or opts.grad_clip < 0:
         raise ValueError(f'lr must be positive and grad_clip at least 0, got lr {opts.lr} and grad_clip {opts.grad_clip}')
     if not opts.loss_scaling > 0:
         raise ValueError(f'loss_scaling (--ls) must be positive, got {opts.loss_scaling}')
 
-def check_batch(c, world_size):
+def batch_per_round(batch, batch_gpu, world_size):
+    """Images per process in one accumulation round: the option batch_gpu (0 = no limit) capped
+    at the process's share of the batch. The training loop takes it as computed here."""
+    per_process = batch // world_size
+    return min(batch_gpu or per_process, per_process)
+
+def check_batch(opts, world_size):
     """The batch splits evenly into processes x accumulation rounds x batch_gpu, and every
     interval is a whole number of batches (0 = off)."""
-    per_process = c.batch_size // world_size
-    batch_gpu = min(c.batch_gpu or per_process, per_process)
-    if c.batch_size % world_size != 0 or batch_gpu < 1 or per_process % batch_gpu != 0:
-        raise ValueError(f'batch {c.batch_size} is not divisible by {world_size} processes x batch-gpu {c.batch_gpu or per_process}')
-    for key, option in [('total_nimg', 'duration'), ('status_nimg', 'status'), ('snapshot_nimg', 'snapshot'), ('checkpoint_nimg', 'checkpoint')]:
-        if c[key] % c.batch_size != 0:
-            raise ValueError(f'{option}: {c[key]} images is not a multiple of the batch size {c.batch_size}')
-    if 0 < c.snapshot_nimg < 1000: # Two snapshots in one thousand images would get the same name.
-        raise ValueError(f'snapshot: {c.snapshot_nimg} images is below 1000; snapshot names count thousands of images (kimg)')
+    batch_gpu = batch_per_round(opts.batch, opts.batch_gpu, world_size)
+    if opts.batch % world_size != 0 or batch_gpu < 1 or (opts.batch // world_size) % batch_gpu != 0:
+        raise ValueError(f'batch {opts.batch} is not divisible by {world_size} processes x batch-gpu {opts.batch_gpu or opts.batch // world_size}')
+    for option in ['duration', 'status', 'snapshot', 'checkpoint']:
+        if opts[option] % opts.batch != 0:
+            raise ValueError(f'{option}: {opts[option]} images is not a multiple of the batch size {opts.batch}')
+    if 0 < opts.snapshot < 1000: # Two snapshots in one thousand images would get the same name.
+        raise ValueError(f'snapshot: {opts.snapshot} images is below 1000; snapshot names count thousands of images (kimg)')
 
 def check_slice(slice_nimg, batch_size):
     if slice_nimg < 1 or slice_nimg % batch_size != 0:
@@ -119,22 +121,22 @@ def default_encoder_kwargs(dataset, opts, path):
     raise ValueError(f'the dataset {path} holds {dataset.num_channels}-channel {image.dtype} data; '
         f'the {opts.family} family takes uint8 pixels' + (' or 8-channel VAE latents' if 'vae' in opts else ''))
 
-def check_network(c, dataset):
+def check_network(loop_kwargs, dataset):
     """Build the encoder (without loading weights), the loss, and the network and its EMA on the
     meta device, so that an impossible configuration (e.g. more resolution levels than the images
     have) fails now."""
-    encoder = util.construct_class_by_name(**c.encoder_kwargs)
+    encoder = util.construct_class_by_name(**loop_kwargs.encoder_kwargs)
     image, label = dataset[0]
     shape = encoder.encode_latents(torch.as_tensor(image).unsqueeze(0)).shape
-    util.construct_class_by_name(**c.loss_kwargs)
+    util.construct_class_by_name(**loop_kwargs.loss_kwargs)
     with torch.device('meta'):
         try:
-            net = util.construct_class_by_name(**copy.deepcopy(c.network_kwargs), img_resolution=shape[-1],
+            net = util.construct_class_by_name(**copy.deepcopy(loop_kwargs.network_kwargs), img_resolution=shape[-1],
                 img_channels=shape[1], label_dim=label.shape[-1])
         except (ValueError, TypeError, AssertionError, RuntimeError) as e:
             raise ValueError(f'the network cannot be built for {shape[1]}x{shape[2]}x{shape[3]} inputs '
                 f'and {label.shape[-1]} classes: {e}') from e
-        if c.ema_kwargs is not None:
-            util.construct_class_by_name(net=net, **c.ema_kwargs)
+        if loop_kwargs.ema_kwargs is not None:
+            util.construct_class_by_name(net=net, **loop_kwargs.ema_kwargs)
 
 #----------------------------------------------------------------------------

@@ -24,56 +24,70 @@ from training import samplers
 # NVlabs/edm2's generate_images.py): the network, the guiding network and the guidance weight that
 # gave the best FID or FD_DINOv2 in the EDM2 and autoguidance papers (the score in the comments).
 # Snapshot names: {model}-{kimg}-{ema std}. Read only through resolve_generation() below, which
-# generate_images.py and calculate_metrics.py gen both call.
+# generate_images.py and calculate_metrics.py gen both call; one row per preset, as in EDM2's table.
 
 _model_root = 'https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions'
-GENERATION_PRESETS = dict()
 
-def _generation_preset(name, net, gnet=None, guidance=None):
-    GENERATION_PRESETS[name] = util.EasyDict(net=f'{_model_root}/{net}.pkl')
+def _snapshot(net, gnet=None, guidance=None):
+    preset = util.EasyDict(net=f'{_model_root}/{net}.pkl')
     if gnet is not None:
-        GENERATION_PRESETS[name].update(gnet=f'{_model_root}/{gnet}.pkl', guidance=guidance)
+        preset.update(gnet=f'{_model_root}/{gnet}.pkl', guidance=guidance)
+    return preset
 
-# No guidance: (model, kimg, EMA std best for FID, for FD_DINOv2 (None: not published)).
-# img512 FID 3.53 2.56 2.25 2.06 1.96 1.91, FD_DINOv2 103.39 68.64 58.44 52.25 45.96 42.84; img64 FID 1.58 1.43 1.33 1.33.
-for _model, _kimg, _fid_std, _dino_std in [('img512-xs', '2147483', 0.135, 0.200), ('img512-s', '2147483', 0.130, 0.190),
-        ('img512-m', '2147483', 0.100, 0.155), ('img512-l', '1879048', 0.085, 0.155), ('img512-xl', '1342177', 0.085, 0.155),
-        ('img512-xxl', '0939524', 0.070, 0.150), ('img64-s', '1073741', 0.075, None), ('img64-m', '2147483', 0.060, None),
-        ('img64-l', '1073741', 0.040, None), ('img64-xl', '0671088', 0.040, None)]:
-    _generation_preset(f'edm2-{_model}-fid', f'edm2-{_model}-{_kimg}-{_fid_std:.3f}')
-    if _dino_std is not None:
-        _generation_preset(f'edm2-{_model}-dino', f'edm2-{_model}-{_kimg}-{_dino_std:.3f}')
+GENERATION_PRESETS = {
+    # No guidance: the EMA std best for FID or for FD_DINOv2. img512 FID 3.53 2.56 2.25 2.06 1.96 1.91,
+    # FD_DINOv2 103.39 68.64 58.44 52.25 45.96 42.84 (xs .. xxl); img64 FID 1.58 1.43 1.33 1.33 (s .. xl).
+    'edm2-img512-xs-fid':              _snapshot('edm2-img512-xs-2147483-0.135'),
+    'edm2-img512-xs-dino':             _snapshot('edm2-img512-xs-2147483-0.200'),
+    'edm2-img512-s-fid':               _snapshot('edm2-img512-s-2147483-0.130'),
+    'edm2-img512-s-dino':              _snapshot('edm2-img512-s-2147483-0.190'),
+    'edm2-img512-m-fid':               _snapshot('edm2-img512-m-2147483-0.100'),
+    'edm2-img512-m-dino':              _snapshot('edm2-img512-m-2147483-0.155'),
+    'edm2-img512-l-fid':               _snapshot('edm2-img512-l-1879048-0.085'),
+    'edm2-img512-l-dino':              _snapshot('edm2-img512-l-1879048-0.155'),
+    'edm2-img512-xl-fid':              _snapshot('edm2-img512-xl-1342177-0.085'),
+    'edm2-img512-xl-dino':             _snapshot('edm2-img512-xl-1342177-0.155'),
+    'edm2-img512-xxl-fid':             _snapshot('edm2-img512-xxl-0939524-0.070'),
+    'edm2-img512-xxl-dino':            _snapshot('edm2-img512-xxl-0939524-0.150'),
+    'edm2-img64-s-fid':                _snapshot('edm2-img64-s-1073741-0.075'),
+    'edm2-img64-m-fid':                _snapshot('edm2-img64-m-2147483-0.060'),
+    'edm2-img64-l-fid':                _snapshot('edm2-img64-l-1073741-0.040'),
+    'edm2-img64-xl-fid':               _snapshot('edm2-img64-xl-0671088-0.040'),
+    # Classifier-free guidance by the unconditional XS model at the same EMA std. FID 2.91 2.23 2.01 1.88
+    # 1.85 1.81, FD_DINOv2 79.94 52.32 41.98 38.20 35.67 33.09 (xs .. xxl).
+    'edm2-img512-xs-guid-fid':         _snapshot('edm2-img512-xs-2147483-0.045', 'edm2-img512-xs-uncond-2147483-0.045', 1.4),
+    'edm2-img512-xs-guid-dino':        _snapshot('edm2-img512-xs-2147483-0.150', 'edm2-img512-xs-uncond-2147483-0.150', 1.7),
+    'edm2-img512-s-guid-fid':          _snapshot('edm2-img512-s-2147483-0.025', 'edm2-img512-xs-uncond-2147483-0.025', 1.4),
+    'edm2-img512-s-guid-dino':         _snapshot('edm2-img512-s-2147483-0.085', 'edm2-img512-xs-uncond-2147483-0.085', 1.9),
+    'edm2-img512-m-guid-fid':          _snapshot('edm2-img512-m-2147483-0.030', 'edm2-img512-xs-uncond-2147483-0.030', 1.2),
+    'edm2-img512-m-guid-dino':         _snapshot('edm2-img512-m-2147483-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 2.0),
+    'edm2-img512-l-guid-fid':          _snapshot('edm2-img512-l-1879048-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 1.2),
+    'edm2-img512-l-guid-dino':         _snapshot('edm2-img512-l-1879048-0.035', 'edm2-img512-xs-uncond-2147483-0.035', 1.7),
+    'edm2-img512-xl-guid-fid':         _snapshot('edm2-img512-xl-1342177-0.020', 'edm2-img512-xs-uncond-2147483-0.020', 1.2),
+    'edm2-img512-xl-guid-dino':        _snapshot('edm2-img512-xl-1342177-0.030', 'edm2-img512-xs-uncond-2147483-0.030', 1.7),
+    'edm2-img512-xxl-guid-fid':        _snapshot('edm2-img512-xxl-0939524-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 1.2),
+    'edm2-img512-xxl-guid-dino':       _snapshot('edm2-img512-xxl-0939524-0.015', 'edm2-img512-xs-uncond-2147483-0.015', 1.7),
+    # Autoguidance by a smaller, shorter-trained model (Karras et al. 2024, "Guiding a diffusion model
+    # with a bad version of itself"). FID 1.34 1.25 3.86 1.01, FD_DINOv2 36.67 24.18 90.39 31.85 (s,
+    # xxl, s-uncond, img64-s).
+    'edm2-img512-s-autog-fid':         _snapshot('edm2-img512-s-2147483-0.070', 'edm2-img512-xs-0134217-0.125', 2.1),
+    'edm2-img512-s-autog-dino':        _snapshot('edm2-img512-s-2147483-0.120', 'edm2-img512-xs-0134217-0.165', 2.45),
+    'edm2-img512-xxl-autog-fid':       _snapshot('edm2-img512-xxl-0939524-0.075', 'edm2-img512-m-0268435-0.155', 2.05),
+    'edm2-img512-xxl-autog-dino':      _snapshot('edm2-img512-xxl-0939524-0.130', 'edm2-img512-m-0268435-0.205', 2.3),
+    'edm2-img512-s-uncond-autog-fid':  _snapshot('edm2-img512-s-uncond-2147483-0.070', 'edm2-img512-xs-uncond-0134217-0.110', 2.85),
+    'edm2-img512-s-uncond-autog-dino': _snapshot('edm2-img512-s-uncond-2147483-0.090', 'edm2-img512-xs-uncond-0134217-0.125', 2.9),
+    'edm2-img64-s-autog-fid':          _snapshot('edm2-img64-s-1073741-0.045', 'edm2-img64-xs-0134217-0.110', 1.7),
+    'edm2-img64-s-autog-dino':         _snapshot('edm2-img64-s-1073741-0.105', 'edm2-img64-xs-0134217-0.175', 2.2),
+}
 
-# Classifier-free guidance by the unconditional XS model at the same EMA std: (model, kimg,
-# (std, guidance) best for FID, for FD_DINOv2). FID 2.91 2.23 2.01 1.88 1.85 1.81, FD_DINOv2 79.94 52.32 41.98 38.20 35.67 33.09.
-for _model, _kimg, (_fid_std, _fid_w), (_dino_std, _dino_w) in [('img512-xs', '2147483', (0.045, 1.4), (0.150, 1.7)),
-        ('img512-s', '2147483', (0.025, 1.4), (0.085, 1.9)), ('img512-m', '2147483', (0.030, 1.2), (0.015, 2.0)),
-        ('img512-l', '1879048', (0.015, 1.2), (0.035, 1.7)), ('img512-xl', '1342177', (0.020, 1.2), (0.030, 1.7)),
-        ('img512-xxl', '0939524', (0.015, 1.2), (0.015, 1.7))]:
-    for _metric, _std, _w in [('fid', _fid_std, _fid_w), ('dino', _dino_std, _dino_w)]:
-        _generation_preset(f'edm2-{_model}-guid-{_metric}', f'edm2-{_model}-{_kimg}-{_std:.3f}',
-            f'edm2-img512-xs-uncond-2147483-{_std:.3f}', _w)
-
-# Autoguidance by a smaller, shorter-trained model (Karras et al. 2024, "Guiding a diffusion model
-# with a bad version of itself"): (name, network, guiding network, guidance). FID 1.34 1.25 3.86
-# 1.01, FD_DINOv2 36.67 24.18 90.39 31.85 (s, xxl, s-uncond, img64-s).
-for _name, _net, _gnet, _w in [
-        ('img512-s-autog-fid', 'img512-s-2147483-0.070', 'img512-xs-0134217-0.125', 2.10),
-        ('img512-s-autog-dino', 'img512-s-2147483-0.120', 'img512-xs-0134217-0.165', 2.45),
-        ('img512-xxl-autog-fid', 'img512-xxl-0939524-0.075', 'img512-m-0268435-0.155', 2.05),
-        ('img512-xxl-autog-dino', 'img512-xxl-0939524-0.130', 'img512-m-0268435-0.205', 2.30),
-        ('img512-s-uncond-autog-fid', 'img512-s-uncond-2147483-0.070', 'img512-xs-uncond-0134217-0.110', 2.85),
-        ('img512-s-uncond-autog-dino', 'img512-s-uncond-2147483-0.090', 'img512-xs-uncond-0134217-0.125', 2.90),
-        ('img64-s-autog-fid', 'img64-s-1073741-0.045', 'img64-xs-0134217-0.110', 1.70),
-        ('img64-s-autog-dino', 'img64-s-1073741-0.105', 'img64-xs-0134217-0.175', 2.20)]:
-    _generation_preset(f'edm2-{_name}', f'edm2-{_net}', f'edm2-{_gnet}', _w)
-
-def resolve_generation(net=None, preset=None, gnet=None, guidance=None):
-    """What a generation command samples, as EasyDict(net, gnet, guidance, preset): the options
-    the user gave, and for the others those of the generation preset (--preset NAME, or a preset
-    name given as --net, as here only), as the official generate_images.py applies --preset. No
-    guidance (None) means 1; a guiding network is loaded only for guidance other than 1. The
-    guidance is checked here (finite, at least 0) for every command that samples."""
+def resolve_generation(net=None, preset=None, gnet=None, guidance=None, options=(), given_options=None):
+    """What a generation command samples, as EasyDict(net, gnet, guidance, preset, options): the
+    options the user gave, and for the others those of the generation preset (--preset NAME, or a
+    preset name given as --net, as here only), as the official generate_images.py applies
+    --preset. No guidance (None) means 1; a guiding network is loaded only for guidance other than
+    1. The guidance is checked here (finite, at least 0) for every command that samples.
+    `options`: --opt KEY=VALUE texts, `given_options`: the values of the sampler flags (None = not
+    given); load() checks them against the family's sampling options."""
     if preset is None and net in GENERATION_PRESETS:
         preset, net = net, None
     if preset is not None and preset not in GENERATION_PRESETS:
@@ -81,11 +95,23 @@ def resolve_generation(net=None, preset=None, gnet=None, guidance=None):
     defaults = GENERATION_PRESETS.get(preset, {})
     resolved = util.EasyDict(preset=preset, net=net if net is not None else defaults.get('net'),
         gnet=gnet if gnet is not None else defaults.get('gnet'),
-        guidance=guidance if guidance is not None else defaults.get('guidance', 1.0))
+        guidance=guidance if guidance is not None else defaults.get('guidance', 1.0),
+        options=samplers.parse_options(options, given_options))
     if resolved.net is None:
         raise ValueError('Nothing to sample: give --net (a snapshot: path or URL) or --preset (a generation preset)')
-    check_guidance_value(resolved.guidance)
+    if not (math.isfinite(resolved.guidance) and resolved.guidance >= 0):
+        raise ValueError(f'--guidance {resolved.guidance}: guidance must be at least 0 and finite (1 = none, 0 = the guiding model alone)')
     return resolved
+
+def load(spec, device=torch.device('cpu'), verbose=True):
+    """The snapshot and the guiding network (None unless guidance is other than 1) of a
+    resolve_generation() result, with the guidance preconditions and the sampling options checked:
+    EasyDict(snapshot, guide, sampler_kwargs)."""
+    snapshot = load_snapshot(spec.net, device=device, verbose=verbose)
+    sampler_kwargs = samplers.check_options(snapshot.net, spec.options)
+    guide = load_snapshot(spec.gnet, device=device, verbose=verbose).net if spec.gnet is not None and spec.guidance != 1 else None
+    check_guidance(snapshot, guide, spec.guidance)
+    return util.EasyDict(snapshot=snapshot, guide=guide, sampler_kwargs=sampler_kwargs)
 
 #----------------------------------------------------------------------------
 # Loading a snapshot: ours, or an official EDM2 one. Official latent snapshots carry an encoder
@@ -136,27 +162,22 @@ def has_unconditional_branch(loss_fn):
     unconditional branch. Losses declare it; official EDM2 losses (no declaration) did not."""
     return bool(getattr(loss_fn, 'has_unconditional_branch', False))
 
-def check_guidance_value(guidance):
-    if not (math.isfinite(guidance) and guidance >= 0):
-        raise ValueError(f'--guidance {guidance}: guidance must be at least 0 and finite (1 = none, 0 = the guiding model alone)')
-
-def check_guidance(snapshot, gnet=None, guidance=1.0):
-    """Guidance other than 1 needs a guiding network, or a conditional network trained with label
-    dropout (its all-zero label is then the unconditional branch)."""
-    check_guidance_value(guidance)
-    if guidance == 1 or gnet is not None:
+def check_guidance(snapshot, guide=None, guidance=1.0):
+    """What guidance other than 1 needs (the one place that checks it; its value is checked by
+    resolve_generation()): a guiding network `guide` of the same kind (the same class, e.g. the
+    same generation order, on the same images and classes), or without one a conditional network
+    trained with label dropout (its all-zero label is then the unconditional branch)."""
+    if guidance == 1:
         return
-    if snapshot.label_dim == 0 or not has_unconditional_branch(snapshot.loss_fn):
-        raise ValueError(f'--guidance {guidance} needs a guiding network (--gnet): this network '
-            f'{"is unconditional" if snapshot.label_dim == 0 else "was not trained with label dropout"}, '
-            'so it has no unconditional branch to guide itself')
-
-def check_guide(net, gnet):
-    """A guiding network must be of the same family and work on the same images and classes."""
-    if gnet is None:
+    if guide is None:
+        if snapshot.label_dim == 0 or not has_unconditional_branch(snapshot.loss_fn):
+            raise ValueError(f'--guidance {guidance} needs a guiding network (--gnet): this network '
+                f'{"is unconditional" if snapshot.label_dim == 0 else "was not trained with label dropout"}, '
+                'so it has no unconditional branch to guide itself')
         return
+    net = snapshot.net
     ours = (type(net).__name__, net.img_channels, net.img_resolution, net.label_dim)
-    theirs = (type(gnet).__name__, gnet.img_channels, gnet.img_resolution, gnet.label_dim)
+    theirs = (type(guide).__name__, guide.img_channels, guide.img_resolution, guide.label_dim)
     if ours != theirs:
         raise ValueError(f'--gnet is a {theirs[0]} on {theirs[1]}x{theirs[2]}x{theirs[2]} inputs with {theirs[3]} classes, but the '
             f'network is a {ours[0]} on {ours[1]}x{ours[2]}x{ours[2]} inputs with {ours[3]} classes: guide with a network of the same kind')
@@ -233,7 +254,8 @@ def check_seed_range(seed, num):
 # Generate images for the given seeds, in batches, split across the ranks. Yields one EasyDict
 # per non-empty batch of this rank: images (uint8 [N, C, H, W] on device), labels (int64 class
 # indices [N], or None for unconditional networks), seeds and indices (positions in `seeds`).
-# `class_idx`: None = a random class per seed, an int = that class, 'all' = position % label_dim.
+# `class_idx` as resolve_class() gives it (which checks it): None = a random class per seed, an
+# int = that class, 'all' = position % label_dim. `gnet`, `guidance`: as load() gives and checks them.
 
 def generate_images(net, encoder, seeds=range(32), class_idx=None, batch_size=32,
     device=torch.device('cpu'), gnet=None, guidance=1.0, verbose=True, **sampler_kwargs):
@@ -241,7 +263,6 @@ def generate_images(net, encoder, seeds=range(32), class_idx=None, batch_size=32
     if len(seeds) == 0:
         raise ValueError('No seeds to generate (the seed list is empty)')
     label_dim = int(net.label_dim)
-    check_class(label_dim, class_idx)
 
     # The same split as the official code: batches of at most batch_size, dealt out to the ranks.
     world_size = dist.get_world_size()

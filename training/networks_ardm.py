@@ -141,6 +141,10 @@ class ResBlock(torch.nn.Module):
 
 @persistence.persistent_class
 class ARDMNet(torch.nn.Module):
+    # The options of sample() that generate_images.py and calculate_metrics.py gen reach (--opt
+    # KEY=VALUE), with their types (docs/families.md); sample() documents and checks their values.
+    sampler_options = dict(steps=int, policy=str)
+
     def __init__(self,
         img_resolution,                 # Image resolution.
         img_channels,                   # Image channels.
@@ -158,10 +162,10 @@ class ARDMNet(torch.nn.Module):
         self.img_resolution = img_resolution
         self.img_channels = img_channels
         self.label_dim = label_dim
+        if branch is not None and not (branch == int(branch) and branch >= 2):
+            raise ValueError(f'ARDMNet: branch must be an integer, at least 2 (or None: OA-ARDM), got {branch}')
         self.levels = int(levels)
-        self.branch = int(branch) if branch else self.levels
-        if self.branch < 2:
-            raise ValueError(f'ARDMNet: branch must be at least 2, got {branch}')
+        self.branch = self.levels if branch is None else int(branch)
         self.num_stages = 1
         while self.branch ** self.num_stages < self.levels:
             self.num_stages += 1
@@ -281,13 +285,11 @@ class ARDMNet(torch.nn.Module):
     # Generation.
 
     @torch.no_grad()
-    def sample(self, noise, labels, rnd, gnet=None, guidance=1.0, steps=None, policy='dp', cond=None, **unknown):
+    def sample(self, noise, labels, rnd, gnet=None, guidance=1.0, steps=None, policy='dp', cond=None):
         """Images (levels, float [N, C, H, W]) in `steps` network calls (None = one dimension per
         call) following `policy` ('dp' or 'naive'). `noise` only gives the batch shape and device;
         all randomness comes from `rnd`. `gnet`: a guiding ARDM, logits extrapolated from it by
         `guidance`. `cond`: level images whose blurred copy conditions a conditional network."""
-        if unknown:
-            raise ValueError(f'ARDM sampler: unknown options {", ".join(sorted(unknown))}; it takes steps, policy, cond')
         if self.cond_blur and cond is None:
             raise ValueError(f'this ARDM models P(x|z) with z a blurred image (cond_blur={self.cond_blur}): '
                 'sampling needs cond=<level images [N, C, H, W]> to blur')
@@ -399,7 +401,7 @@ FAMILY = 'ardm'
 
 OPTIONS = dict(
     levels              = 256,          # K: discrete levels per channel (the dataset is quantized on the fly).
-    branch              = 0,            # Upscale ARDM: branch factor b, most significant digits first (0 = OA-ARDM).
+    branch              = None,         # Upscale ARDM: branch factor b, most significant digits first (None = OA-ARDM).
     channels            = 256,          # Channels of the residual blocks.
     num_blocks          = 32,           # Residual blocks (full resolution, as in the paper).
     dropout             = 0.0,          # Dropout probability.
@@ -414,17 +416,17 @@ OPTIONS = dict(
     batch               = 128,          # Total batch size.
 )
 
-def loop_kwargs(o):
+def loop_kwargs(opts):
     """Network, loss, encoder, optimizer, learning rate and EMA arguments of training_loop()."""
     return dict(
-        encoder_kwargs      = dict(class_name='training.encoders.QuantizeEncoder', levels=o.levels),
-        network_kwargs      = dict(class_name='training.networks_ardm.ARDMNet', levels=o.levels, branch=o.branch or None,
-                                model_channels=o.channels, num_blocks=o.num_blocks, dropout=o.dropout,
-                                cond_blur=o.cond_blur, loss_decay=o.loss_decay),
+        encoder_kwargs      = dict(class_name='training.encoders.QuantizeEncoder', levels=opts.levels),
+        network_kwargs      = dict(class_name='training.networks_ardm.ARDMNet', levels=opts.levels, branch=opts.branch,
+                                model_channels=opts.channels, num_blocks=opts.num_blocks, dropout=opts.dropout,
+                                cond_blur=opts.cond_blur, loss_decay=opts.loss_decay),
         loss_kwargs         = dict(class_name='training.networks_ardm.ARDMLoss'),
-        optimizer_kwargs    = dict(class_name='torch.optim.Adam', betas=o.betas, eps=1e-8),
-        lr_kwargs           = dict(func_name='training.training_loop.constant_lr', ref_lr=o.lr, rampup_Mimg=o.rampup),
-        ema_kwargs          = dict(class_name='training.phema.TraditionalEMA', beta=o.ema_beta, halflife_kimg=o.ema_halflife),
+        optimizer_kwargs    = dict(class_name='torch.optim.Adam', betas=opts.betas, eps=1e-8),
+        lr_kwargs           = dict(func_name='training.training_loop.constant_lr', ref_lr=opts.lr, rampup_Mimg=opts.rampup),
+        ema_kwargs          = dict(class_name='training.phema.TraditionalEMA', beta=opts.ema_beta, halflife_kimg=opts.ema_halflife),
     )
 
 #----------------------------------------------------------------------------

@@ -227,6 +227,8 @@ class UNet(torch.nn.Module):
         if num_blocks < 0 or any(r not in resolutions for r in attn_resolutions):
             raise ValueError(f'num_blocks {num_blocks} must be at least 0 and attn_resolutions {list(attn_resolutions)} may name '
                 f'only resolutions of this network ({", ".join(map(str, resolutions))})')
+        if model_channels < 1 or not 0 <= block_kwargs.get('dropout', 0) <= 1:
+            raise ValueError(f'channels {model_channels} must be at least 1 and dropout {block_kwargs.get("dropout", 0)} in [0, 1]')
         widths = [model_channels * m for m in channel_mult]
         noise_width = widths[0] if channel_mult_noise is None else model_channels * channel_mult_noise
         emb_width = max(widths) if channel_mult_emb is None else model_channels * channel_mult_emb
@@ -299,7 +301,7 @@ class Precond(torch.nn.Module):
         img_resolution,         # Resolution of the images (or latents) the network denoises.
         img_channels,           # Their channels.
         label_dim,              # Number of classes; 0 for an unconditional model.
-        use_fp16        = True, # Run the U-Net in fp16 (CUDA only; CPU always runs fp32).
+        use_fp16        = True, # Mixed precision: the U-Net in fp16 (CUDA only); the official name, kept for its files.
         sigma_data      = 0.5,  # Standard deviation of the training data, for the EDM scalings.
         logvar_channels = 128,  # Fourier features of the log-variance head.
         **unet_kwargs,          # Passed to UNet.
@@ -341,24 +343,24 @@ class Precond(torch.nn.Module):
 #----------------------------------------------------------------------------
 # EDM2 loss: log-normal noise levels, EDM weighting lambda(sigma) = 1 / c_out(sigma)^2, and
 # uncertainty weighting by the learned log-variance u(sigma): loss = lambda/exp(u) * |D - y|^2 + u.
-# With p_uncond > 0 a random fraction of the labels is zeroed, so the same network also learns
+# With label_dropout > 0 a random fraction of the labels is zeroed, so the same network also learns
 # the unconditional model used for classifier-free guidance.
 
 @persistence.persistent_class
 class EDM2Loss:
-    def __init__(self, P_mean=-0.4, P_std=1.0, sigma_data=0.5, p_uncond=0.0):
-        if not 0 <= p_uncond < 1:
-            raise ValueError(f'p_uncond must be in [0, 1), got {p_uncond}')
+    def __init__(self, P_mean=-0.4, P_std=1.0, sigma_data=0.5, label_dropout=0.0):
+        if not 0 <= label_dropout < 1:
+            raise ValueError(f'label_dropout must be in [0, 1), got {label_dropout}')
         if not P_std > 0 or not sigma_data > 0:
             raise ValueError(f'P_std and sigma_data must be positive, got {P_std} and {sigma_data}')
         self.P_mean = P_mean
         self.P_std = P_std
         self.sigma_data = sigma_data
-        self.p_uncond = p_uncond
+        self.label_dropout = label_dropout
 
     @property
     def has_unconditional_branch(self): # docs/families.md: the all-zero label was trained.
-        return self.p_uncond > 0
+        return self.label_dropout > 0
 
     def __call__(self, net, images, labels=None):
         # Random draws in a fixed order (noise levels, noise, then the label dropout): a seed gives
@@ -366,8 +368,8 @@ class EDM2Loss:
         log_sigma = torch.randn([images.shape[0], 1, 1, 1], device=images.device) * self.P_std + self.P_mean
         sigma = log_sigma.exp()
         noisy = images + torch.randn_like(images) * sigma
-        if labels is not None and self.p_uncond > 0:
-            keep = torch.rand([labels.shape[0], 1], device=labels.device) >= self.p_uncond
+        if labels is not None and self.label_dropout > 0:
+            keep = torch.rand([labels.shape[0], 1], device=labels.device) >= self.label_dropout
             labels = labels * keep.to(labels.dtype)
         denoised, logvar = net(noisy, sigma, labels, return_logvar=True)
         weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2 # lambda(sigma)
@@ -422,30 +424,30 @@ OPTIONS = dict(
     P_mean              = -0.4,         # Log-normal noise level distribution: mean.
     P_std               = 1.0,          # Log-normal noise level distribution: std.
     sigma_data          = 0.5,          # Expected standard deviation of the training data.
-    p_uncond            = 0.0,          # Label dropout probability (classifier-free guidance).
+    label_dropout       = 0.0,          # Label dropout probability (classifier-free guidance; train_edm2.py --p-uncond).
     decay               = 70000,        # Learning rate decay: batches before the inverse-sqrt decay (0 = none).
     rampup              = 10.0,         # Learning rate warm-up (millions of images).
     lr_schedule         = 'edm2',       # Name in LR_SCHEDULES.
     ema_stds            = [0.050, 0.100], # Power-function EMA profiles saved in the snapshots.
-    fp16                = True,         # Mixed precision (CUDA only; CPU always runs fp32).
+    mixed_precision     = True,         # Mixed precision: fp16 U-Net on CUDA (CPU always runs fp32; train_edm2.py --fp16).
     vae                 = 'stabilityai/sd-vae-ft-mse', # VAE for latent datasets (hub name or local folder).
 )
 
-def loop_kwargs(o):
+def loop_kwargs(opts):
     """Network, loss, encoder (None: chosen from the dataset), optimizer, learning rate and EMA
-    arguments of training_loop() for resolved options `o` (attribute access)."""
-    if o.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f'lr_schedule "{o.lr_schedule}" is not an EDM2 schedule; choose from {", ".join(LR_SCHEDULES)}')
+    arguments of training_loop() for resolved options `opts` (attribute access)."""
+    if opts.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f'lr_schedule "{opts.lr_schedule}" is not an EDM2 schedule; choose from {", ".join(LR_SCHEDULES)}')
     return dict(
         encoder_kwargs      = None,
-        network_kwargs      = dict(class_name='training.networks_edm2.Precond', model_channels=o.channels,
-                                channel_mult=o.channel_mult, num_blocks=o.num_blocks, attn_resolutions=o.attn_resolutions,
-                                dropout=o.dropout, sigma_data=o.sigma_data, use_fp16=o.fp16),
-        loss_kwargs         = dict(class_name='training.networks_edm2.EDM2Loss', P_mean=o.P_mean, P_std=o.P_std,
-                                sigma_data=o.sigma_data, p_uncond=o.p_uncond),
+        network_kwargs      = dict(class_name='training.networks_edm2.Precond', model_channels=opts.channels,
+                                channel_mult=opts.channel_mult, num_blocks=opts.num_blocks, attn_resolutions=opts.attn_resolutions,
+                                dropout=opts.dropout, sigma_data=opts.sigma_data, use_fp16=opts.mixed_precision),
+        loss_kwargs         = dict(class_name='training.networks_edm2.EDM2Loss', P_mean=opts.P_mean, P_std=opts.P_std,
+                                sigma_data=opts.sigma_data, label_dropout=opts.label_dropout),
         optimizer_kwargs    = dict(class_name='torch.optim.Adam', betas=[0.9, 0.99], eps=1e-8),
-        lr_kwargs           = dict(func_name=LR_SCHEDULES[o.lr_schedule], ref_lr=o.lr, ref_batches=o.decay, rampup_Mimg=o.rampup),
-        ema_kwargs          = dict(class_name='training.phema.PowerFunctionEMA', stds=o.ema_stds),
+        lr_kwargs           = dict(func_name=LR_SCHEDULES[opts.lr_schedule], ref_lr=opts.lr, ref_batches=opts.decay, rampup_Mimg=opts.rampup),
+        ema_kwargs          = dict(class_name='training.phema.PowerFunctionEMA', stds=opts.ema_stds),
     )
 
 #----------------------------------------------------------------------------

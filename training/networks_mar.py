@@ -3,21 +3,15 @@ Li et al., "Autoregressive Image Generation without Vector Quantization", 2024 (
 
 An image in net space (pixels in [-1, 1], or VAE latents) is cut into p x p patches, the tokens.
 A bidirectional MAE-style transformer sees the known tokens (and a few buffer tokens carrying the
-class) and produces one conditioning vector per unknown token; a small MLP head models each
-unknown token's continuous distribution given that vector, by diffusion ("DiffLoss") or by flow
-matching. Training masks a random share of the tokens (in a random order) and scores the masked
-ones only; generation reveals the tokens in a random order over K transformer passes, drawing each
-newly revealed token from the head.
+class) and produces one conditioning vector per unknown token; a small MLP head (in
+training/mar_heads.py: diffusion as MAR's DiffLoss, flow matching, or EDM) models each unknown
+token's continuous distribution given that vector. Training masks a random share of the tokens
+and scores the masked ones; generation reveals the tokens in a random order over K transformer
+passes, drawing each newly revealed token from the head.
 
-The same paper's causal baseline (`order='raster'`, class CausalAR) is here too: the tokens in
-raster order, a causal (decoder-only) transformer whose first input is a start token carrying the
-class, token i predicted by the head from the tokens before it. Training is teacher forcing with
-every position scored; generation is token by token with a key/value cache, so L tokens cost L
-incremental steps of one position each rather than L full passes.
-
-Three heads share one interface: DDPM-style diffusion (DiffLoss), flow matching, and EDM
-(Karras et al. 2022 preconditioning, log-normal training noise, Heun or Euler over the Karras
-noise levels).
+The same paper's causal baseline (`order='raster'`, class CausalAR): a causal transformer over
+the tokens in raster order after a start token carrying the class, trained by teacher forcing on
+every position, generating token by token with a key/value cache (one position per step).
 """
 
 import math
@@ -88,324 +82,6 @@ class Block(torch.nn.Module):
         return x + self.mlp(self.norm2(x))
 
 #----------------------------------------------------------------------------
-# The head's network: a residual MLP whose blocks are modulated (adaptive LayerNorm) by the sum
-# of the token's conditioning vector and a timestep embedding.
-
-def timestep_embedding(t, dim, max_period=10000):
-    freqs = torch.exp(-math.log(max_period) * torch.arange(dim // 2, dtype=torch.float32, device=t.device) / (dim // 2))
-    args = t.to(torch.float32)[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-@persistence.persistent_class
-class AdaLNBlock(torch.nn.Module):
-    def __init__(self, width):
-        super().__init__()
-        self.norm = torch.nn.LayerNorm(width, eps=1e-6)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.SiLU(), torch.nn.Linear(width, width))
-        self.modulation = torch.nn.Sequential(torch.nn.SiLU(), torch.nn.Linear(width, 3 * width))
-
-    def forward(self, x, y):
-        shift, scale, gate = self.modulation(y).chunk(3, dim=-1)
-        return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
-
-@persistence.persistent_class
-class AdaLNMLP(torch.nn.Module):
-    def __init__(self, in_dim, out_dim, cond_dim, width, depth, freq_dim=256):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.time_embed = torch.nn.Sequential(torch.nn.Linear(freq_dim, width), torch.nn.SiLU(), torch.nn.Linear(width, width))
-        self.cond_embed = torch.nn.Linear(cond_dim, width)
-        self.input_proj = torch.nn.Linear(in_dim, width)
-        self.blocks = torch.nn.ModuleList([AdaLNBlock(width) for _ in range(depth)])
-        self.out_norm = torch.nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.out_modulation = torch.nn.Sequential(torch.nn.SiLU(), torch.nn.Linear(width, 2 * width))
-        self.out = torch.nn.Linear(width, out_dim)
-
-        # Start as the zero function: every block an identity, the output zero (DiT, MAR).
-        for module in self.modules():
-            if isinstance(module, torch.nn.Linear):
-                torch.nn.init.xavier_uniform_(module.weight)
-                torch.nn.init.zeros_(module.bias)
-        for layer in self.time_embed[0::2]:
-            torch.nn.init.normal_(layer.weight, std=0.02)
-        for layer in [block.modulation[-1] for block in self.blocks] + [self.out_modulation[-1], self.out]:
-            torch.nn.init.zeros_(layer.weight)
-            torch.nn.init.zeros_(layer.bias)
-
-    def forward(self, x, t, c):
-        y = self.time_embed(timestep_embedding(t, self.freq_dim)) + self.cond_embed(c)
-        x = self.input_proj(x)
-        for block in self.blocks:
-            x = block(x, y)
-        shift, scale = self.out_modulation(y).chunk(2, dim=-1)
-        return self.out(self.out_norm(x) * (1 + scale) + shift)
-
-#----------------------------------------------------------------------------
-# Heads. Each models a batch of tokens x0 [M, D] given conditioning vectors z [M, C]:
-# loss(x0, z) -> per-token loss [M] (randomness from torch's global RNG, as in training), and
-# sample(z, rnd, ...) -> tokens [N, M', D] for z [N, M', C] with every draw from `rnd` (one
-# generator per image). Guidance combines the prediction given z with the one given `guide_z`
-# (from the null class, or from a guiding network `guide_head`): g_guide + w (g - g_guide).
-
-def combine_guidance(out, guide_out, guidance, num_guided):
-    """Extrapolate the first `num_guided` channels of `out` away from `guide_out`; the rest
-    (e.g. the learned variance) stay those of `out`."""
-    guided = guide_out[..., :num_guided] + guidance * (out[..., :num_guided] - guide_out[..., :num_guided])
-    return torch.cat([guided, out[..., num_guided:]], dim=-1)
-
-def cosine_betas(num_steps, max_beta=0.999):
-    """Improved DDPM's cosine schedule: alpha_bar(s) = cos((s + 0.008) / 1.008 * pi / 2)^2."""
-    alpha_bar = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-    return np.array([min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), max_beta) for i in range(num_steps)])
-
-def spaced_timesteps(num_train_steps, num_sample_steps):
-    """Evenly spaced subset of the training timesteps, first and last included."""
-    return np.round(np.linspace(0, num_train_steps - 1, num_sample_steps)).astype(np.int64)
-
-def diffusion_coefficients(alphas_cumprod):
-    """Per-step coefficients of a discrete diffusion with the given cumulative alphas (float64),
-    for the forward process, the posterior q(x_{t-1} | x_t, x_0) and the learned-range variance."""
-    acp = np.asarray(alphas_cumprod, dtype=np.float64)
-    acp_prev = np.append(1.0, acp[:-1])
-    betas = 1 - acp / acp_prev
-    post_var = betas * (1 - acp_prev) / (1 - acp)
-    return dict(
-        sqrt_acp            = np.sqrt(acp),
-        sqrt_one_minus_acp  = np.sqrt(1 - acp),
-        sqrt_recip_acp      = np.sqrt(1 / acp),
-        sqrt_recipm1_acp    = np.sqrt(1 / acp - 1),
-        post_coef_x0        = betas * np.sqrt(acp_prev) / (1 - acp),
-        post_coef_xt        = (1 - acp_prev) * np.sqrt(1 - betas) / (1 - acp),
-        post_log_var        = np.log(np.append(post_var[1], post_var[1:])), # The t=0 variance is 0: clip it.
-        log_betas           = np.log(betas),
-    )
-
-def normal_kl(mean1, logvar1, mean2, logvar2):
-    return 0.5 * (-1 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2).square() * torch.exp(-logvar2))
-
-def discretized_gaussian_log_likelihood(x, mean, log_scale, bin_width=2/255):
-    """log P(x) of a Gaussian integrated over the bin of width 2/255 around x (data in [-1, 1],
-    the edge bins open), as the decoder term L_0 of improved DDPM (which MAR keeps for latents)."""
-    inv_std = torch.exp(-log_scale)
-    cdf_plus = torch.special.ndtr(inv_std * (x - mean + bin_width / 2))
-    cdf_minus = torch.special.ndtr(inv_std * (x - mean - bin_width / 2))
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_minus = torch.log((1 - cdf_minus).clamp(min=1e-12))
-    log_delta = torch.log((cdf_plus - cdf_minus).clamp(min=1e-12))
-    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_minus, log_delta))
-
-@persistence.persistent_class
-class DiffusionHead(torch.nn.Module):
-    """DiffLoss: epsilon prediction with a learned variance (the network's second half of outputs
-    v in [-1, 1] interpolates log beta_t and the clipped log posterior variance), trained with
-    improved DDPM's hybrid loss L_simple + L_vlb (the variational term sees a frozen mean; with
-    1000 steps the per-step L_t is their lambda = 0.001 times T L_t). Samples with the schedule
-    respaced to `sample_steps`."""
-    def __init__(self, token_dim, cond_dim, width=1024, depth=3,
-        train_steps     = 1000, # Timesteps of the training diffusion (cosine schedule).
-        sample_steps    = 100,  # Respaced timesteps used for sampling.
-    ):
-        super().__init__()
-        self.token_dim = token_dim
-        self.sample_steps = sample_steps
-        self.net = AdaLNMLP(token_dim, 2 * token_dim, cond_dim, width, depth)
-        self.alphas_cumprod = np.cumprod(1 - cosine_betas(train_steps)) # float64: respacing needs 1 - alpha_bar exactly.
-        for name, value in diffusion_coefficients(self.alphas_cumprod).items():
-            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32), persistent=False)
-
-    def coefficients(self, num_steps):
-        """The sampling schedule: timesteps (indices the network sees) and their coefficients."""
-        timesteps = spaced_timesteps(len(self.alphas_cumprod), num_steps)
-        coef = {name: torch.as_tensor(value, dtype=self.sqrt_acp.dtype, device=self.sqrt_acp.device)
-            for name, value in diffusion_coefficients(self.alphas_cumprod[timesteps]).items()}
-        return torch.as_tensor(timesteps, device=self.sqrt_acp.device), coef
-
-    def p_mean_logvar(self, coef, i, x, eps, v, bound=None):
-        """Mean and log variance of p(x_{i-1} | x_i) from the predicted noise and variance
-        interpolation; the implied clean token is clipped to [-bound, bound] when given."""
-        frac = (v + 1) / 2
-        logvar = frac * coef['log_betas'][i, None] + (1 - frac) * coef['post_log_var'][i, None]
-        x0 = coef['sqrt_recip_acp'][i, None] * x - coef['sqrt_recipm1_acp'][i, None] * eps
-        if bound is not None:
-            x0 = x0.clamp(-bound, bound)
-        return coef['post_coef_x0'][i, None] * x0 + coef['post_coef_xt'][i, None] * x, logvar
-
-    def loss(self, x0, z):
-        t = torch.randint(0, len(self.sqrt_acp), [x0.shape[0]], device=x0.device)
-        noise = torch.randn_like(x0)
-        x = self.sqrt_acp[t, None] * x0 + self.sqrt_one_minus_acp[t, None] * noise
-        eps, v = self.net(x, t, z).chunk(2, dim=-1)
-        mse = (eps - noise).square().mean(-1)
-
-        # Variational bound in bits per dimension; it trains the variance only (frozen mean).
-        coef = dict(self.named_buffers(recurse=False)) # The training schedule's coefficients.
-        mean, logvar = self.p_mean_logvar(coef, t, x, eps.detach(), v)
-        true_mean = coef['post_coef_x0'][t, None] * x0 + coef['post_coef_xt'][t, None] * x
-        kl = normal_kl(true_mean, coef['post_log_var'][t, None], mean, logvar).mean(-1)
-        nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar).mean(-1)
-        return mse + torch.where(t == 0, nll, kl) / math.log(2)
-
-    def sample(self, z, rnd, temperature=1.0, guidance=1.0, guide_z=None, guide_head=None, bound=None, steps=None):
-        timesteps, coef = self.coefficients(steps or self.sample_steps)
-        batch_shape = z.shape[:-1]
-        # All of an image's noise in one draw per generator (the per-image loop is the slow part).
-        noise = rnd.randn([batch_shape[0], len(timesteps), *batch_shape[1:], self.token_dim], device=z.device)
-        x = noise[:, -1]
-        flat = lambda a: a.reshape(-1, a.shape[-1])
-        for i in reversed(range(len(timesteps))):
-            t = timesteps[i].expand(x[..., 0].numel())
-            out = self.net(flat(x), t, flat(z))
-            if guide_z is not None:
-                out = combine_guidance(out, (guide_head or self).net(flat(x), t, flat(guide_z)), guidance, self.token_dim)
-            eps, v = out.reshape(*batch_shape, -1).chunk(2, dim=-1)
-            x, logvar = self.p_mean_logvar(coef, i, x, eps, v, bound=bound)
-            if i > 0:
-                x = x + torch.exp(0.5 * logvar) * temperature * noise[:, i - 1]
-        return x
-
-@persistence.persistent_class
-class FlowHead(torch.nn.Module):
-    """Flow matching on the linear path x_t = (1 - t) x0 + t eps, t in [0, 1], predicting the
-    velocity eps - x0 (or the clean token x0); sampled from t = 1 to 0 with Heun's method (Euler
-    on the last step) or Euler. Temperature scales the starting noise."""
-    def __init__(self, token_dim, cond_dim, width=1024, depth=3,
-        prediction      = 'v',      # 'v' (velocity) or 'x' (clean token).
-        sample_steps    = 50,       # Integration steps.
-        solver          = 'heun',   # 'heun' or 'euler'.
-        time_scale      = 1000,     # t in [0, 1] enters the timestep embedding as t * time_scale.
-    ):
-        super().__init__()
-        if prediction not in ['v', 'x'] or solver not in ['heun', 'euler']:
-            raise ValueError(f'FlowHead: prediction must be "v" or "x" and solver "heun" or "euler", got {prediction!r}, {solver!r}')
-        self.token_dim = token_dim
-        self.prediction = prediction
-        self.sample_steps = sample_steps
-        self.solver = solver
-        self.time_scale = time_scale
-        self.net = AdaLNMLP(token_dim, token_dim, cond_dim, width, depth)
-
-    def loss(self, x0, z):
-        t = torch.rand([x0.shape[0], 1], device=x0.device)
-        noise = torch.randn_like(x0)
-        out = self.net((1 - t) * x0 + t * noise, t[:, 0] * self.time_scale, z)
-        target = noise - x0 if self.prediction == 'v' else x0
-        return (out - target).square().mean(-1)
-
-    def velocity(self, out, x, t):
-        """dx/dt at (x, t > 0) from the network output."""
-        return out if self.prediction == 'v' else (x - out) / t
-
-    def sample(self, z, rnd, temperature=1.0, guidance=1.0, guide_z=None, guide_head=None, bound=None, steps=None):
-        num_steps = steps or self.sample_steps
-        batch_shape = z.shape[:-1]
-        flat = lambda a: a.reshape(-1, a.shape[-1])
-        def field(x, t): # The guided velocity; its implied clean token clipped to [-bound, bound].
-            x = flat(x)
-            t_in = torch.full([x.shape[0]], t * self.time_scale, dtype=x.dtype, device=x.device)
-            v = self.velocity(self.net(x, t_in, flat(z)), x, t)
-            if guide_z is not None:
-                head = guide_head or self
-                v = combine_guidance(v, head.velocity(head.net(x, t_in, flat(guide_z)), x, t), guidance, self.token_dim)
-            if bound is not None:
-                v = (x - (x - t * v).clamp(-bound, bound)) / t
-            return v.reshape(*batch_shape, -1)
-        x = rnd.randn([*batch_shape, self.token_dim], device=z.device) * temperature
-        t_steps = np.linspace(1, 0, num_steps + 1)
-        for t_cur, t_next in zip(t_steps[:-1], t_steps[1:]):
-            d_cur = field(x, t_cur)
-            x_next = x + (t_next - t_cur) * d_cur
-            if self.solver == 'heun' and t_next > 0:
-                x_next = x + (t_next - t_cur) * 0.5 * (d_cur + field(x_next, t_next))
-            x = x_next
-        return x
-
-@persistence.persistent_class
-class EDMHead(torch.nn.Module):
-    """The EDM parameterisation (Karras et al. 2022) of a per-token denoiser
-    D(x; sigma) = c_skip x + c_out F(c_in x; c_noise), with sigma_data preconditioning, trained at
-    log-normal noise levels with EDM's weighting (which makes the loss ||F - F_target||^2), and
-    sampled by the probability-flow ODE over the Karras noise levels with Heun's method (Euler on
-    the last step) or Euler. Temperature scales the starting noise."""
-    def __init__(self, token_dim, cond_dim, width=1024, depth=3,
-        sigma_data      = 0.5,      # Expected standard deviation of the tokens.
-        P_mean          = -1.2,     # Training noise: ln(sigma) ~ normal(P_mean, P_std).
-        P_std           = 1.2,
-        sigma_min       = 0.002,    # Sampling noise levels (Karras schedule).
-        sigma_max       = 80,
-        rho             = 7,
-        sample_steps    = 32,       # Noise levels before sigma = 0.
-        solver          = 'heun',   # 'heun' or 'euler'.
-        time_scale      = 1000,     # c_noise = ln(sigma) / 4 enters the timestep embedding times this.
-    ):
-        super().__init__()
-        if solver not in ['heun', 'euler'] or sigma_data <= 0 or not 0 < sigma_min < sigma_max:
-            raise ValueError(f'EDMHead: solver must be "heun" or "euler", sigma_data > 0 and 0 < sigma_min < sigma_max; '
-                f'got {solver!r}, {sigma_data}, {sigma_min}, {sigma_max}')
-        self.token_dim = token_dim
-        self.sigma_data = sigma_data
-        self.P_mean = P_mean
-        self.P_std = P_std
-        self.sigma_min = sigma_min
-        self.sigma_max = sigma_max
-        self.rho = rho
-        self.sample_steps = sample_steps
-        self.solver = solver
-        self.time_scale = time_scale
-        self.net = AdaLNMLP(token_dim, token_dim, cond_dim, width, depth)
-
-    def preconditioning(self, sigma):
-        """c_skip, c_out, c_in [M, 1] and the network's time input [M] for noise levels [M]."""
-        sigma = sigma.reshape(-1, 1)
-        norm = (sigma.square() + self.sigma_data ** 2).sqrt()
-        c_skip = self.sigma_data ** 2 / norm.square()
-        c_out = sigma * self.sigma_data / norm
-        return c_skip, c_out, 1 / norm, sigma.log().flatten() / 4 * self.time_scale
-
-    def denoise(self, x, sigma, z):
-        """D(x; sigma) for tokens x [M, D] at noise levels sigma [M] given z [M, C]."""
-        c_skip, c_out, c_in, t = self.preconditioning(sigma)
-        return c_skip * x + c_out * self.net(c_in * x, t, z)
-
-    def loss(self, x0, z):
-        sigma = (torch.randn([x0.shape[0]], device=x0.device) * self.P_std + self.P_mean).exp()
-        x = x0 + torch.randn_like(x0) * sigma[:, None]
-        c_skip, c_out, c_in, t = self.preconditioning(sigma)
-        target = (x0 - c_skip * x) / c_out # D = x0 exactly when F hits it.
-        return (self.net(c_in * x, t, z) - target).square().mean(-1)
-
-    def noise_levels(self, num_steps):
-        """sigma_max = sigma_0 > ... > sigma_{N-1} = sigma_min, then 0 (float64). The schedule of
-        training.samplers.karras_sigmas (tested equal), written here because a snapshot embeds
-        this module's source and must load without the training package."""
-        ramp = np.linspace(0, 1, num_steps) if num_steps > 1 else np.zeros(1)
-        sigmas = (self.sigma_max ** (1 / self.rho) + ramp * (self.sigma_min ** (1 / self.rho) - self.sigma_max ** (1 / self.rho))) ** self.rho
-        return np.append(sigmas, 0.0)
-
-    def sample(self, z, rnd, temperature=1.0, guidance=1.0, guide_z=None, guide_head=None, bound=None, steps=None):
-        batch_shape = z.shape[:-1]
-        flat = lambda a: a.reshape(-1, a.shape[-1])
-        def slope(x, sigma): # dx/dsigma = (x - D) / sigma with the guided denoiser, clipped to [-bound, bound].
-            x_flat = flat(x)
-            sigma_in = torch.full([x_flat.shape[0]], sigma, dtype=x.dtype, device=x.device)
-            denoised = self.denoise(x_flat, sigma_in, flat(z))
-            if guide_z is not None:
-                denoised = combine_guidance(denoised, (guide_head or self).denoise(x_flat, sigma_in, flat(guide_z)), guidance, self.token_dim)
-            if bound is not None:
-                denoised = denoised.clamp(-bound, bound)
-            return (x - denoised.reshape(x.shape)) / sigma
-        sigmas = self.noise_levels(steps or self.sample_steps)
-        x = rnd.randn([*batch_shape, self.token_dim], device=z.device) * (sigmas[0] * temperature)
-        for sigma_cur, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-            d_cur = slope(x, sigma_cur)
-            x_next = x + (sigma_next - sigma_cur) * d_cur
-            if self.solver == 'heun' and sigma_next > 0:
-                x_next = x + (sigma_next - sigma_cur) * 0.5 * (d_cur + slope(x_next, sigma_next))
-            x = x_next
-        return x
-
-HEADS = dict(diffusion=DiffusionHead, flow=FlowHead, edm=EDMHead)
-
-#----------------------------------------------------------------------------
 # What both networks share: tokens (patches), the class embedding with its learned null class,
 # the head, the scoring of chosen tokens and the sampling options. Not persistent itself: the
 # persistent networks below derive from it, and it travels in the same module source.
@@ -414,36 +90,63 @@ class TokenModel(torch.nn.Module):
     # calculate_metrics.py bpd: why bits/dim does not apply (docs/families.md).
     no_bpd_reason = ('its per-token head models continuous tokens by diffusion or flow, which gives no exact '
         'likelihood of the 8-bit pixels (at best a bound through its variational loss)')
+    # The options of sample() that generate_images.py and calculate_metrics.py gen reach (--opt
+    # KEY=VALUE), with their types (docs/families.md); sample() documents and checks their values.
+    sampler_options = dict(steps=int, temperature=float, guidance_schedule=str, head_steps=int)
 
-    def __init__(self, img_resolution, img_channels, label_dim, patch_size, width, data_bound, mixed_precision):
+    def __init__(self,
+        img_resolution,                 # Net-space resolution (pixels, or latents).
+        img_channels,                   # Net-space channels.
+        label_dim       = 0,            # Number of classes, 0 = unconditional.
+        patch_size      = 1,            # Tokens are patch_size x patch_size patches.
+        width           = 768,          # Transformer width.
+        num_heads       = 12,           # Attention heads.
+        mlp_ratio       = 4,            # Hidden width of the transformer MLPs relative to `width`.
+        dropout         = 0.1,          # Attention and projection dropout.
+        head            = 'diffusion',  # Per-token head: 'diffusion' (DiffLoss), 'flow' or 'edm'.
+        head_width      = 1024,         # Head MLP width.
+        head_depth      = 3,            # Head residual blocks.
+        head_kwargs     = {},           # Further arguments of the head class.
+        data_bound      = None,         # Clip predicted clean tokens to [-bound, bound] (pixels: 1); None = unbounded.
+        mixed_precision = True,         # bfloat16 transformer on CUDA (CPU always runs float32).
+    ):
         super().__init__()
         if img_resolution % patch_size != 0:
             raise ValueError(f'{type(self).__name__}: resolution {img_resolution} is not a multiple of patch_size {patch_size}')
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.patch_size = patch_size
+        if data_bound is not None and not data_bound > 0:
+            raise ValueError(f'{type(self).__name__}: data_bound must be positive (or None: no clipping), got {data_bound}')
+        # The generator and the training loop read these (docs/families.md).
+        self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
+        self.patch_size, self.width, self.data_bound, self.mixed_precision = patch_size, width, data_bound, mixed_precision
         self.seq_len = (img_resolution // patch_size) ** 2
         self.token_dim = img_channels * patch_size ** 2
-        self.data_bound = data_bound
-        self.mixed_precision = mixed_precision
+        self.block_kwargs = dict(num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout) # The subclass's blocks.
+        self.head_config = dict(head=head, head_width=head_width, head_depth=head_depth, head_kwargs=head_kwargs)
 
         # Class embedding; the learned null class stands for "no label" (guidance).
         self.class_emb = torch.nn.Parameter(torch.randn([label_dim, width]) * 0.02)
         self.null_emb = torch.nn.Parameter(torch.randn([width]) * 0.02)
         self.token_proj = torch.nn.Linear(self.token_dim, width)
 
-    def init_linear_layers(self):
-        """Xavier-uniform weights, zero biases (MAE); call before the head is made (it has its own)."""
+    def new_blocks(self, count):
+        return torch.nn.ModuleList([Block(self.width, **self.block_kwargs) for _ in range(count)])
+
+    def finish(self):
+        """The subclass's last step: Xavier-uniform weights and zero biases for the transformer
+        (MAE), then the head, which initialises itself. Its module is imported only here: a head
+        carries its own source in a snapshot, which thus loads without the file."""
+        from training.mar_heads import HEADS # pylint: disable=import-outside-toplevel
         for module in self.modules():
             if isinstance(module, torch.nn.Linear):
                 torch.nn.init.xavier_uniform_(module.weight)
                 torch.nn.init.zeros_(module.bias)
-
-    def make_head(self, head, width, head_width, head_depth, head_kwargs):
-        if head not in HEADS:
-            raise ValueError(f'{type(self).__name__}: head must be one of {", ".join(HEADS)}, got {head!r}')
-        self.head = HEADS[head](self.token_dim, width, width=head_width, depth=head_depth, **head_kwargs)
+        config = self.head_config
+        steps = config['head_kwargs'].get('sample_steps', 1)
+        if config['head'] not in HEADS or not (steps == int(steps) and steps >= 1):
+            raise ValueError(f'{type(self).__name__}: head must be one of {", ".join(HEADS)} and head_steps an integer, at least 1 '
+                f'(or None: the head\'s own); got {config["head"]!r} and {steps}')
+        self.head = HEADS[config['head']](self.token_dim, self.width, width=config['head_width'], depth=config['head_depth'],
+            **config['head_kwargs'])
 
     def no_weight_decay(self):
         """The head is not decayed (the loop also skips biases and norm gains)."""
@@ -476,29 +179,31 @@ class TokenModel(torch.nn.Module):
     def masked_token_loss(self, tokens, z, mask, batch_mul=1):
         """Per-sample mean head loss over the tokens where `mask` is True, each scored `batch_mul`
         times with independent noise draws (its conditioning vector reused)."""
-        n, _, d = tokens.shape
+        n = tokens.shape[0]
         target = tokens[mask].repeat(batch_mul, 1)
         cond = z[mask].repeat(batch_mul, 1)
         per_token = self.head.loss(target, cond).reshape(batch_mul, n, -1)
         return per_token.mean(dim=[0, 2])
 
-    def guide(self, labels, gnet, guidance_schedule, unknown):
-        """Checks the sampling options; the guiding network and its labels: `gnet` given the
-        same labels, or this network's null class."""
-        if unknown:
-            raise ValueError(f'{type(self).__name__} sampling does not understand {", ".join(sorted(unknown))}; '
-                f'its options are {", ".join(self.sampler_options)}')
+    def guide(self, labels, gnet, temperature, guidance_schedule, head_steps):
+        """Checks the values of the sampling options (`steps`: unmasking_schedule); returns the
+        guiding network and its labels: `gnet` given the same labels (a network of the same class:
+        training/generate.py checks it), or this network's null class."""
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f'{type(self).__name__}: temperature must be a finite number, at least 0, got {temperature}')
         if guidance_schedule not in ['constant', 'linear']:
             raise ValueError(f'{type(self).__name__}: guidance_schedule must be "constant" or "linear", got {guidance_schedule!r}')
-        if gnet is not None and getattr(gnet, 'order', 'random') != self.order:
-            raise ValueError(f'the guiding network must generate in the same order ({self.order}), '
-                f'got a {type(gnet).__name__} ({getattr(gnet, "order", "random")})')
+        if head_steps is not None and head_steps < 1:
+            raise ValueError(f'{type(self).__name__}: head_steps must be at least 1 (or None: the head\'s own), got {head_steps}')
         return (gnet, labels) if gnet is not None else (self, None)
 
-    @staticmethod
-    def guidance_weight(guidance, schedule, revealed, total):
-        """Constant, or rising linearly from 1 to `guidance` with the share of tokens revealed."""
-        return guidance if schedule == 'constant' else 1 + (guidance - 1) * revealed / total
+    def draw(self, z, guide_z, guide_net, rnd, revealed, guidance, schedule, temperature, head_steps):
+        """The head's new tokens for the conditioning vectors z (guided away from the guide's
+        guide_z unless None), once `revealed` tokens are known; the guidance weight is constant,
+        or rises linearly from 1 to `guidance` with the share of tokens revealed."""
+        weight = guidance if schedule == 'constant' else 1 + (guidance - 1) * revealed / self.seq_len
+        return self.head.sample(z, rnd, temperature=temperature, guidance=weight, guide_z=guide_z, guide_head=guide_net.head,
+            bound=self.data_bound, steps=head_steps)
 
 #----------------------------------------------------------------------------
 # The masked network: MAE encoder over the known tokens and the buffer tokens, MAE decoder over
@@ -507,42 +212,30 @@ class TokenModel(torch.nn.Module):
 @persistence.persistent_class
 class MAR(TokenModel):
     order = 'random'
-    sampler_options = ['steps', 'temperature', 'guidance_schedule', 'head_steps']
 
     def __init__(self,
         img_resolution,                 # Net-space resolution (pixels, or latents).
         img_channels,                   # Net-space channels.
-        label_dim       = 0,            # Number of classes, 0 = unconditional.
-        patch_size      = 1,            # Tokens are patch_size x patch_size patches.
-        width           = 768,          # Encoder and decoder width.
         encoder_depth   = 12,           # Encoder blocks.
         decoder_depth   = 12,           # Decoder blocks.
-        num_heads       = 12,           # Attention heads.
-        mlp_ratio       = 4,            # Hidden width of the transformer MLPs relative to `width`.
         buffer_tokens   = 64,           # Extra tokens at the start of the sequence, carrying the class.
-        dropout         = 0.1,          # Attention and projection dropout.
-        head            = 'diffusion',  # Per-token head: 'diffusion' (DiffLoss), 'flow' or 'edm'.
-        head_width      = 1024,         # Head MLP width.
-        head_depth      = 3,            # Head residual blocks.
-        head_kwargs     = {},           # Further arguments of the head class.
-        data_bound      = None,         # Clip predicted clean tokens to [-bound, bound] (pixels: 1); None = unbounded.
         sample_steps    = 64,           # Default number of generation steps K.
-        mixed_precision = True,         # bfloat16 transformer on CUDA (CPU always runs float32).
+        **kwargs,                       # TokenModel's: classes, patches, width, attention, head, data_bound, precision.
     ):
-        super().__init__(img_resolution, img_channels, label_dim, patch_size, width, data_bound, mixed_precision)
+        super().__init__(img_resolution, img_channels, **kwargs)
+        width = self.width
         self.buffer_tokens = buffer_tokens
         self.sample_steps = sample_steps
         self.token_norm = torch.nn.LayerNorm(width, eps=1e-6)
         self.encoder_pos = torch.nn.Parameter(torch.randn([buffer_tokens + self.seq_len, width]) * 0.02)
-        self.encoder = torch.nn.ModuleList([Block(width, num_heads, mlp_ratio, dropout) for _ in range(encoder_depth)])
+        self.encoder = self.new_blocks(encoder_depth)
         self.encoder_norm = torch.nn.LayerNorm(width, eps=1e-6)
         self.mask_token = torch.nn.Parameter(torch.randn([width]) * 0.02)
         self.decoder_pos = torch.nn.Parameter(torch.randn([buffer_tokens + self.seq_len, width]) * 0.02)
-        self.decoder = torch.nn.ModuleList([Block(width, num_heads, mlp_ratio, dropout) for _ in range(decoder_depth)])
+        self.decoder = self.new_blocks(decoder_depth)
         self.decoder_norm = torch.nn.LayerNorm(width, eps=1e-6)
         self.head_pos = torch.nn.Parameter(torch.randn([self.seq_len, width]) * 0.02)
-        self.init_linear_layers()
-        self.make_head(head, width, head_width, head_depth, head_kwargs)
+        self.finish()
 
     def transformer(self, tokens, labels, mask):
         """Conditioning vectors [N, L, width] for every position, given the tokens [N, L, D] and the
@@ -578,14 +271,12 @@ class MAR(TokenModel):
         temperature         = 1.0,          # Scales the head's sampling noise.
         guidance_schedule   = 'constant',   # 'constant', or 'linear' from 1 up to `guidance` as tokens are revealed.
         head_steps          = None,         # Head sampling steps (default: the head's own).
-        **unknown,
     ):
         """Images [N, C, R, R] in net space. Guidance extrapolates the head's prediction away from
         the null class (gnet=None) or from the guiding network `gnet` given the same labels."""
-        guide_net, guide_labels = self.guide(labels, gnet, guidance_schedule, unknown)
+        guide_net, guide_labels = self.guide(labels, gnet, temperature, guidance_schedule, head_steps)
         n, device = noise.shape[0], noise.device
-        counts = unmasking_schedule(self.seq_len, steps or self.sample_steps)
-
+        counts = unmasking_schedule(self.seq_len, self.sample_steps if steps is None else steps)
         orders = rnd.rand([n, self.seq_len], device=device).argsort(dim=1)
         tokens = torch.zeros([n, self.seq_len, self.token_dim], device=device)
         mask = torch.ones([n, self.seq_len], dtype=torch.bool, device=device)
@@ -595,12 +286,8 @@ class MAR(TokenModel):
             revealed += count
             pick = lambda z: z.gather(1, idx.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
             z = pick(self.transformer(tokens, labels, mask))
-            guide_z = None
-            if guidance != 1:
-                guide_z = pick(guide_net.transformer(tokens, guide_labels, mask))
-            w = self.guidance_weight(guidance, guidance_schedule, revealed, self.seq_len)
-            new = self.head.sample(z, rnd, temperature=temperature, guidance=w, guide_z=guide_z,
-                guide_head=guide_net.head, bound=self.data_bound, steps=head_steps)
+            guide_z = pick(guide_net.transformer(tokens, guide_labels, mask)) if guidance != 1 else None
+            new = self.draw(z, guide_z, guide_net, rnd, revealed, guidance, guidance_schedule, temperature, head_steps)
             tokens = tokens.scatter(1, idx.unsqueeze(-1).expand(-1, -1, self.token_dim), new)
             mask = mask.scatter(1, idx, False)
         return self.unpatchify(tokens)
@@ -614,32 +301,20 @@ class MAR(TokenModel):
 @persistence.persistent_class
 class CausalAR(TokenModel):
     order = 'raster'
-    sampler_options = ['steps', 'temperature', 'guidance_schedule', 'head_steps', 'use_cache']
+    sampler_options = dict(TokenModel.sampler_options, use_cache=bool)
 
     def __init__(self,
         img_resolution,                 # Net-space resolution (pixels, or latents).
         img_channels,                   # Net-space channels.
-        label_dim       = 0,            # Number of classes, 0 = unconditional.
-        patch_size      = 1,            # Tokens are patch_size x patch_size patches.
-        width           = 768,          # Transformer width.
         depth           = 24,           # Transformer blocks.
-        num_heads       = 12,           # Attention heads.
-        mlp_ratio       = 4,            # Hidden width of the transformer MLPs relative to `width`.
-        dropout         = 0.1,          # Attention and projection dropout.
-        head            = 'diffusion',  # Per-token head: 'diffusion' (DiffLoss), 'flow' or 'edm'.
-        head_width      = 1024,         # Head MLP width.
-        head_depth      = 3,            # Head residual blocks.
-        head_kwargs     = {},           # Further arguments of the head class.
-        data_bound      = None,         # Clip predicted clean tokens to [-bound, bound] (pixels: 1); None = unbounded.
-        mixed_precision = True,         # bfloat16 transformer on CUDA (CPU always runs float32).
+        **kwargs,                       # TokenModel's: classes, patches, width, attention, head, data_bound, precision.
     ):
-        super().__init__(img_resolution, img_channels, label_dim, patch_size, width, data_bound, mixed_precision)
-        self.pos = torch.nn.Parameter(torch.randn([self.seq_len, width]) * 0.02)
-        self.input_norm = torch.nn.LayerNorm(width, eps=1e-6)
-        self.blocks = torch.nn.ModuleList([Block(width, num_heads, mlp_ratio, dropout) for _ in range(depth)])
-        self.out_norm = torch.nn.LayerNorm(width, eps=1e-6)
-        self.init_linear_layers()
-        self.make_head(head, width, head_width, head_depth, head_kwargs)
+        super().__init__(img_resolution, img_channels, **kwargs)
+        self.pos = torch.nn.Parameter(torch.randn([self.seq_len, self.width]) * 0.02)
+        self.input_norm = torch.nn.LayerNorm(self.width, eps=1e-6)
+        self.blocks = self.new_blocks(depth)
+        self.out_norm = torch.nn.LayerNorm(self.width, eps=1e-6)
+        self.finish()
 
     def inputs(self, tokens, labels, start, stop):
         """The transformer's inputs at positions start..stop-1 [N, stop-start, width]: the start
@@ -670,7 +345,7 @@ class CausalAR(TokenModel):
             return self.transformer(tokens, labels)[:, i : i + 1]
         return self.run_blocks(self.inputs(tokens, labels, i, i + 1), caches)
 
-    def new_caches(self):
+    def new_caches(self): # One dict per block.
         return [dict() for _ in self.blocks]
 
     def forward(self, images, labels, mask=None, batch_mul=4):
@@ -688,12 +363,11 @@ class CausalAR(TokenModel):
         guidance_schedule   = 'constant',   # 'constant', or 'linear' from 1 up to `guidance` as tokens are revealed.
         head_steps          = None,         # Head sampling steps (default: the head's own).
         use_cache           = True,         # Key/value cache (False: a full causal pass per token; same images).
-        **unknown,
     ):
         """Images [N, C, R, R] in net space, token by token in raster order. Guidance extrapolates
         the head's prediction away from the null class (gnet=None) or from the causal guiding
         network `gnet` given the same labels; the guide keeps its own cache."""
-        guide_net, guide_labels = self.guide(labels, gnet, guidance_schedule, unknown)
+        guide_net, guide_labels = self.guide(labels, gnet, temperature, guidance_schedule, head_steps)
         if steps is not None and steps != self.seq_len:
             raise ValueError(f'raster order generates one token per step: steps must be the number of tokens '
                 f'({self.seq_len}), got {steps}')
@@ -702,12 +376,8 @@ class CausalAR(TokenModel):
         guide_caches = guide_net.new_caches() if use_cache else None
         for i in range(self.seq_len):
             z = self.next_condition(tokens, labels, i, caches)
-            guide_z = None
-            if guidance != 1:
-                guide_z = guide_net.next_condition(tokens, guide_labels, i, guide_caches)
-            w = self.guidance_weight(guidance, guidance_schedule, i + 1, self.seq_len)
-            new = self.head.sample(z, rnd, temperature=temperature, guidance=w, guide_z=guide_z,
-                guide_head=guide_net.head, bound=self.data_bound, steps=head_steps)
+            guide_z = guide_net.next_condition(tokens, guide_labels, i, guide_caches) if guidance != 1 else None
+            new = self.draw(z, guide_z, guide_net, rnd, i + 1, guidance, guidance_schedule, temperature, head_steps)
             tokens[:, i] = new[:, 0]
         return self.unpatchify(tokens)
 
@@ -726,10 +396,8 @@ class MARLoss:
     ):
         if not 0 <= label_dropout < 1 or not 0 <= mask_ratio_min <= 1:
             raise ValueError(f'MAR: label_dropout must be in [0, 1) and mask_ratio_min in [0, 1], got {label_dropout} and {mask_ratio_min}')
-        self.label_dropout = label_dropout
-        self.mask_ratio_min = mask_ratio_min
-        self.mask_ratio_std = mask_ratio_std
-        self.batch_mul = batch_mul
+        self.label_dropout, self.batch_mul = label_dropout, batch_mul
+        self.mask_ratio_min, self.mask_ratio_std = mask_ratio_min, mask_ratio_std
 
     def draw_mask(self, batch_size, seq_len, device):
         """[N, L] bool, True = masked; the same count in every row (the encoder drops them)."""
@@ -756,12 +424,10 @@ class MARLoss:
         return self.label_dropout > 0
 
 #----------------------------------------------------------------------------
-# The family's preset options (training/presets.py; COMMON_OPTIONS there apply too, some with
-# other defaults here) and the training-loop arguments they give. The paper's recipe: AdamW
-# (0.9, 0.95), weight decay 0.02 (not on biases, norms and the head), lr 1e-4 per 256 images
-# (8e-4 at batch 2048), 100 epochs of warm-up then constant, gradient clip 3.0, EMA 0.9999.
-# `order` picks the network: 'random' the masked MAR, 'raster' the causal CausalAR (same loss,
-# same heads, same recipe).
+# The family's preset options (training/presets.py; COMMON_OPTIONS apply too) and the training-loop
+# arguments they give. The paper's recipe: AdamW (0.9, 0.95), weight decay 0.02 (not on biases,
+# norms and the head), lr 8e-4 at batch 2048, 100 epochs of warm-up, gradient clip 3.0, EMA 0.9999.
+# `order` picks the network: 'random' the masked MAR, 'raster' the causal CausalAR.
 
 FAMILY = 'mar'
 
@@ -778,14 +444,14 @@ OPTIONS = dict(
     head                = 'diffusion',  # Per-token head: 'diffusion' (DiffLoss), 'flow' or 'edm'.
     head_width          = 1024,         # Head MLP width.
     head_depth          = 6,            # Head residual blocks.
-    head_sample_steps   = 0,            # Head sampling steps (0 = the head's default: 100 diffusion, 50 flow, 32 edm).
+    head_steps          = None,         # Head sampling steps (None = the head's default: 100 diffusion, 50 flow, 32 edm).
     flow_prediction     = 'v',          # Flow head: predict the velocity 'v' or the clean token 'x'.
     flow_solver         = 'heun',       # Flow head: 'heun' or 'euler'.
     edm_sigma_data      = 0.5,          # EDM head: standard deviation of the tokens.
     edm_P_mean          = -1.2,         # EDM head: training noise ln(sigma) ~ normal(P_mean, P_std).
     edm_P_std           = 1.2,
     edm_solver          = 'heun',       # EDM head: 'heun' or 'euler'.
-    data_bound          = 0.0,          # Clip predicted clean tokens to [-bound, bound]: 1.0 for pixels, 0 = off (latents).
+    data_bound          = None,         # Clip predicted clean tokens to [-bound, bound]: 1.0 for pixels, None = off (latents).
     sample_steps        = 64,           # Default generation steps K.
     label_dropout       = 0.1,          # Label dropout to the null class (guidance).
     mask_ratio_min      = 0.7,          # Mask ratio ~ normal(1, 0.25) truncated to [mask_ratio_min, 1].
@@ -801,34 +467,34 @@ OPTIONS = dict(
     vae                 = 'stabilityai/sd-vae-ft-mse', # VAE for latent datasets (hub name or local folder).
 )
 
-def loop_kwargs(o):
+def loop_kwargs(opts):
     """Network, loss, encoder (None: chosen from the dataset), optimizer, learning rate and EMA
-    arguments of training_loop() for resolved options `o` (attribute access)."""
+    arguments of training_loop() for resolved options `opts` (attribute access)."""
     head_kwargs = dict(
         diffusion   = dict(),
-        flow        = dict(prediction=o.flow_prediction, solver=o.flow_solver),
-        edm         = dict(sigma_data=o.edm_sigma_data, P_mean=o.edm_P_mean, P_std=o.edm_P_std, solver=o.edm_solver),
-    ).get(o.head, dict())
-    if o.head_sample_steps:
-        head_kwargs['sample_steps'] = o.head_sample_steps
-    network_kwargs = dict(patch_size=o.patch_size, width=o.width, num_heads=o.num_heads, dropout=o.dropout, head=o.head,
-        head_width=o.head_width, head_depth=o.head_depth, head_kwargs=head_kwargs, data_bound=o.data_bound or None,
-        mixed_precision=o.mixed_precision)
-    if o.order == 'random':
-        network_kwargs.update(class_name='training.networks_mar.MAR', encoder_depth=o.encoder_depth,
-            decoder_depth=o.decoder_depth, buffer_tokens=o.buffer_tokens, sample_steps=o.sample_steps)
-    elif o.order == 'raster':
-        network_kwargs.update(class_name='training.networks_mar.CausalAR', depth=o.depth)
+        flow        = dict(prediction=opts.flow_prediction, solver=opts.flow_solver),
+        edm         = dict(sigma_data=opts.edm_sigma_data, P_mean=opts.edm_P_mean, P_std=opts.edm_P_std, solver=opts.edm_solver),
+    ).get(opts.head, dict())
+    if opts.head_steps is not None:
+        head_kwargs['sample_steps'] = opts.head_steps
+    network_kwargs = dict(patch_size=opts.patch_size, width=opts.width, num_heads=opts.num_heads, dropout=opts.dropout, head=opts.head,
+        head_width=opts.head_width, head_depth=opts.head_depth, head_kwargs=head_kwargs, data_bound=opts.data_bound,
+        mixed_precision=opts.mixed_precision)
+    if opts.order == 'random':
+        network_kwargs.update(class_name='training.networks_mar.MAR', encoder_depth=opts.encoder_depth,
+            decoder_depth=opts.decoder_depth, buffer_tokens=opts.buffer_tokens, sample_steps=opts.sample_steps)
+    elif opts.order == 'raster':
+        network_kwargs.update(class_name='training.networks_mar.CausalAR', depth=opts.depth)
     else:
-        raise ValueError(f'option "order" must be "random" (masked MAR) or "raster" (causal), got {o.order!r}')
+        raise ValueError(f'option "order" must be "random" (masked MAR) or "raster" (causal), got {opts.order!r}')
     return dict(
         encoder_kwargs      = None,
         network_kwargs      = network_kwargs,
-        loss_kwargs         = dict(class_name='training.networks_mar.MARLoss', label_dropout=o.label_dropout,
-                                mask_ratio_min=o.mask_ratio_min, batch_mul=o.batch_mul),
-        optimizer_kwargs    = dict(class_name='torch.optim.AdamW', betas=o.betas, weight_decay=o.weight_decay),
-        lr_kwargs           = dict(func_name='training.training_loop.constant_lr', ref_lr=o.lr, rampup_Mimg=o.rampup),
-        ema_kwargs          = dict(class_name='training.phema.TraditionalEMA', beta=o.ema_beta, halflife_kimg=o.ema_halflife),
+        loss_kwargs         = dict(class_name='training.networks_mar.MARLoss', label_dropout=opts.label_dropout,
+                                mask_ratio_min=opts.mask_ratio_min, batch_mul=opts.batch_mul),
+        optimizer_kwargs    = dict(class_name='torch.optim.AdamW', betas=opts.betas, weight_decay=opts.weight_decay),
+        lr_kwargs           = dict(func_name='training.training_loop.constant_lr', ref_lr=opts.lr, rampup_Mimg=opts.rampup),
+        ema_kwargs          = dict(class_name='training.phema.TraditionalEMA', beta=opts.ema_beta, halflife_kimg=opts.ema_halflife),
     )
 
 #----------------------------------------------------------------------------

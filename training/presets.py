@@ -11,10 +11,8 @@ Adding a family: one module with FAMILY, OPTIONS and loop_kwargs, listed in FAMI
 presets below. The training loop is not touched.
 """
 
-import ast
 import copy
 import math
-import re
 
 from torch_utils import util
 from torch_utils.util import EasyDict
@@ -61,13 +59,14 @@ def preset(name, **opts):
 def resolve(name, overrides=None):
     """The complete options of a preset with `overrides` applied: EasyDict, image counts parsed
     to ints. Raises ValueError naming the preset or option for an unknown preset, an option the
-    family does not have, or a value of the wrong type."""
+    family does not have, or a value of the wrong type. Overrides may use the old names of
+    options (RENAMED)."""
     if name not in PRESETS:
         raise ValueError(f'unknown preset "{name}"; choose from: {", ".join(sorted(PRESETS))}')
     family = PRESETS[name]['family']
     default = defaults(family)
     opts = EasyDict(default, **copy.deepcopy(PRESETS[name]))
-    for key, value in (overrides or {}).items():
+    for key, value in upgrade(overrides or {}).items():
         if key not in default:
             raise ValueError(f'option "{key}" does not apply to preset "{name}" (family {family}); '
                 f'its options are: {", ".join(sorted(default))}')
@@ -79,15 +78,30 @@ def resolve(name, overrides=None):
 def parse_override(text):
     """'key=value' (train_edm2.py --set) -> (key, value): the value a Python literal, a bare word
     a string."""
-    match = re.fullmatch(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)', text)
-    if not match:
-        raise ValueError(f'--set "{text}" is not KEY=VALUE')
-    key, raw = match.group(1), match.group(2).strip()
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key, value
+    return util.parse_assignment(text, '--set')
+
+# Options renamed since runs were first recorded: old name -> (new name, {old value: new value}).
+# Commands (--set) and the training_options.json of earlier runs may still use the old names.
+# The "off" of data_bound, branch and head_steps is None, no longer 0.
+RENAMED = dict(
+    p_uncond            = ('label_dropout', {}),
+    fp16                = ('mixed_precision', {}),
+    head_sample_steps   = ('head_steps', {0: None}),
+    data_bound          = ('data_bound', {0: None}),
+    branch              = ('branch', {0: None}),
+)
+
+def upgrade(options):
+    """Options written with old names or old "off" values -> today's (a new dict)."""
+    upgraded = {}
+    for key, value in options.items():
+        new_key, new_values = RENAMED.get(key, (key, {}))
+        if not isinstance(value, bool) and isinstance(value, (int, float)) and value in new_values:
+            value = new_values[value]
+        if new_key in upgraded and upgraded[new_key] != value:
+            raise ValueError(f'option "{new_key}" is given twice with different values (once as "{key}", its old name)')
+        upgraded[new_key] = value
+    return upgraded
 
 def family_kwargs(opts):
     """The family's part of the training-loop arguments for resolved options: dicts under
@@ -97,58 +111,67 @@ def family_kwargs(opts):
 
 def check_value(key, value, default):
     """`value` in the type of the option's default (ints pass for floats, lists element by
-    element), image counts parsed; ValueError naming the option otherwise."""
+    element; a default of None takes None or a number, which the family checks), image counts
+    parsed; ValueError naming the option otherwise."""
     if key in NIMG_OPTIONS:
         try:
             return util.parse_nimg(value)
         except ValueError as e:
             raise ValueError(f'option "{key}": {e}') from None
-    expected = type(default)
     if isinstance(default, list):
         if not isinstance(value, (list, tuple)):
             raise ValueError(f'option "{key}" expects a list like {default}, got {value!r}')
         return [check_value(key, v, default[0]) for v in value] if default else list(value)
-    ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
-    if not ok:
-        kind = {bool: 'True or False', int: 'an integer', float: 'a number', str: 'a string'}.get(expected, expected.__name__)
-        raise ValueError(f'option "{key}" expects {kind}, got {value!r}')
+    if default is None: # Off by default (e.g. data_bound, branch): None, or a number the family checks.
+        if value is None:
+            return None
+        util.check_type(value, float, f'option "{key}"')
+    else:
+        value = util.check_type(value, type(default), f'option "{key}"')
     # No option takes a negative count or a non-finite number (inf would train to NaN parameters).
-    if expected is float and not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f'option "{key}" must be a finite number, got {value!r}')
-    if expected is int and value < 0:
+    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
         raise ValueError(f'option "{key}" must be at least 0, got {value!r}')
     return value
 
 #----------------------------------------------------------------------------
 # EDM2: magnitude-preserving U-Net with the EDM2 loss (training/networks_edm2.py).
 
-# The official EDM2 presets (ImageNet-512 via 64x64x4 latents; ImageNet-64 in pixels).
-for _size, _dur, _ch, _lr, _drop in [('xxs', '2048Mi', 64, 0.0170, 0.0), ('xs', '2048Mi', 128, 0.0120, 0.0),
-        ('s', '2048Mi', 192, 0.0100, 0.0), ('m', '2048Mi', 256, 0.0090, 0.1), ('l', '1792Mi', 320, 0.0080, 0.1),
-        ('xl', '1280Mi', 384, 0.0070, 0.1), ('xxl', '896Mi', 448, 0.0065, 0.1)]:
-    preset(f'edm2-img512-{_size}', family='edm2', duration=_dur, batch=2048, channels=_ch, lr=_lr, decay=70000,
-        dropout=_drop, P_mean=-0.4, P_std=1.0)
-for _size, _dur, _ch, _lr, _drop in [('xs', '1024Mi', 128, 0.0120, 0.0), ('s', '1024Mi', 192, 0.0100, 0.0),
-        ('m', '2048Mi', 256, 0.0090, 0.1), ('l', '1024Mi', 320, 0.0080, 0.1), ('xl', '640Mi', 384, 0.0070, 0.1)]:
-    preset(f'edm2-img64-{_size}', family='edm2', duration=_dur, batch=2048, channels=_ch, lr=_lr, decay=35000,
-        dropout=_drop, P_mean=-0.8, P_std=1.6)
+# The official EDM2 presets (EDM2's table: ImageNet-512 via 64x64x4 latents; ImageNet-64 in pixels).
+_IMG512 = dict(family='edm2', batch=2048, decay=70000, P_mean=-0.4, P_std=1.0)
+preset('edm2-img512-xxs', **_IMG512, duration='2048Mi', channels=64,  lr=0.0170, dropout=0.0)
+preset('edm2-img512-xs',  **_IMG512, duration='2048Mi', channels=128, lr=0.0120, dropout=0.0)
+preset('edm2-img512-s',   **_IMG512, duration='2048Mi', channels=192, lr=0.0100, dropout=0.0)
+preset('edm2-img512-m',   **_IMG512, duration='2048Mi', channels=256, lr=0.0090, dropout=0.1)
+preset('edm2-img512-l',   **_IMG512, duration='1792Mi', channels=320, lr=0.0080, dropout=0.1)
+preset('edm2-img512-xl',  **_IMG512, duration='1280Mi', channels=384, lr=0.0070, dropout=0.1)
+preset('edm2-img512-xxl', **_IMG512, duration='896Mi',  channels=448, lr=0.0065, dropout=0.1)
+_IMG64 = dict(family='edm2', batch=2048, decay=35000, P_mean=-0.8, P_std=1.6)
+preset('edm2-img64-xs',   **_IMG64,  duration='1024Mi', channels=128, lr=0.0120, dropout=0.0)
+preset('edm2-img64-s',    **_IMG64,  duration='1024Mi', channels=192, lr=0.0100, dropout=0.0)
+preset('edm2-img64-m',    **_IMG64,  duration='2048Mi', channels=256, lr=0.0090, dropout=0.1)
+preset('edm2-img64-l',    **_IMG64,  duration='1024Mi', channels=320, lr=0.0080, dropout=0.1)
+preset('edm2-img64-xl',   **_IMG64,  duration='640Mi',  channels=384, lr=0.0070, dropout=0.1)
 
 # The multi-source study: XS network on 256x256 images encoded to 32x32x4 latents, K sources
-# with N images each; (duration, lr, decay) per (K, N).
-MULTISOURCE_GRID = {
-    (1, 100): ('48Mi', 0.004, 4000),  (1, 500): ('128Mi', 0.004, 2000),  (1, 1000): ('176Mi', 0.005, 2500),
-    (3, 100): ('64Mi', 0.002, 2000),  (3, 500): ('64Mi', 0.002, 2500),   (3, 1000): ('64Mi', 0.002, 2500),
-    (5, 100): ('64Mi', 0.004, 4000),  (5, 500): ('128Mi', 0.006, 4000),  (5, 1000): ('96Mi', 0.006, 4000),
-    (10, 100): ('64Mi', 0.003, 3000), (10, 500): ('96Mi', 0.003, 3000),  (10, 1000): ('384Mi', 0.006, 3000),
-}
-for (_k, _n), (_dur, _lr, _decay) in MULTISOURCE_GRID.items():
-    preset(f'edm2-img256-xs-{_k}c-{_n}', family='edm2', duration=_dur, batch=2048, channels=128, lr=_lr,
-        decay=_decay, dropout=0.0, P_mean=-0.4, P_std=1.0, lr_schedule='multisource')
+# with N images each (edm2-img256-xs-{K}c-{N}), each with its duration, lr and decay.
+_IMG256 = dict(family='edm2', batch=2048, channels=128, dropout=0.0, P_mean=-0.4, P_std=1.0, lr_schedule='multisource')
+preset('edm2-img256-xs-1c-100',   **_IMG256, duration='48Mi',  lr=0.004, decay=4000)
+preset('edm2-img256-xs-1c-500',   **_IMG256, duration='128Mi', lr=0.004, decay=2000)
+preset('edm2-img256-xs-1c-1000',  **_IMG256, duration='176Mi', lr=0.005, decay=2500)
+preset('edm2-img256-xs-3c-100',   **_IMG256, duration='64Mi',  lr=0.002, decay=2000)
+preset('edm2-img256-xs-3c-500',   **_IMG256, duration='64Mi',  lr=0.002, decay=2500)
+preset('edm2-img256-xs-3c-1000',  **_IMG256, duration='64Mi',  lr=0.002, decay=2500)
+preset('edm2-img256-xs-5c-100',   **_IMG256, duration='64Mi',  lr=0.004, decay=4000)
+preset('edm2-img256-xs-5c-500',   **_IMG256, duration='128Mi', lr=0.006, decay=4000)
+preset('edm2-img256-xs-5c-1000',  **_IMG256, duration='96Mi',  lr=0.006, decay=4000)
+preset('edm2-img256-xs-10c-100',  **_IMG256, duration='64Mi',  lr=0.003, decay=3000)
+preset('edm2-img256-xs-10c-500',  **_IMG256, duration='96Mi',  lr=0.003, decay=3000)
+preset('edm2-img256-xs-10c-1000', **_IMG256, duration='384Mi', lr=0.006, decay=3000)
 # The study's long 10-source, 1000-image run (its train_1c_1000.sh): 1536Mi images, a lower
 # learning rate and a later decay than edm2-img256-xs-10c-1000.
-preset('edm2-img256-xs-10c-1000-nlr', **(PRESETS['edm2-img256-xs-10c-1000'] | dict(duration='1536Mi', lr=0.004, decay=6000)))
+preset('edm2-img256-xs-10c-1000-nlr', **_IMG256, duration='1536Mi', lr=0.004, decay=6000)
 
 # Small enough to train on the built-in 8x8 digits on a laptop CPU in minutes (4.4 minutes on two
 # cores; 1.0M parameters). Label dropout lets the same network guide itself (classifier-free
@@ -156,7 +179,7 @@ preset('edm2-img256-xs-10c-1000-nlr', **(PRESETS['edm2-img256-xs-10c-1000'] | di
 # guidance 1 and 1.000 at guidance 2, fd_digits 0.076 / 0.174 (real training digits: 0.056).
 preset('edm2-digits', family='edm2', duration='128Ki', batch=128, status='8Ki', snapshot='64Ki',
     checkpoint='64Ki', workers=0, channels=32, channel_mult=[1, 2], num_blocks=2, attn_resolutions=[4],
-    lr=0.01, decay=1000, rampup=0.01, P_mean=-0.8, P_std=1.6, p_uncond=0.1, ema_stds=[0.050, 0.100])
+    lr=0.01, decay=1000, rampup=0.01, P_mean=-0.8, P_std=1.6, label_dropout=0.1, ema_stds=[0.050, 0.100])
 
 # The digits multi-source study (run_study.py --data digits): a network small enough (0.16M
 # parameters, 16 channels, one block per resolution, dropout 0.3) that it cannot simply memorize
@@ -192,10 +215,10 @@ preset('ardm-upscale4-cifar10', family='ardm', levels=256, branch=4, channels=25
 # ImageNet 256x256 through our 8x-downsampling VAE: 32x32x4 latents in 2x2 patches give the
 # paper's 16x16 = 256 tokens of 16 numbers (the paper: a 16x-downsampling VAE with 16 channels,
 # patch 1). Sizes as in the paper (208M, 479M, 943M parameters); 400 epochs at batch 2048.
-for _size, _width, _depth, _heads, _head_width, _head_depth in [('b', 768, 12, 12, 1024, 6),
-        ('l', 1024, 16, 16, 1280, 8), ('h', 1280, 20, 16, 1536, 12)]:
-    preset(f'mar-{_size}', family='mar', duration='488Mi', batch=2048, width=_width, encoder_depth=_depth,
-        decoder_depth=_depth, num_heads=_heads, head_width=_head_width, head_depth=_head_depth)
+_IMAGENET_MAR = dict(family='mar', duration='488Mi', batch=2048)
+preset('mar-b', **_IMAGENET_MAR, width=768,  encoder_depth=12, decoder_depth=12, num_heads=12, head_width=1024, head_depth=6)
+preset('mar-l', **_IMAGENET_MAR, width=1024, encoder_depth=16, decoder_depth=16, num_heads=16, head_width=1280, head_depth=8)
+preset('mar-h', **_IMAGENET_MAR, width=1280, encoder_depth=20, decoder_depth=20, num_heads=16, head_width=1536, head_depth=12)
 
 # Built-in 8x8 digits in pixels (bounded: clipped to [-1, 1]), 2x2 patches = 16 tokens: trains
 # in 15 minutes on a laptop CPU. A short EMA half-life and a short warm-up for a run this short.

@@ -214,7 +214,8 @@ def changes(run_dir, previous, record):
         options = {option: [theirs, ours] for option, theirs, ours in official_differences(previous, record['config'])}
         old_config = previous
     else:
-        old_options, new_options = previous.get('options', {}), record['options']
+        # Options an earlier version recorded under old names (presets.RENAMED) compare by today's names.
+        old_options, new_options = presets.upgrade(previous.get('options', {})), record['options']
         options = {key: [old_options.get(key), new_options.get(key)] for key in sorted(set(old_options) | set(new_options))
             if old_options.get(key) != new_options.get(key)}
         old_config = previous.get('config', {})

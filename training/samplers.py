@@ -9,6 +9,8 @@ so that a seed gives the same image whatever the batch size or the number of pro
 import numpy as np
 import torch
 
+from torch_utils import util
+
 #----------------------------------------------------------------------------
 # One torch.Generator per seed: draws for a batch are the stack of each seed's own draws.
 # The same interface as the official EDM2 class (randn/randint with the batch size first), and
@@ -46,7 +48,7 @@ class StackedRandomGenerator:
 
 def karras_sigmas(num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, dtype=torch.float32, device=None):
     if num_steps < 1:
-        raise ValueError(f'num_steps must be at least 1, got {num_steps}')
+        raise ValueError(f'sampling option steps={num_steps}: must be at least 1')
     step_indices = torch.arange(num_steps, dtype=dtype, device=device)
     if num_steps == 1:
         t_steps = torch.full([1], sigma_max, dtype=dtype, device=device)
@@ -57,14 +59,11 @@ def karras_sigmas(num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, dtype=torc
 #----------------------------------------------------------------------------
 # The guided denoiser D = D_g + w (D - D_g). The guide is `gnet` given the same labels
 # (autoguidance, or classic CFG with a separate unconditional network) or, without gnet, the
-# same network given all-zero labels (its unconditional branch: the caller checks it has one).
-# Guidance 1 skips the second evaluation.
+# same network given all-zero labels (its unconditional branch: training/generate.py's
+# check_guidance() makes sure it has one). Guidance 1 skips the second evaluation.
 
 def guided_denoiser(net, labels=None, gnet=None, guidance=1.0, dtype=torch.float32):
     if guidance != 1 and gnet is None:
-        if labels is None:
-            raise ValueError('guidance != 1 needs a guiding network (gnet) or class labels whose all-zero '
-                'row selects the unconditional branch; this network is unconditional')
         gnet, guide_labels = net, torch.zeros_like(labels)
     else:
         guide_labels = labels
@@ -94,17 +93,19 @@ def guided_denoiser(net, labels=None, gnet=None, guidance=1.0, dtype=torch.float
 
 SOLVERS = ['euler', 'heun', 'heun_sde', 'dpm++']
 
-def check_edm_options(sigma_min=0.002, sigma_max=80, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1, **_other):
-    """The numbers of edm_sampler's options (its defaults for those not given): finite (S_max may be
-    inf), and noise levels that go down. Options of other samplers pass (they check their own)."""
+def check_edm_options(sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise):
+    """The values of edm_sampler's options: finite (S_max may be inf), positive noise levels that
+    go down, no negative churn."""
     values = dict(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, S_churn=S_churn, S_min=S_min, S_noise=S_noise)
     for name, value in values.items():
         if not np.isfinite(value):
-            raise ValueError(f'--{name} {value}: must be a finite number')
+            raise ValueError(f'sampling option {name}={value}: must be a finite number')
+    if not (rho > 0 and S_churn >= 0 and S_min >= 0):
+        raise ValueError(f'sampling options rho={rho}, S_churn={S_churn}, S_min={S_min}: rho must be positive, S_churn and S_min at least 0')
     if np.isnan(S_max) or S_max < S_min:
-        raise ValueError(f'--S_max {S_max}: must be at least --S_min {S_min}')
+        raise ValueError(f'sampling option S_max={S_max}: must be at least S_min={S_min}')
     if not 0 < sigma_min < sigma_max:
-        raise ValueError(f'--sigma_min {sigma_min} and --sigma_max {sigma_max}: need 0 < sigma_min < sigma_max')
+        raise ValueError(f'sampling options sigma_min={sigma_min}, sigma_max={sigma_max}: need 0 < sigma_min < sigma_max')
 
 def edm_sampler(net, noise, labels=None, gnet=None, guidance=1.0, solver='heun',
     num_steps=32, sigma_min=0.002, sigma_max=80, rho=7,
@@ -112,7 +113,7 @@ def edm_sampler(net, noise, labels=None, gnet=None, guidance=1.0, solver='heun',
     rnd=None, dtype=torch.float32,
 ):
     if solver not in SOLVERS:
-        raise ValueError(f'unknown solver "{solver}"; choose from {", ".join(SOLVERS)}')
+        raise ValueError(f'sampling option solver={solver}: unknown solver; choose from {", ".join(SOLVERS)}')
     check_edm_options(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
     if solver == 'dpm++' and S_churn > 0:
         raise ValueError('the dpm++ solver is deterministic: S_churn must be 0 (use heun or heun_sde for churn)')
@@ -176,6 +177,44 @@ def _dpmpp_2m(denoise, x, t_steps):
 #----------------------------------------------------------------------------
 # The single entry point for every model family (docs/families.md): a network that defines
 # `sample` samples itself; EDM2 networks (official ones included) go through edm_sampler.
+
+# The options of edm_sampler that the generators reach (their flags, or --opt KEY=VALUE), with
+# their types; the family-neutral `steps` is num_steps. A family with a sampler of its own
+# declares its options as the network's `sampler_options` (docs/families.md).
+EDM_OPTIONS = dict(solver=str, steps=int, sigma_min=float, sigma_max=float, rho=float, S_churn=float, S_min=float,
+    S_max=float, S_noise=float)
+
+def parse_options(texts, given=None):
+    """--opt KEY=VALUE texts, with the values of the generator's own sampler flags (`given`;
+    None = not given) -> {name: value}, the values Python literals or bare words (strings)."""
+    options = {key: value for key, value in (given or {}).items() if value is not None}
+    for text in texts:
+        key, value = util.parse_assignment(text, '--opt')
+        if key in options and options[key] != value:
+            raise ValueError(f'--opt {text}: the sampling option {key} is given twice, with different values')
+        options[key] = value
+    return options
+
+def check_options(net, options):
+    """Sampling options checked against those `net`'s family declares: names and types (the
+    sampler checks the values), ints made floats where a float is declared. ValueError naming
+    the family's options otherwise. Networks written before families declared their options
+    (no `sampler_options`, or only their names) check the rest themselves."""
+    declared = getattr(net, 'sampler_options', None) if callable(getattr(net, 'sample', None)) else EDM_OPTIONS
+    if declared is None:
+        return dict(options)
+    declared = declared if isinstance(declared, dict) else dict.fromkeys(declared)
+    family = 'EDM2' if declared is EDM_OPTIONS else type(net).__name__
+    known = ', '.join(f'{name} ({kind.__name__})' if kind else name for name, kind in declared.items())
+    checked = {}
+    for key, value in options.items():
+        if key not in declared:
+            raise ValueError(f'sampling option "{key}" does not apply to {family} networks; their options: {known}')
+        try:
+            checked[key] = value if declared[key] is None else util.check_type(value, declared[key], f'sampling option "{key}"')
+        except ValueError as e:
+            raise ValueError(f'{e} ({family} sampling options: {known})') from None
+    return checked
 
 def sample(net, noise, labels, rnd, gnet=None, guidance=1.0, **kwargs):
     """`kwargs`: the sampler's options; the family-neutral `steps` means num_steps here."""

@@ -35,19 +35,13 @@ import numpy as np
 
 from torch_utils import util
 from training import digits
+from training.imagenet import IMAGENET_LEVELS, LEVEL_ALIASES
 
 #----------------------------------------------------------------------------
 # Similarity levels: the order in which companions join a target.
 
-# ImageNet (the Multi-Source-GM study): ten class ids each, 171 (Italian greyhound, the source
-# every level shares) first. The study's scripts call them sim3/sim2/sim1 (higher = more similar
-# to 171), its Python code level1/level2/level3. Listed from the most to the least similar.
-IMAGENET_LEVELS = {
-    'sim3': [171, 182, 198, 208, 215, 231, 236, 244, 245, 258], # ten dog breeds
-    'sim2': [171, 269, 279, 283, 294, 330, 340, 366, 370, 386], # mammals
-    'sim1': [171, 1, 18, 31, 46, 532, 579, 609, 849, 980],      # diverse
-}
-LEVEL_ALIASES = {'level1': 'sim3', 'level2': 'sim2', 'level3': 'sim1'}
+# ImageNet (the Multi-Source-GM study): IMAGENET_LEVELS and LEVEL_ALIASES, with the data code in
+# training/imagenet.py.
 
 # Built-in digits: the companions of a target digit ranked by the Euclidean distance between
 # class means (every image of the class, pixels in [0, 1]): 'similar' takes the nearest first,

@@ -252,35 +252,35 @@ def plot_loss_curve(run_dir, stat='Loss/loss'):
 def build_run(dataset_kwargs, encoder_kwargs, network_kwargs, loss_kwargs, optimizer_kwargs, ema_kwargs, device):
     """EasyDict(dataset, encoder, net, ddp, loss_fn, optimizer, ema). The network's shape is
     the encoder's output shape."""
-    r = util.EasyDict()
+    run = util.EasyDict()
     dist.print0('Loading dataset...')
-    r.dataset = util.construct_class_by_name(**dataset_kwargs)
-    ref_image, ref_label = r.dataset[0]
+    run.dataset = util.construct_class_by_name(**dataset_kwargs)
+    ref_image, ref_label = run.dataset[0]
     dist.print0('Setting up encoder...')
-    r.encoder = util.construct_class_by_name(**encoder_kwargs) # Training needs no VAE weights: they load when first used.
-    ref_image = r.encoder.encode_latents(torch.as_tensor(ref_image).to(device).unsqueeze(0))
+    run.encoder = util.construct_class_by_name(**encoder_kwargs) # Training needs no VAE weights: they load when first used.
+    ref_image = run.encoder.encode_latents(torch.as_tensor(ref_image).to(device).unsqueeze(0))
     dist.print0('Constructing network...')
     interface_kwargs = dict(img_resolution=ref_image.shape[-1], img_channels=ref_image.shape[1], label_dim=ref_label.shape[-1])
-    r.net = util.construct_class_by_name(**network_kwargs, **interface_kwargs)
-    r.net.train().requires_grad_(True).to(device)
-    dist.print0(f'Network: {type(r.net).__name__}, {sum(p.numel() for p in r.net.parameters()):,} parameters, '
+    run.net = util.construct_class_by_name(**network_kwargs, **interface_kwargs)
+    run.net.train().requires_grad_(True).to(device)
+    dist.print0(f'Network: {type(run.net).__name__}, {sum(p.numel() for p in run.net.parameters()):,} parameters, '
         f'input {list(ref_image.shape[1:])}, {interface_kwargs["label_dim"]} classes')
-    r.ddp = r.net
+    run.ddp = run.net
     if dist.get_world_size() > 1:
         # Every rank starts from rank 0's network. DDP broadcasts the parameters; with
         # broadcast_buffers=False (buffers such as ARDM's running loss stay each rank's own, kept
         # equal by the family) it leaves the buffers, e.g. EDM2's random Fourier frequencies, alone.
-        for buffer in r.net.buffers():
+        for buffer in run.net.buffers():
             torch.distributed.broadcast(buffer, src=0)
-        r.ddp = torch.nn.parallel.DistributedDataParallel(r.net, device_ids=[device] if device.type == 'cuda' else None, broadcast_buffers=False)
-    r.loss_fn = util.construct_class_by_name(**loss_kwargs)
+        run.ddp = torch.nn.parallel.DistributedDataParallel(run.net, device_ids=[device] if device.type == 'cuda' else None, broadcast_buffers=False)
+    run.loss_fn = util.construct_class_by_name(**loss_kwargs)
     optimizer_kwargs = dict(optimizer_kwargs)
-    groups = param_groups(r.net, optimizer_kwargs.pop('weight_decay', 0))
-    r.optimizer = util.construct_class_by_name(groups, **optimizer_kwargs)
-    r.ema = util.construct_class_by_name(net=r.net, **ema_kwargs) if ema_kwargs is not None else None
-    return r
+    groups = param_groups(run.net, optimizer_kwargs.pop('weight_decay', 0))
+    run.optimizer = util.construct_class_by_name(groups, **optimizer_kwargs)
+    run.ema = util.construct_class_by_name(net=run.net, **ema_kwargs) if ema_kwargs is not None else None
+    return run
 
-def resume(run_dir, r, run_id=None):
+def resume(run_dir, run, run_id=None):
     """The training state {cur_nimg, total_elapsed_time}: the newest complete checkpoint's, loaded
     into the run's network, optimizer, EMA and RNGs, or a fresh start when there is none. A run
     directory whose training states are all damaged, or belong to another run, is refused."""
@@ -297,16 +297,16 @@ def resume(run_dir, r, run_id=None):
     dist.print0(f'Resuming from {os.path.basename(ckpt_path)}' + (' (a training state of the official EDM2 code)' if official else ''))
     state.update(ckpt['state'])
     try:
-        r.net.load_state_dict(ckpt['net'])
-        r.optimizer.load_state_dict(ckpt['optimizer'])
-        if r.ema is not None:
-            r.ema.load_state_dict(ckpt['ema'])
+        run.net.load_state_dict(ckpt['net'])
+        run.optimizer.load_state_dict(ckpt['optimizer'])
+        if run.ema is not None:
+            run.ema.load_state_dict(ckpt['ema'])
     except (RuntimeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0]
         raise ValueError(f'{ckpt_path} does not fit this network (an architecture option changed since the run '
             f'started?): {first}') from e
     if official:
-        loss_fn = {key: getattr(r.loss_fn, key, None) for key in (ckpt.get('loss_fn') or {}) if not key.startswith('_')}
+        loss_fn = {key: getattr(run.loss_fn, key, None) for key in (ckpt.get('loss_fn') or {}) if not key.startswith('_')}
         if any(ckpt['loss_fn'][key] != value for key, value in loss_fn.items()):
             dist.print0(f'Note: the training state was trained with the loss {ckpt["loss_fn"]}; this run continues with {loss_fn}')
         dist.print0('Note: weights, optimizer, EMA and time resume; the random streams and the order of the images start afresh')
@@ -332,35 +332,35 @@ def data_iterator(dataset, start_nimg, batch_gpu, seed, data_loader_kwargs, devi
 #----------------------------------------------------------------------------
 # Saving: network snapshots (rank 0) and training states (every rank takes part).
 
-def snapshot_names(r, cur_nimg):
+def snapshot_names(run, cur_nimg):
     """{file name: network} of the snapshots at cur_nimg: one per EMA profile (or of the network
     itself without EMA)."""
-    return {f'network-snapshot-{cur_nimg // 1000:07d}{suffix}.pkl': net for net, suffix in (r.ema.get() if r.ema is not None else [(r.net, '')])}
+    return {f'network-snapshot-{cur_nimg // 1000:07d}{suffix}.pkl': net for net, suffix in (run.ema.get() if run.ema is not None else [(run.net, '')])}
 
-def save_snapshots(run_dir, r, cur_nimg, dataset_kwargs, run_id=None, only=None):
+def save_snapshots(run_dir, run, cur_nimg, dataset_kwargs, run_id=None, only=None):
     """The snapshots at cur_nimg (rank 0; `only`: these file names). Plain dicts and lists, so
     that EDM2 snapshots load in the official code too (it reads only `ema` and `encoder`).
     `sources` ([{label, name, original_id}] from dataset.json, or None) lets the generator choose a
     class by its identity once the dataset is gone; `run_id` ties the snapshot to its run."""
-    check_finite(r, cur_nimg)
-    for fname, ema_net in snapshot_names(r, cur_nimg).items():
+    check_finite(run, cur_nimg)
+    for fname, ema_net in snapshot_names(run, cur_nimg).items():
         if only is not None and fname not in only:
             continue
-        data = dict(ema=copy.deepcopy(ema_net).cpu().eval().requires_grad_(False), loss_fn=r.loss_fn,
-            encoder=r.encoder, dataset_kwargs=dict(dataset_kwargs), run_id=run_id,
-            sources=getattr(r.dataset, 'sources', None)) # Optional for dataset classes other than ours.
+        data = dict(ema=copy.deepcopy(ema_net).cpu().eval().requires_grad_(False), loss_fn=run.loss_fn,
+            encoder=run.encoder, dataset_kwargs=dict(dataset_kwargs), run_id=run_id,
+            sources=getattr(run.dataset, 'sources', None)) # Optional for dataset classes other than ours.
         dist.print0(f'Saving {fname} ... ', end='', flush=True)
         write_file(os.path.join(run_dir, fname), lambda f, data=data: pickle.dump(data, f), 'write it again')
         dist.print0('done')
 
-def repair_snapshots(run_dir, r, cur_nimg, dataset_kwargs, run_id=None):
+def repair_snapshots(run_dir, run, cur_nimg, dataset_kwargs, run_id=None):
     """Rewrite the snapshots of the training state being resumed from when they are missing or
     damaged (e.g. truncated by a full disk): they hold the state's EMA, so they come out with the
     same networks as when first written. A finished run re-run then ends with every file whole."""
-    damaged = [fname for fname in snapshot_names(r, cur_nimg) if not pickle_is_complete(os.path.join(run_dir, fname))]
+    damaged = [fname for fname in snapshot_names(run, cur_nimg) if not pickle_is_complete(os.path.join(run_dir, fname))]
     if damaged:
         dist.print0(f'Rewriting {", ".join(damaged)} (missing or damaged) from the training state')
-        save_snapshots(run_dir, r, cur_nimg, dataset_kwargs, run_id, only=damaged)
+        save_snapshots(run_dir, run, cur_nimg, dataset_kwargs, run_id, only=damaged)
 
 def pickle_is_complete(path):
     """Whether `path` holds a whole pickle, walked opcode by opcode without loading anything."""
@@ -371,28 +371,28 @@ def pickle_is_complete(path):
     except Exception: # pylint: disable=broad-except
         return False
 
-def check_finite(r, cur_nimg):
+def check_finite(run, cur_nimg):
     """Never save a network whose parameters are not finite: resuming from it could not help."""
-    if not torch.stack([p.isfinite().all() for p in r.net.parameters()]).all():
+    if not torch.stack([p.isfinite().all() for p in run.net.parameters()]).all():
         raise diverged_error(cur_nimg, 'the network parameters are not finite')
 
 def diverged_error(cur_nimg, what):
     return ValueError(f'{what} at {cur_nimg / 1e3:g} kimg: training diverged (a learning rate too high?); '
         'nothing from this point on was saved')
 
-def save_state(run_dir, r, state, run_id=None, keep=2):
+def save_state(run_dir, run, state, run_id=None, keep=2):
     """Every rank's RNG state goes in, so that a resumed run continues bit for bit; the ranks'
     networks must agree (as EDM2 checks) before one copy is written. The loss's settings go in
     too, under the official key `loss_fn`, so that the official EDM2 code resumes EDM2 runs of
     this code."""
-    check_finite(r, state.cur_nimg)
+    check_finite(run, state.cur_nimg)
     rng = [misc.get_rng_state()]
     if dist.get_world_size() > 1:
-        misc.check_ddp_consistency(r.net)
+        misc.check_ddp_consistency(run.net)
         rng = [None] * dist.get_world_size()
         torch.distributed.all_gather_object(rng, misc.get_rng_state())
-    path = dist.rank0_outcome(save_checkpoint, run_dir, dict(state=dict(state), net=r.net.state_dict(), loss_fn=plain_settings(r.loss_fn),
-        optimizer=r.optimizer.state_dict(), ema=r.ema.state_dict() if r.ema is not None else None, rng=rng, run_id=run_id), keep)
+    path = dist.rank0_outcome(save_checkpoint, run_dir, dict(state=dict(state), net=run.net.state_dict(), loss_fn=plain_settings(run.loss_fn),
+        optimizer=run.optimizer.state_dict(), ema=run.ema.state_dict() if run.ema is not None else None, rng=rng, run_id=run_id), keep)
     dist.print0(f'Saved {os.path.basename(path)}')
 
 def plain_settings(obj):
@@ -410,67 +410,68 @@ def plain_settings(obj):
 #----------------------------------------------------------------------------
 # One optimizer step: the per-process batch in accumulation rounds of batch_gpu images.
 
-def train_step(r, dataset_iterator, cur_nimg, batch_size, batch_gpu, lr_kwargs, device,
+def train_step(run, dataset_iterator, cur_nimg, batch_size, batch_gpu, lr_kwargs, device,
         loss_scaling=1, force_finite=True, grad_clip=0):
     """Returns a bool tensor on the device: was the loss of any image not finite?"""
     per_process = batch_size // dist.get_world_size()
     num_rounds = per_process // batch_gpu
-    r.optimizer.zero_grad(set_to_none=True)
+    run.optimizer.zero_grad(set_to_none=True)
     nonfinite = torch.zeros([], dtype=torch.bool, device=device)
     for round_idx in range(num_rounds):
-        with misc.ddp_sync(r.ddp, (round_idx == num_rounds - 1)):
+        with misc.ddp_sync(run.ddp, (round_idx == num_rounds - 1)):
             images, labels = next(dataset_iterator)
-            images = r.encoder.encode_latents(images.to(device))
-            loss = r.loss_fn(net=r.ddp, images=images, labels=labels.to(device))
+            images = run.encoder.encode_latents(images.to(device))
+            loss = run.loss_fn(net=run.ddp, images=images, labels=labels.to(device))
             training_stats.report('Loss/loss', loss)
             nonfinite |= ~loss.detach().isfinite().all()
             loss.sum().mul(loss_scaling / per_process).backward()
 
     lr = float(util.call_func_by_name(cur_nimg=cur_nimg, batch_size=batch_size, **lr_kwargs))
     training_stats.report('Loss/learning_rate', lr)
-    for group in r.optimizer.param_groups:
+    for group in run.optimizer.param_groups:
         group['lr'] = lr
     if force_finite:
-        for param in r.net.parameters():
+        for param in run.net.parameters():
             if param.grad is not None:
                 torch.nan_to_num(param.grad, nan=0, posinf=0, neginf=0, out=param.grad)
     if grad_clip:
-        training_stats.report('Loss/grad_norm', torch.nn.utils.clip_grad_norm_(r.net.parameters(), grad_clip))
-    r.optimizer.step()
-    if r.ema is not None:
-        r.ema.update(cur_nimg=cur_nimg + batch_size, batch_size=batch_size)
+        training_stats.report('Loss/grad_norm', torch.nn.utils.clip_grad_norm_(run.net.parameters(), grad_clip))
+    run.optimizer.step()
+    if run.ema is not None:
+        run.ema.update(cur_nimg=cur_nimg + batch_size, batch_size=batch_size)
     return nonfinite
 
 #----------------------------------------------------------------------------
 # Main training loop.
 
-def training_loop(
-    dataset_kwargs      = dict(class_name='training.dataset.ImageFolderDataset', path=None),
-    encoder_kwargs      = dict(class_name='training.encoders.StandardRGBEncoder'),
-    data_loader_kwargs  = dict(num_workers=2),
-    network_kwargs      = dict(class_name='training.networks_edm2.Precond'),
-    loss_kwargs         = dict(class_name='training.networks_edm2.EDM2Loss'),
-    optimizer_kwargs    = dict(class_name='torch.optim.Adam', betas=(0.9, 0.99)),
-    lr_kwargs           = dict(func_name='training.networks_edm2.learning_rate_schedule'),
-    ema_kwargs          = dict(class_name='training.phema.PowerFunctionEMA'),
+def training_loop(*,
+    # What to train, as training/config.py builds it from a preset: required, no defaults here.
+    dataset_kwargs,                 # Dataset class and arguments.
+    encoder_kwargs,                 # Encoder class and arguments (pixels, VAE latents or levels to net space).
+    data_loader_kwargs,             # torch DataLoader arguments (num_workers, ...).
+    network_kwargs,                 # Network class and arguments (docs/families.md).
+    loss_kwargs,                    # Loss class and arguments.
+    optimizer_kwargs,               # Optimizer class and arguments (an optional weight_decay makes parameter groups).
+    lr_kwargs,                      # Learning-rate schedule: func_name and arguments.
+    ema_kwargs,                     # EMA class and arguments, or None (snapshots of the network itself).
+    seed,                           # Global random seed (rank r seeds with seed + r).
+    batch_size,                     # Total batch size for one training iteration.
+    batch_gpu,                      # Images per process in one accumulation round (config.batch_per_round()).
+    total_nimg,                     # Train for a total of N training images.
+    status_nimg,                    # Report status every N training images (0 = off).
+    snapshot_nimg,                  # Save network snapshots every N training images (0 = off).
+    checkpoint_nimg,                # Save a training state every N training images (0 = off).
+    loss_scaling,                   # Loss scaling factor for reducing FP16 under/overflows.
+    grad_clip,                      # Clip the global gradient norm to this value (0 = off).
+    cudnn_benchmark,                # Enable torch.backends.cudnn.benchmark?
 
-    run_dir             = '.',      # Output directory.
+    # How this invocation runs.
+    run_dir,                        # Output directory.
     run_id              = None,     # Identity of the run (training/runs.py), kept in its snapshots and states.
     on_resumed          = None,     # Called (on rank 0) once a training state has loaded, before the first step.
-    seed                = 0,        # Global random seed.
-    batch_size          = 2048,     # Total batch size for one training iteration.
-    batch_gpu           = 0,        # Limit batch size per GPU (0 = no limit).
-    total_nimg          = 8<<30,    # Train for a total of N training images.
     slice_nimg          = 0,        # Train for at most N images in this invocation (0 = no limit).
-    status_nimg         = 128<<10,  # Report status every N training images (0 = off).
-    snapshot_nimg       = 8<<20,    # Save network snapshots every N training images (0 = off).
-    checkpoint_nimg     = 128<<20,  # Save a training state every N training images (0 = off).
     keep_checkpoints    = 2,        # Keep the N newest training states (0 = all, as the official code does).
-
-    loss_scaling        = 1,        # Loss scaling factor for reducing FP16 under/overflows.
     force_finite        = True,     # Replace NaN/Inf gradients with zeros.
-    grad_clip           = 0,        # Clip the global gradient norm to this value (0 = off).
-    cudnn_benchmark     = True,     # Enable torch.backends.cudnn.benchmark?
     device              = None,     # Default: torch_utils.distributed.get_device().
 ):
     device = torch.device(device) if device is not None else dist.get_device()
@@ -480,23 +481,22 @@ def training_loop(
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
-    batch_gpu = min(batch_gpu or batch_size, batch_size // dist.get_world_size())
     assert batch_size % (dist.get_world_size() * batch_gpu) == 0, 'checked by training/config.py'
     if dist.get_rank() == 0:
         os.makedirs(run_dir, exist_ok=True)
         for pattern in ['network-snapshot-*.pkl', 'training-state-*.pt']: # Left by a killed run.
             util.remove_stale_temporaries(os.path.join(run_dir, pattern))
 
-    r = build_run(dataset_kwargs, encoder_kwargs, network_kwargs, loss_kwargs, optimizer_kwargs, ema_kwargs, device)
-    state = resume(run_dir, r, run_id)
+    run = build_run(dataset_kwargs, encoder_kwargs, network_kwargs, loss_kwargs, optimizer_kwargs, ema_kwargs, device)
+    state = resume(run_dir, run, run_id)
     start_nimg = state.cur_nimg
     if on_resumed is not None and start_nimg:
         dist.rank0_outcome(on_resumed)
     if snapshot_nimg and start_nimg and start_nimg % snapshot_nimg == 0:
-        dist.rank0_outcome(repair_snapshots, run_dir, r, start_nimg, dataset_kwargs, run_id)
+        dist.rank0_outcome(repair_snapshots, run_dir, run, start_nimg, dataset_kwargs, run_id)
     stop_at_nimg = min(total_nimg, start_nimg + slice_nimg) if slice_nimg else total_nimg
     dist.print0(f'Training from {start_nimg // 1000} kimg to {stop_at_nimg // 1000} kimg:\n')
-    batches = data_iterator(r.dataset, start_nimg, batch_gpu, seed, data_loader_kwargs, device)
+    batches = data_iterator(run.dataset, start_nimg, batch_gpu, seed, data_loader_kwargs, device)
     status = _Status(run_dir, device, start_nimg, stop_at_nimg, state.total_elapsed_time)
     every = lambda interval: interval and state.cur_nimg % interval == 0
 
@@ -514,9 +514,9 @@ def training_loop(
                 status.report(state.cur_nimg)
                 state.total_elapsed_time = status.total_elapsed_time
             if every(snapshot_nimg) and fresh:
-                dist.rank0_outcome(save_snapshots, run_dir, r, state.cur_nimg, dataset_kwargs, run_id)
+                dist.rank0_outcome(save_snapshots, run_dir, run, state.cur_nimg, dataset_kwargs, run_id)
             if signum or (checkpoint_nimg and (done or every(checkpoint_nimg)) and state.cur_nimg != start_nimg):
-                save_state(run_dir, r, state, run_id, keep=keep_checkpoints)
+                save_state(run_dir, run, state, run_id, keep=keep_checkpoints)
             if signum:
                 dist.print0(f'Stopping on signal {signal.Signals(signum).name} at {state.cur_nimg // 1000} kimg; '
                     're-run the same command to resume.', flush=True)
@@ -524,7 +524,7 @@ def training_loop(
             if done:
                 break
             step_start = time.time()
-            nonfinite = train_step(r, batches, state.cur_nimg, batch_size, batch_gpu, lr_kwargs, device,
+            nonfinite = train_step(run, batches, state.cur_nimg, batch_size, batch_gpu, lr_kwargs, device,
                 loss_scaling=loss_scaling, force_finite=force_finite, grad_clip=grad_clip)
             state.cur_nimg += batch_size
             status.training_time += time.time() - step_start
