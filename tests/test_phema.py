@@ -202,7 +202,7 @@ def write_snapshots(folder, official=False):
     for (kimg, std), state in sorted(snapshots.items()):
         net = networks_edm2.Precond(**kwargs).eval().requires_grad_(False)
         net.load_state_dict(state)
-        data = dict(ema=net.to(torch.float16) if official else net, loss_fn=networks_edm2.EDM2Loss(P_mean=-0.8, P_std=1.6, p_uncond=0.1),
+        data = dict(ema=net.to(torch.float16) if official else net, loss_fn=networks_edm2.EDM2Loss(P_mean=-0.8, P_std=1.6, label_dropout=0.1),
             encoder=encoders.StandardRGBEncoder(), dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path='digits.zip'))
         if not official:
             data.update(run_id='0123abcd', sources=None)
