@@ -97,6 +97,18 @@ def test_t_interval_matches_scipy():
     assert math.isnan(study.t_interval([0.5])[1]) # One value: no interval.
     assert [study.verdict(i, -1) for i in [(-2, 1), (2, 1), (0.5, 1), (1, math.nan)]] == ['holds', 'opposite', 'undecided', 'undecided']
 
+def test_markdown_reports_each_metric_with_its_own_numbers():
+    # Two metrics in one CSV: each section of study.md shows that metric's own single/multi means
+    # (a report that printed the first metric's numbers under every heading passed before).
+    first, second = full_values(0), full_values(1)
+    rows = rows_for(first, 'fd_digits') + rows_for(second, 'kid_digits')
+    text = study.markdown(rows, ['fd_digits', 'kid_digits'], GRID)
+    fd, kid = text.split('### fd_digits\n')[1].split('### kid_digits (x1000)\n')
+    for section, values, scale in [(fd, first, 1.0), (kid, second, 1e3)]:
+        single = study.t_interval([values['single', None, 1, 20, 'base', r] for r in range(3)])
+        multi = study.t_interval([values['multi', 'similar', 2, 20, 'steps', r] for r in range(3)])
+        assert f'| 3 | similar | 2 | 20 | steps | {study._fmt(single, scale=scale)} | {study._fmt(multi, scale=scale)} |' in section
+
 def test_summary_against_hand_computed_numbers():
     values = full_values()
     entries = study.comparisons(rows_for(values), 'fd_digits', GRID)
