@@ -408,6 +408,9 @@ def plot(rows, metrics, grid, path):
         ax.grid(alpha=0.3)
     if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(fontsize=6)
+    targets = ', '.join(str(t) for t in grid['targets'])
+    fig.suptitle(f'Target {targets}: multi / single, paired per replicate, mean and 95% t-interval over {len(grid["replicates"])} replicates. '
+        'Budget "steps": the single-source model\'s training steps; "per-source": K times them. Grey: floor / single.', fontsize=9)
     fig.tight_layout()
     with util.atomic_path(path) as tmp:
         fig.savefig(tmp, format='png', dpi=110)
