@@ -191,15 +191,22 @@ def test_dry_run_lists_the_models_and_checks_every_option(tmp_path):
     result = invoke(['grid', '--data', 'digits', '--out', out, '--quick', '--dry-run'])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[:3] == ['0: t3-single-20-r0: sources 3; scored at base 32Ki, doubled 64Ki',
-        '1: t3-similar-2c-20-r0: sources 3,9; scored at steps 32Ki, per-source 64Ki',
-        '2: t3-dissimilar-2c-20-r0: sources 3,4; scored at steps 32Ki, per-source 64Ki'] and len(lines) == 9
+    assert lines[:3] == ['0: t3-single-20-r0: sources 3; scored at base 32Ki, doubled 64Ki; snapshots every 32Ki',
+        '1: t3-similar-2c-20-r0: sources 3,9; scored at steps 32Ki, per-source 64Ki; snapshots every 32Ki',
+        '2: t3-dissimilar-2c-20-r0: sources 3,4; scored at steps 32Ki, per-source 64Ki; snapshots every 32Ki'] and len(lines) == 9
     for args, fragments in [(['--preset', 'bogus'], ['unknown preset "bogus"']), (['--set', 'bogus=1'], ['option "bogus" does not apply']),
             (['--set', 'num_blocks=abc'], ['num_blocks', 'an integer']), (['--budget', '1000'], ['not a multiple of the batch size 64']),
             (['--budget', 'soon'], ['Invalid image count']), (['--arms', 'steps,cheap'], ['unknown arm']),
             (['--sources', '2,4'], ['must include 1']), (['--per-class', '100'], ['at most 80']), (['--task', '9'], ['9 models'])]:
         expect_cli_error(invoke(['grid', '--data', 'digits', '--out', out, '--quick', '--dry-run', *args]), *fragments)
     expect_cli_error(invoke(['grid', '--data', 'imagenet', '--out', out, '--levels', 'sim2']), '--source: the ImageNet training folder')
+    # The default ImageNet grid passes its own checks (each snapshot interval whole batches: the
+    # 10-source, 1000-image model trains at batch 6144 to 1536Mi, snapshots every 48Mi).
+    result = invoke(['grid', '--data', 'imagenet', '--source', tmp_path / 'imagenet', '--out', out, '--dry-run'])
+    assert result.exit_code == 0, result.output
+    lines = {line.split(': ')[1]: line.split('; ', 1)[1] for line in result.output.splitlines()}
+    assert len(lines) == 30 and lines['t171-sim3-10c-1000-r0'] == 'scored at preset 1536Mi; snapshots every 48Mi'
+    assert lines['t171-sim3-5c-1000-r0'] == 'scored at preset 192Mi; snapshots every 16Mi'
     expect_cli_error(invoke(['report', '--data', 'digits', '--out', tmp_path / 'none', '--quick']), 'no study here')
     assert not out.exists() and not (tmp_path / 'none').exists()
 
