@@ -251,6 +251,9 @@ def test_digits_study_as_a_job_array_then_its_launcher(work, tmp_path):
     (tmp_path / 'sbatch').write_text(FAKE_SBATCH)
     (tmp_path / 'sbatch').chmod(0o755)
     slurm = dict(env, PATH=f'{tmp_path}{os.pathsep}{env["PATH"]}', SBATCH_LOG=str(tmp_path / 'sbatch.log'), REPO_ROOT=ROOT)
+    dry = bash('slurm/submit_study.sh', *args, '--dry-run', '--', '--partition=cpu', cwd=directory, env=slurm, check=True)
+    assert '2 models' in dry.stdout and '+ sbatch --parsable --array=0-1 --partition=cpu' in dry.stdout and '--dependency=afterok:JOBID' in dry.stdout
+    assert not (tmp_path / 'sbatch.log').exists() and not (directory / 'digits').exists() # Nothing submitted, nothing written.
     submitted = bash('slurm/submit_study.sh', *args, '--', '--partition=cpu', cwd=directory, env=slurm, check=True)
     assert '2 models' in submitted.stdout and not (directory / 'digits').exists() # A dry run counted them.
     calls = (tmp_path / 'sbatch.log').read_text().splitlines()
