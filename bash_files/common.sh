@@ -3,7 +3,8 @@
 # directory: relative paths mean what they mean to the caller; the project's own scripts are
 # called by their absolute path.
 #   parse_options "$@"   set one variable per option of $OPTIONS (--per-class -> per_class), the
-#                        flags of $FLAGS to 1, collect --set KEY=VALUE into SET_ARGS; --dry-run
+#                        flags of $FLAGS to 1, collect --set KEY=VALUE into SET_ARGS (where
+#                        $OPTIONS names set; elsewhere refused); --dry-run
 #   run CMD...           print the command; execute it unless DRY_RUN=1
 #   py SCRIPT ARGS...    run one of the project's Python scripts
 #   torchrun_py N SCRIPT ARGS...  the same under torchrun with N processes on this node, joined
@@ -49,7 +50,9 @@ parse_options() {
         case "$1" in
             -h|--help) usage; exit 0 ;;
             --dry-run) DRY_RUN=1; shift; continue ;;
-            --set) [ -n "${2:-}" ] || die "--set needs KEY=VALUE"; SET_ARGS+=(--set "$2"); shift 2; continue ;;
+            --set)
+                [[ " ${OPTIONS:-} " == *" set "* ]] || die "unknown argument '--set' (this launcher trains nothing)"
+                [ -n "${2:-}" ] || die "--set needs KEY=VALUE"; SET_ARGS+=(--set "$2"); shift 2; continue ;;
         esac
         [[ "$1" == --* ]] || die "unknown argument '$1'"
         if [[ " ${FLAGS:-} " == *" $name "* ]]; then

@@ -22,7 +22,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-OPTIONS="imagenet out level sources per-class gpus batch-gpu num replicates vae resolution preset arms budget $NODE_OPTIONS"
+OPTIONS="imagenet out level sources per-class gpus batch-gpu num replicates vae resolution preset arms budget set $NODE_OPTIONS"
 imagenet="" out="" level="" sources="" per_class="" gpus=8 batch_gpu=32 num=5000 replicates=0 vae="stabilityai/sd-vae-ft-mse" resolution=256
 preset="" arms="" budget=""
 parse_options "$@"

@@ -65,6 +65,8 @@ def test_shellcheck(script):
     ('study/digits.sh', [], 'OUTDIR is required'),
     ('study/imagenet.sh', ['--out', 'o'], '--imagenet DIR is required'),
     ('demo.sh', ['--bogus'], "unknown argument '--bogus'"),
+    ('metrics/score_multisource.sh', ['--run', 'r', '--refs', 'f', '--set', 'lr=1'], "unknown argument '--set' (this launcher trains nothing)"),
+    ('train/train_multisource.sh', ['--data', 'x', '--sources', '2', '--per-class', '9', '--outdir', 'o', '--set'], '--set needs KEY=VALUE'),
     ('train/train_multisource.sh', ['--data', 'x', '--sources', '2', '--per-class', '9', '--outdir', 'o', '--nnodes', '2'], '--nnodes 2 needs --master-addr'),
     ('train/train_multisource.sh', ['--data', 'x', '--sources', '2', '--per-class', '9', '--outdir', 'o', '--nnodes', '2', '--node-rank', '2',
         '--master-addr', 'h'], '--node-rank must be 0..1'),

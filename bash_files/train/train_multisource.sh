@@ -21,7 +21,7 @@
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 
-OPTIONS="data sources per-class outdir gpus batch-gpu preset duration seed $NODE_OPTIONS"
+OPTIONS="data sources per-class outdir gpus batch-gpu preset duration seed set $NODE_OPTIONS"
 FLAGS="restart"
 data="" sources="" per_class="" outdir="" gpus=8 batch_gpu=32 preset="" duration="" seed=0 restart=""
 parse_options "$@"
