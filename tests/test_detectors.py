@@ -164,3 +164,20 @@ def test_digits_classifier_and_registry():
         assert cls.name == name and cls.feature_dim > 0
 
 #----------------------------------------------------------------------------
+
+def test_inception_offline_is_one_message(tmp_path, monkeypatch):
+    # No network: the error says once what failed and where the file goes (before: the download's
+    # own hint, then the detector's, with '..' between them).
+    import urllib.error, urllib.request # pylint: disable=import-outside-toplevel,multiple-imports
+    monkeypatch.setenv('EDM2_CACHE_DIR', str(tmp_path / 'cache'))
+    monkeypatch.delenv('EDM2_INCEPTION', raising=False)
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError('no route to host')
+    monkeypatch.setattr(urllib.request, 'urlopen', offline)
+    monkeypatch.setattr(util.time, 'sleep', lambda seconds: None)
+    with pytest.raises(detectors.DetectorUnavailable) as e:
+        detectors.InceptionV3Detector()
+    assert str(e.value) == ('Inception-v3 (FID) cannot be downloaded (<urlopen error no route to host>). It needs '
+        f'inception-2015-12-05.pkl (from {detectors.INCEPTION_URL}): place it at {util.url_cache_path(detectors.INCEPTION_URL)} '
+        '(or set EDM2_CACHE_DIR), or pass its path with --inception (or EDM2_INCEPTION).')
+    assert not os.path.exists(util.url_cache_path(detectors.INCEPTION_URL))

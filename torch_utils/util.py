@@ -289,6 +289,14 @@ def url_cache_path(url, cache_dir=None):
     safe_name = re.sub(r'[^0-9a-zA-Z._-]', '_', os.path.basename(urllib.parse.urlparse(url).path)) or 'file'
     return os.path.join(cache_dir, f'{url_md5}_{safe_name}')
 
+class DownloadError(OSError):
+    """A URL that could not be downloaded: `reason` (the last attempt's error) and `cache_file`
+    (where a copy placed by hand is found), for callers that say more about the file."""
+    def __init__(self, url, reason, cache_file):
+        super().__init__(f'Cannot download {url} ({reason}). If this machine is offline, place the file at {cache_file} '
+            '(or set EDM2_CACHE_DIR), or pass a local path instead of the URL.')
+        self.url, self.reason, self.cache_file = url, reason, cache_file
+
 def open_url(url, cache_dir=None, num_attempts=3, verbose=True, return_filename=False, cache=True):
     """Open a local path, a file:// URL or an http(s) URL. Remote files go through the on-disk
     cache: a cached copy is used without touching the network; otherwise the file is downloaded
@@ -326,8 +334,7 @@ def open_url(url, cache_dir=None, num_attempts=3, verbose=True, return_filename=
             if verbose:
                 print(' failed', file=sys.stderr)
             if attempt == num_attempts - 1:
-                raise IOError(f'Cannot download {url} ({e}). If this machine is offline, place the '
-                    f'file at {cache_file} (or set EDM2_CACHE_DIR), or pass a local path instead of the URL.') from e
+                raise DownloadError(url, e, cache_file) from e
             time.sleep(1)
     if cache:
         with atomic_path(cache_file) as tmp:

@@ -47,8 +47,10 @@ class InceptionV3Detector:
                 data = f.read()
             # NVIDIA's pickle; a plain TorchScript archive (a ZIP) works too.
             self.model = torch.jit.load(io.BytesIO(data), map_location='cpu') if data[:2] == b'PK' else pickle.loads(data)
+        except util.DownloadError as e:
+            raise DetectorUnavailable(f'Inception-v3 (FID) cannot be downloaded ({e.reason}). {self._where_to_put(path)}') from e
         except (OSError, pickle.UnpicklingError, EOFError, RuntimeError) as e:
-            raise DetectorUnavailable(f'Inception-v3 (FID) not loadable from {path}: {e}. '
+            raise DetectorUnavailable(f'Inception-v3 (FID) not loadable from {path}: {str(e).rstrip(".")}. '
                 f'{self._where_to_put(path)}') from e
         self.model = self.model.to(device).eval()
         self.device = torch.device(device)
@@ -60,7 +62,7 @@ class InceptionV3Detector:
     @staticmethod
     def _where_to_put(path):
         return (f'It needs inception-2015-12-05.pkl (from {INCEPTION_URL}): place it at '
-            f'{util.url_cache_path(INCEPTION_URL)}, or pass its path with --inception (or EDM2_INCEPTION).')
+            f'{util.url_cache_path(INCEPTION_URL)} (or set EDM2_CACHE_DIR), or pass its path with --inception (or EDM2_INCEPTION).')
 
     @classmethod
     def missing_files(cls, path=None):
