@@ -131,7 +131,7 @@ def main(preset, net, gnet, guidance, outdir, subdirs, seeds, class_spec, batch_
 
     \b
     # 64 images of the built-in digits model, class 3, and a grid
-    python generate_images.py --net run/network-snapshot-0000256-0.100.pkl --seeds 0-63 --class 3 --outdir out --grid grid.png
+    python generate_images.py --net runs/edm2-digits/network-snapshot-0000131-0.100.pkl --seeds 0-63 --class 3 --outdir out --grid grid.png
 
     \b
     # 5000 images of the source with ImageNet id 171 of a multi-source model
