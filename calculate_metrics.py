@@ -388,8 +388,8 @@ def class_reference(ref_path, class_idx, ids):
 @click.option('--seed', help='Seed of the subset', metavar='INT', type=int, default=0, show_default=True)
 @click.option('--batch', help='Images per batch per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--mode', help='Negative ELBO or exact NLL of one order', type=click.Choice(['elbo', 'exact']), default='elbo', show_default=True)
-@click.option('--steps', help='Exact mode: network calls per stage  [default: one per dimension]', metavar='INT', type=click.IntRange(min=1), default=None)
-@click.option('--policy', help='Exact mode with --steps: how the calls split the dimensions  [default: dp]', type=click.Choice(['dp', 'naive']), default=None)
+@click.option('--steps', help='Exact mode: network calls in all  [default: one per dimension]', metavar='INT', type=int, default=None)
+@click.option('--policy', help='Exact mode with --steps: how the calls split the dimensions, dp or naive  [default: dp]', metavar='NAME', type=str, default=None)
 @click.option('--draws', help='ELBO mode: stratified timesteps per image  [default: the network\'s]', metavar='INT', type=click.IntRange(min=1), default=None)
 @click.option('--workers', help='DataLoader worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
 @util.one_line_errors
@@ -405,6 +405,8 @@ def bpd(net, data, num, seed, batch, mode, steps, policy, draws, workers, result
         why = getattr(snapshot.net, 'no_bpd_reason', 'it defines no likelihood')
         raise ValueError(f'--net {net}: bits/dim does not apply to {type(snapshot.net).__name__}: {why}; '
             'it needs a likelihood model (an ARDM snapshot); score samples with "gen" instead')
+    if steps is not None and callable(getattr(snapshot.net, 'policy', None)):
+        snapshot.net.policy(steps, policy or 'dp') # The network checks the budget and the policy (the one place), before any image is read.
     dataset = open_image_dataset(data, '--data', max_size=num, seed=seed)
     if num is not None and len(dataset) < num:
         raise ValueError(f'--data {data}: found {len(dataset)} images, but --num {num} requested')

@@ -246,6 +246,13 @@ def test_sampler_options(snapshot, tmp_path):
     ('ok', ['--opt', 'temperature=0.5'], 'sampling option "temperature" does not apply to EDM2 networks; their options: solver (str), steps (int)'),
     ('ok', ['--opt', 'solver=rk4'], 'sampling option solver=rk4: unknown solver; choose from euler, heun, heun_sde, dpm++'),
     ('ok', ['--opt', 'oops'], '--opt "oops" is not KEY=VALUE'),
+    ('ok', ['--opt', 'guidance=2'], '--opt guidance=2: guidance is not a sampling option; use --guidance'),
+    ('ok', ['--opt', 'class=3'], '--opt class=3: class is not a sampling option; use --class'),
+    # Sampling values are checked once the network's family is known, before its guide is read
+    # (the guide here does not exist) and before anything is sampled.
+    ('ok', ['--steps', '0', '--gnet', 'no-guide.pkl', '--guidance', '2'], 'sampling option steps=0: must be at least 1'),
+    ('ok', ['--sigma_min', '-1', '--gnet', 'no-guide.pkl', '--guidance', '2'], 'need 0 < sigma_min < sigma_max'),
+    ('ok', ['--solver', 'dpm++', '--S_churn', '1', '--gnet', 'no-guide.pkl', '--guidance', '2'], 'the dpm++ solver is deterministic'),
 ])
 def test_cli_errors(tmp_path, make, args, message):
     path = tmp_path / 'snap.pkl'

@@ -109,6 +109,7 @@ def load(spec, device=torch.device('cpu'), verbose=True):
     EasyDict(snapshot, guide, sampler_kwargs)."""
     snapshot = load_snapshot(spec.net, device=device, verbose=verbose)
     sampler_kwargs = samplers.check_options(snapshot.net, spec.options)
+    samplers.check_values(snapshot.net, sampler_kwargs)
     guide = load_snapshot(spec.gnet, device=device, verbose=verbose).net if spec.gnet is not None and spec.guidance != 1 else None
     check_guidance(snapshot, guide, spec.guidance)
     return util.EasyDict(snapshot=snapshot, guide=guide, sampler_kwargs=sampler_kwargs)

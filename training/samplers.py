@@ -6,6 +6,8 @@ sigma = 0. Randomness during sampling (stochastic churn) comes from the per-seed
 so that a seed gives the same image whatever the batch size or the number of processes.
 """
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -93,9 +95,14 @@ def guided_denoiser(net, labels=None, gnet=None, guidance=1.0, dtype=torch.float
 
 SOLVERS = ['euler', 'heun', 'heun_sde', 'dpm++']
 
-def check_edm_options(sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise):
-    """The values of edm_sampler's options: finite (S_max may be inf), positive noise levels that
-    go down, no negative churn."""
+def check_edm_values(solver, num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise):
+    """The values of edm_sampler's options, checked here only: a known solver, at least one step,
+    finite numbers (S_max may be inf), positive noise levels that go down, no negative churn, no
+    churn for the deterministic dpm++."""
+    if solver not in SOLVERS:
+        raise ValueError(f'sampling option solver={solver}: unknown solver; choose from {", ".join(SOLVERS)}')
+    if num_steps < 1:
+        raise ValueError(f'sampling option steps={num_steps}: must be at least 1')
     values = dict(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, S_churn=S_churn, S_min=S_min, S_noise=S_noise)
     for name, value in values.items():
         if not np.isfinite(value):
@@ -106,17 +113,16 @@ def check_edm_options(sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise)
         raise ValueError(f'sampling option S_max={S_max}: must be at least S_min={S_min}')
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f'sampling options sigma_min={sigma_min}, sigma_max={sigma_max}: need 0 < sigma_min < sigma_max')
+    if solver == 'dpm++' and S_churn > 0:
+        raise ValueError('the dpm++ solver is deterministic: S_churn must be 0 (use heun or heun_sde for churn)')
 
 def edm_sampler(net, noise, labels=None, gnet=None, guidance=1.0, solver='heun',
     num_steps=32, sigma_min=0.002, sigma_max=80, rho=7,
     S_churn=0, S_min=0, S_max=float('inf'), S_noise=1,
     rnd=None, dtype=torch.float32,
 ):
-    if solver not in SOLVERS:
-        raise ValueError(f'sampling option solver={solver}: unknown solver; choose from {", ".join(SOLVERS)}')
-    check_edm_options(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
-    if solver == 'dpm++' and S_churn > 0:
-        raise ValueError('the dpm++ solver is deterministic: S_churn must be 0 (use heun or heun_sde for churn)')
+    check_edm_values(solver=solver, num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, S_churn=S_churn,
+        S_min=S_min, S_max=S_max, S_noise=S_noise)
     denoise = guided_denoiser(net, labels=labels, gnet=gnet, guidance=guidance, dtype=dtype)
     t_steps = karras_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, dtype=dtype, device=noise.device)
     randn_like = rnd.randn_like if rnd is not None else torch.randn_like
@@ -184,12 +190,18 @@ def _dpmpp_2m(denoise, x, t_steps):
 EDM_OPTIONS = dict(solver=str, steps=int, sigma_min=float, sigma_max=float, rho=float, S_churn=float, S_min=float,
     S_max=float, S_noise=float)
 
+# What the generators set with options of their own, never a sampler's option.
+_GENERATOR_OPTIONS = dict(net='--net', gnet='--gnet', guidance='--guidance', preset='--preset', class_spec='--class',
+    seeds='--seeds', outdir='--outdir')
+
 def parse_options(texts, given=None):
     """--opt KEY=VALUE texts, with the values of the generator's own sampler flags (`given`;
     None = not given) -> {name: value}, the values Python literals or bare words (strings)."""
     options = {key: value for key, value in (given or {}).items() if value is not None}
     for text in texts:
         key, value = util.parse_assignment(text, '--opt')
+        if key in _GENERATOR_OPTIONS or key == 'class':
+            raise ValueError(f'--opt {text}: {key} is not a sampling option; use {_GENERATOR_OPTIONS.get(key, "--class")}')
         if key in options and options[key] != value:
             raise ValueError(f'--opt {text}: the sampling option {key} is given twice, with different values')
         options[key] = value
@@ -216,8 +228,20 @@ def check_options(net, options):
             raise ValueError(f'{e} ({family} sampling options: {known})') from None
     return checked
 
+def check_values(net, options):
+    """The values of checked sampling options (check_options()), before anything is sampled: the
+    EDM sampler's, with its defaults for those not given. A family's own sampler checks its values
+    when it samples."""
+    if callable(getattr(net, 'sample', None)):
+        return
+    defaults = {name: p.default for name, p in inspect.signature(edm_sampler).parameters.items() if p.default is not inspect.Parameter.empty}
+    given = {('num_steps' if key == 'steps' else key): value for key, value in options.items()}
+    check_edm_values(**{name: given.get(name, defaults[name]) for name in inspect.signature(check_edm_values).parameters})
+
 def sample(net, noise, labels, rnd, gnet=None, guidance=1.0, **kwargs):
-    """`kwargs`: the sampler's options; the family-neutral `steps` means num_steps here."""
+    """`kwargs`: the sampler's options; the family-neutral `steps` means num_steps here. The
+    generators reach it through generate.load(), which checks the options and the guidance
+    preconditions once (an unconditional network has no branch to guide with)."""
     if callable(getattr(net, 'sample', None)):
         return net.sample(noise, labels, rnd, gnet=gnet, guidance=guidance, **kwargs)
     if 'steps' in kwargs:
