@@ -75,11 +75,6 @@ def resolve(name, overrides=None):
         opts[key] = check_value(key, opts[key], default[key])
     return opts
 
-def parse_override(text):
-    """'key=value' (train_edm2.py --set) -> (key, value): the value a Python literal, a bare word
-    a string."""
-    return util.parse_assignment(text, '--set')
-
 # Options renamed since runs were first recorded: old name -> (new name, {old value: new value}).
 # Commands (--set) and the training_options.json of earlier runs may still use the old names.
 # The "off" of data_bound, branch and head_steps is None, no longer 0.
