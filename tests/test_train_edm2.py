@@ -110,8 +110,8 @@ def test_bad_options_are_clear_errors(digits_zip, tmp_path, args, message):
 @pytest.mark.parametrize('flag, option, value, message', [
     ('--p-uncond', 'label_dropout', '1', 'label_dropout must be in [0, 1), got 1.0'),
     ('--label-dropout', 'p_uncond', '-0.5', 'label_dropout must be in [0, 1), got -0.5'),
-    ('--dropout', 'dropout', '1.5', 'dropout 1.5 in [0, 1]'),
-    ('--channels', 'channels', '0', 'channels 0 must be at least 1'),
+    ('--dropout', 'dropout', '1.5', 'dropout must be in [0, 1], got 1.5'),
+    ('--channels', 'channels', '0', 'channels must be at least 1, got 0'),
     ('--lr', 'lr', '0', 'lr must be positive'),
     ('--P_std', 'P_std', '0', 'P_std and sigma_data must be positive'),
     ('--ls', 'loss_scaling', '0', 'loss_scaling (--ls) must be positive'),

@@ -227,8 +227,10 @@ class UNet(torch.nn.Module):
         if num_blocks < 0 or any(r not in resolutions for r in attn_resolutions):
             raise ValueError(f'num_blocks {num_blocks} must be at least 0 and attn_resolutions {list(attn_resolutions)} may name '
                 f'only resolutions of this network ({", ".join(map(str, resolutions))})')
-        if model_channels < 1 or not 0 <= block_kwargs.get('dropout', 0) <= 1:
-            raise ValueError(f'channels {model_channels} must be at least 1 and dropout {block_kwargs.get("dropout", 0)} in [0, 1]')
+        if model_channels < 1:
+            raise ValueError(f'channels must be at least 1, got {model_channels}')
+        if not 0 <= block_kwargs.get('dropout', 0) <= 1:
+            raise ValueError(f'dropout must be in [0, 1], got {block_kwargs["dropout"]}')
         widths = [model_channels * m for m in channel_mult]
         noise_width = widths[0] if channel_mult_noise is None else model_channels * channel_mult_noise
         emb_width = max(widths) if channel_mult_emb is None else model_channels * channel_mult_emb
