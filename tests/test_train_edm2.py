@@ -132,6 +132,22 @@ def test_a_bad_value_is_one_message_through_its_flag_and_set(digits_zip, tmp_pat
     assert by_flag == by_set
     assert not os.path.exists(tmp_path / 'run')
 
+# The network of each family checks its sizes (before, ARDM's GroupNorm and MAR's attention heads
+# ended --dry-run in a ZeroDivisionError traceback).
+@pytest.mark.parametrize('preset, args, message', [
+    ('ardm-digits', ['--channels', '0'], 'channels (model_channels) must be at least 4 and divisible by its GroupNorm groups, min(32, channels // 4) (e.g. 64, 128, 256), got 0'),
+    ('ardm-digits', ['--channels', '11'], 'channels (model_channels) must be at least 4 and divisible by its GroupNorm groups, min(32, channels // 4) (e.g. 64, 128, 256), got 11'),
+    ('mar-digits', ['--set', 'width=0'], 'MAR: width must be at least 1, got 0'),
+    ('mar-digits', ['--set', 'num_heads=0'], 'MAR: num_heads must be at least 1, got 0'),
+    ('mar-digits', ['--set', 'width=130'], 'MAR: width 130 is not divisible by num_heads 4'),
+    ('mar-digits', ['--set', 'patch_size=0'], 'MAR: patch_size must be at least 1, got 0'),
+    ('mar-digits-causal', ['--set', 'head_width=0'], 'CausalAR: head_width must be at least 1, got 0'),
+])
+def test_impossible_network_sizes_are_one_line_errors(digits_zip, tmp_path, preset, args, message):
+    result = invoke(['--preset', preset, '--data', digits_zip, '--outdir', str(tmp_path / 'run'), '--dry-run'] + args)
+    expect_cli_error(result, 'the network cannot be built', message)
+    assert not os.path.exists(tmp_path / 'run')
+
 def test_edm2_training_command_and_default_preset(tmp_path, monkeypatch):
     # The EDM2 README's training command (8 processes there, one here), up to the training loop;
     # and without --preset, EDM2's default edm2-img512-s. Latents as dataset_tool.py encode writes them.

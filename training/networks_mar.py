@@ -111,6 +111,11 @@ class TokenModel(torch.nn.Module):
         mixed_precision = True,         # bfloat16 transformer on CUDA (CPU always runs float32).
     ):
         super().__init__()
+        for name, value in dict(patch_size=patch_size, width=width, num_heads=num_heads, head_width=head_width).items():
+            if value < 1:
+                raise ValueError(f'{type(self).__name__}: {name} must be at least 1, got {value}')
+        if width % num_heads != 0: # Each attention head takes width / num_heads channels.
+            raise ValueError(f'{type(self).__name__}: width {width} is not divisible by num_heads {num_heads}')
         if img_resolution % patch_size != 0:
             raise ValueError(f'{type(self).__name__}: resolution {img_resolution} is not a multiple of patch_size {patch_size}')
         if data_bound is not None and not data_bound > 0:
