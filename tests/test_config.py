@@ -63,6 +63,20 @@ def test_inconsistent_options_are_value_errors(tiny_zip, overrides, world_size, 
     with pytest.raises(ValueError, match=message):
         config.build('edm2-digits', overrides, data=tiny_zip, world_size=world_size)
 
+@pytest.mark.parametrize('family', sorted(presets.FAMILIES))
+def test_every_checked_option_is_checked(family, tiny_zip):
+    # presets.check_value leaves the options of CHECKED_OPTIONS to their own check: each must
+    # really refuse a negative value, with its own message.
+    name = dict(edm2='edm2-digits', ardm='ardm-digits', mar='mar-digits')[family]
+    small = dict(batch=64, duration='2Ki', channel_mult=[1, 1]) if family == 'edm2' else dict(batch=64, duration='2Ki')
+    checked = sorted(presets.CHECKED_OPTIONS | presets.FAMILIES[family].CHECKED_OPTIONS)
+    assert checked
+    for option in checked:
+        value = [-1] if isinstance(presets.defaults(family)[option], list) else -1
+        with pytest.raises(ValueError) as error:
+            config.build(name, dict(small, **{option: value}), data=tiny_zip)
+        assert option in str(error.value) and f'option "{option}"' not in str(error.value), (option, str(error.value))
+
 class DividesByZero:
     def __init__(self, **kwargs):
         self.groups = kwargs['img_channels'] // 0

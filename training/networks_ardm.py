@@ -422,6 +422,10 @@ OPTIONS = dict(
     batch               = 128,          # Total batch size.
 )
 
+# The options whose values the network or the encoder checks itself, bounds included
+# (presets.check_value leaves them alone).
+CHECKED_OPTIONS = {'levels', 'branch', 'channels'}
+
 def loop_kwargs(opts):
     """Network, loss, encoder, optimizer, learning rate and EMA arguments of training_loop()."""
     return dict(

@@ -472,6 +472,10 @@ OPTIONS = dict(
     vae                 = 'stabilityai/sd-vae-ft-mse', # VAE for latent datasets (hub name or local folder).
 )
 
+# The options whose values the network or its head checks itself, bounds included
+# (presets.check_value leaves them alone).
+CHECKED_OPTIONS = {'patch_size', 'width', 'num_heads', 'head_width', 'head_steps', 'data_bound'}
+
 def loop_kwargs(opts):
     """Network, loss, encoder (None: chosen from the dataset), optimizer, learning rate and EMA
     arguments of training_loop() for resolved options `opts` (attribute access)."""
