@@ -98,14 +98,14 @@ class TokenModel(torch.nn.Module):
         img_resolution,                 # Net-space resolution (pixels, or latents).
         img_channels,                   # Net-space channels.
         label_dim       = 0,            # Number of classes, 0 = unconditional.
-        patch_size      = 1,            # Tokens are patch_size x patch_size patches.
+        patch_size      = 2,            # Tokens are patch_size x patch_size patches.
         width           = 768,          # Transformer width.
         num_heads       = 12,           # Attention heads.
         mlp_ratio       = 4,            # Hidden width of the transformer MLPs relative to `width`.
         dropout         = 0.1,          # Attention and projection dropout.
         head            = 'diffusion',  # Per-token head: 'diffusion' (DiffLoss), 'flow' or 'edm'.
         head_width      = 1024,         # Head MLP width.
-        head_depth      = 3,            # Head residual blocks.
+        head_depth      = 6,            # Head residual blocks.
         head_kwargs     = {},           # Further arguments of the head class.
         data_bound      = None,         # Clip predicted clean tokens to [-bound, bound] (pixels: 1); None = unbounded.
         mixed_precision = True,         # bfloat16 transformer on CUDA (CPU always runs float32).
