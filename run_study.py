@@ -227,7 +227,7 @@ class Study:
         for model in models:
             options, overrides = self.train_options(model)
             try:
-                opts = presets.resolve(self.model_preset(model), dict(options, **dict(presets.parse_override(text) for text in overrides)))
+                opts = presets.resolve(self.model_preset(model), dict(options, **dict(util.parse_assignment(text, '--set') for text in overrides)))
                 config.check_options(opts, self.gpus)
             except ValueError as e:
                 raise ValueError(f'{model["name"]}: {e}') from None

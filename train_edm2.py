@@ -78,7 +78,7 @@ def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, uncond
     dist.init()
     flags['cond'] = combine_cond(flags['cond'], uncond)
     overrides = {key: value for key, value in flags.items() if value is not None}
-    overrides.update(presets.parse_override(text) for text in set_options)
+    overrides.update(util.parse_assignment(text, '--set') for text in set_options)
     opts, loop_kwargs = config.build(preset, overrides, data=data, world_size=dist.get_world_size())
     slice_nimg = util.parse_nimg(slice_nimg) if slice_nimg is not None else 0
     if slice_nimg:

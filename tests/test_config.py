@@ -63,6 +63,32 @@ def test_inconsistent_options_are_value_errors(tiny_zip, overrides, world_size, 
     with pytest.raises(ValueError, match=message):
         config.build('edm2-digits', overrides, data=tiny_zip, world_size=world_size)
 
+@pytest.mark.parametrize('family', sorted(presets.FAMILIES))
+def test_every_checked_option_is_checked(family, tiny_zip):
+    # presets.check_value leaves the options of CHECKED_OPTIONS to their own check: each must
+    # really refuse a negative value, with its own message.
+    name = dict(edm2='edm2-digits', ardm='ardm-digits', mar='mar-digits')[family]
+    small = dict(batch=64, duration='2Ki', channel_mult=[1, 1]) if family == 'edm2' else dict(batch=64, duration='2Ki')
+    checked = sorted(presets.CHECKED_OPTIONS | presets.FAMILIES[family].CHECKED_OPTIONS)
+    assert checked
+    for option in checked:
+        value = [-1] if isinstance(presets.defaults(family)[option], list) else -1
+        with pytest.raises(ValueError) as error:
+            config.build(name, dict(small, **{option: value}), data=tiny_zip)
+        assert option in str(error.value) and f'option "{option}"' not in str(error.value), (option, str(error.value))
+
+class DividesByZero:
+    def __init__(self, **kwargs):
+        self.groups = kwargs['img_channels'] // 0
+
+def test_an_arithmetic_error_building_the_network_is_a_value_error(tiny_zip):
+    # Whatever a network's own checks miss (a size that divides by zero) is still one message.
+    opts, loop_kwargs = config.build('edm2-digits', dict(batch=64, duration='2Ki', channel_mult=[1, 1]), data=tiny_zip)
+    loop_kwargs.network_kwargs = dict(class_name=f'{__name__}.DividesByZero')
+    dataset = config.open_dataset(loop_kwargs.dataset_kwargs, opts.cond)
+    with pytest.raises(ValueError, match=r'the network cannot be built for 1x4x4 inputs and 3 classes: integer division or modulo by zero'):
+        config.check_network(loop_kwargs, dataset)
+
 def test_batch_split_over_processes_and_rounds(tiny_zip):
     _, c = config.build('edm2-digits', dict(batch=64, batch_gpu=8, duration='1Ki', status='1Ki'), data=tiny_zip, world_size=4)
     assert c.batch_size == 64 and c.batch_gpu == 8 # 4 processes x 2 rounds x 8 images.

@@ -34,6 +34,20 @@ def tiny_net(head='diffusion', label_dim=10, order='random', **kwargs):
         param.data.add_(torch.randn_like(param) * 0.05)
     return net.eval()
 
+def test_constructor_defaults_agree_with_the_family_options():
+    # The networks' and the loss's defaults are the family's OPTIONS (presets pass every value;
+    # a direct construction must not get another model: TokenModel had patch 1 and head depth 3).
+    import inspect
+    from training import networks_mar
+    shared = 0
+    classes = {c for cls in [MAR, CausalAR, MARLoss] for c in cls.__mro__ if '__init__' in vars(c)} # Past persistence's wrapper.
+    for cls in classes:
+        for name, param in inspect.signature(cls.__init__).parameters.items():
+            if name in networks_mar.OPTIONS and param.default is not inspect.Parameter.empty:
+                assert param.default == networks_mar.OPTIONS[name], (cls.__name__, name, param.default)
+                shared += 1
+    assert shared == 17 # TokenModel 9, MAR 4, CausalAR 1, MARLoss 3.
+
 def one_hot(classes, label_dim=10):
     return torch.eye(label_dim)[torch.as_tensor(classes)]
 

@@ -94,7 +94,8 @@ def test_every_preset_takes_a_training_step(name, tiny_vae):
     r.optimizer.register_step_pre_hook(lambda *_: at_step.update({k: p.detach().clone() for k, p in r.net.named_parameters()}))
     batches = training_loop.data_iterator(r.dataset, 0, 2, 0, dict(num_workers=0), torch.device('cpu'))
     lr_kwargs = dict(family['lr_kwargs'], rampup_Mimg=0) # The first step at the preset's learning rate, not 0.
-    training_loop.train_step(r, batches, 0, 2, 2, lr_kwargs, torch.device('cpu'), grad_clip=opts.grad_clip)
+    training_loop.train_step(r, batches, 0, 2, 2, lr_kwargs, torch.device('cpu'),
+        loss_scaling=opts.loss_scaling, force_finite=True, grad_clip=opts.grad_clip)
     changed = [key for key, p in r.net.named_parameters() if not torch.equal(p, before[key])]
     assert changed and all(torch.isfinite(p).all() for p in r.net.parameters())
     # Adam's first step in closed form (bias-corrected moments g and g^2; AdamW decays first):

@@ -110,14 +110,14 @@ def test_bad_options_are_clear_errors(digits_zip, tmp_path, args, message):
 @pytest.mark.parametrize('flag, option, value, message', [
     ('--p-uncond', 'label_dropout', '1', 'label_dropout must be in [0, 1), got 1.0'),
     ('--label-dropout', 'p_uncond', '-0.5', 'label_dropout must be in [0, 1), got -0.5'),
-    ('--dropout', 'dropout', '1.5', 'dropout 1.5 in [0, 1]'),
-    ('--channels', 'channels', '0', 'channels 0 must be at least 1'),
+    ('--dropout', 'dropout', '1.5', 'dropout must be in [0, 1], got 1.5'),
+    ('--channels', 'channels', '0', 'channels must be at least 1, got 0'),
     ('--lr', 'lr', '0', 'lr must be positive'),
     ('--P_std', 'P_std', '0', 'P_std and sigma_data must be positive'),
     ('--ls', 'loss_scaling', '0', 'loss_scaling (--ls) must be positive'),
     ('--decay', 'decay', '-1', 'option "decay" must be at least 0, got -1'),
     ('--workers', 'workers', '-1', 'option "workers" must be at least 0, got -1'),
-    ('--seed', 'seed', '-1', 'option "seed" must be at least 0, got -1'),
+    ('--seed', 'seed', '-1', 'seed must be in 0..4294967295, got -1'),
     ('--batch', 'batch', '0', 'batch and duration must be at least 1 image'),
     ('--fp16', 'mixed_precision', '2', None), # A type error: click's own usage error for the flag.
 ])
@@ -130,6 +130,46 @@ def test_a_bad_value_is_one_message_through_its_flag_and_set(digits_zip, tmp_pat
     by_flag = expect_cli_error(invoke(base + [flag, value]), message)
     by_set = expect_cli_error(invoke(base + ['--set', f'{option}={value}']), message)
     assert by_flag == by_set
+    assert not os.path.exists(tmp_path / 'run')
+
+# An option whose value the family (or config.py) checks is checked there only: the same bad value
+# as an int or a float, through its flag or --set, and the values on either side of 0, get one
+# message (before, the generic "must be at least 0" rule took the negative ints).
+@pytest.mark.parametrize('preset, option, flag, values, message', [
+    ('edm2-digits', 'channels', '--channels', ['-1', '0'], 'channels must be at least 1, got'),
+    ('edm2-digits', 'num_blocks', None, ['-1', '-2'], 'num_blocks must be at least 0, got -'),
+    ('edm2-digits', 'attn_resolutions', None, ['[-1]', '[3]'], 'attn_resolutions [', ),
+    ('edm2-digits', 'seed', '--seed', ['-1'], 'seed must be in 0..4294967295, got -1'),
+    ('ardm-digits', 'channels', '--channels', ['-1', '0', '2'], 'channels (model_channels) must be at least 4'),
+    ('ardm-digits', 'branch', None, ['-2', '-2.0', '1'], 'ARDMNet: branch must be an integer, at least 2'),
+    ('ardm-digits', 'levels', None, ['-1', '1'], 'QuantizeEncoder: levels must be in 2..256, got'),
+    ('mar-digits', 'data_bound', None, ['-1', '-1.0', '-0.5'], 'MAR: data_bound must be positive (or None: no clipping), got'),
+    ('mar-digits', 'head_steps', None, ['-1', '0'], "head_steps an integer, at least 1 (or None: the head's own)"),
+    ('mar-digits', 'width', None, ['-1', '0'], 'MAR: width must be at least 1, got'),
+])
+def test_a_checked_option_has_one_message_for_every_bad_value(digits_zip, tmp_path, preset, option, flag, values, message):
+    base = ['--preset', preset, '--data', digits_zip, '--outdir', str(tmp_path / 'run'), '--dry-run']
+    for value in values:
+        by_set = expect_cli_error(invoke(base + ['--set', f'{option}={value}']), message)
+        assert f'option "{option}"' not in by_set # Not the generic rule of presets.check_value.
+        if flag is not None and '.' not in value:
+            assert expect_cli_error(invoke(base + [flag, value]), message) == by_set
+    assert not os.path.exists(tmp_path / 'run')
+
+# The network of each family checks its sizes (before, ARDM's GroupNorm and MAR's attention heads
+# ended --dry-run in a ZeroDivisionError traceback).
+@pytest.mark.parametrize('preset, args, message', [
+    ('ardm-digits', ['--channels', '0'], 'channels (model_channels) must be at least 4 and divisible by its GroupNorm groups, min(32, channels // 4) (e.g. 64, 128, 256), got 0'),
+    ('ardm-digits', ['--channels', '11'], 'channels (model_channels) must be at least 4 and divisible by its GroupNorm groups, min(32, channels // 4) (e.g. 64, 128, 256), got 11'),
+    ('mar-digits', ['--set', 'width=0'], 'MAR: width must be at least 1, got 0'),
+    ('mar-digits', ['--set', 'num_heads=0'], 'MAR: num_heads must be at least 1, got 0'),
+    ('mar-digits', ['--set', 'width=130'], 'MAR: width 130 is not divisible by num_heads 4'),
+    ('mar-digits', ['--set', 'patch_size=0'], 'MAR: patch_size must be at least 1, got 0'),
+    ('mar-digits-causal', ['--set', 'head_width=0'], 'CausalAR: head_width must be at least 1, got 0'),
+])
+def test_impossible_network_sizes_are_one_line_errors(digits_zip, tmp_path, preset, args, message):
+    result = invoke(['--preset', preset, '--data', digits_zip, '--outdir', str(tmp_path / 'run'), '--dry-run'] + args)
+    expect_cli_error(result, 'the network cannot be built', message)
     assert not os.path.exists(tmp_path / 'run')
 
 def test_edm2_training_command_and_default_preset(tmp_path, monkeypatch):

@@ -97,6 +97,14 @@ def test_param_groups_skip_vectors_and_listed_names():
     assert [p.shape for p in decay['params']] == [torch.Size([4, 3])]
     assert len(no_decay['params']) == 5 and no_decay['weight_decay'] == 0
 
+def test_train_step_takes_the_loop_options_without_defaults():
+    # training_loop() passes loss_scaling, force_finite and grad_clip; defaults of its own here
+    # (loss scaling 1, no clipping) would silently differ from a caller's preset.
+    import inspect
+    params = inspect.signature(training_loop.train_step).parameters
+    for name in ['loss_scaling', 'force_finite', 'grad_clip']:
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY and params[name].default is inspect.Parameter.empty, name
+
 def test_outputs_and_snapshots(tmp_path):
     training_loop.training_loop(**loop_kwargs(tmp_path))
     names = sorted(os.listdir(tmp_path))

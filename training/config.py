@@ -133,7 +133,7 @@ def check_network(loop_kwargs, dataset):
         try:
             net = util.construct_class_by_name(**copy.deepcopy(loop_kwargs.network_kwargs), img_resolution=shape[-1],
                 img_channels=shape[1], label_dim=label.shape[-1])
-        except (ValueError, TypeError, AssertionError, RuntimeError) as e:
+        except (ValueError, TypeError, AssertionError, RuntimeError, ArithmeticError) as e:
             raise ValueError(f'the network cannot be built for {shape[1]}x{shape[2]}x{shape[3]} inputs '
                 f'and {label.shape[-1]} classes: {e}') from e
         if loop_kwargs.ema_kwargs is not None:

@@ -115,8 +115,11 @@ def gaussian_blur(x, sigma):
 # Backbone: a residual CNN at full resolution (as in the paper's CIFAR-10 model), with the step
 # and the class entering every block as a scale and shift.
 
+def _group_count(channels):
+    return min(32, channels // 4)
+
 def _group_norm(channels):
-    return torch.nn.GroupNorm(num_groups=min(32, channels // 4), num_channels=channels)
+    return torch.nn.GroupNorm(num_groups=_group_count(channels), num_channels=channels)
 
 class ResBlock(torch.nn.Module):
     def __init__(self, channels, emb_channels, dropout=0.0):
@@ -164,6 +167,9 @@ class ARDMNet(torch.nn.Module):
         self.label_dim = label_dim
         if branch is not None and not (branch == int(branch) and branch >= 2):
             raise ValueError(f'ARDMNet: branch must be an integer, at least 2 (or None: OA-ARDM), got {branch}')
+        if not (model_channels >= 4 and model_channels % _group_count(model_channels) == 0): # GroupNorm's groups divide the channels.
+            raise ValueError(f'ARDMNet: channels (model_channels) must be at least 4 and divisible by its GroupNorm groups, '
+                f'min(32, channels // 4) (e.g. 64, 128, 256), got {model_channels}')
         self.levels = int(levels)
         self.branch = self.levels if branch is None else int(branch)
         self.num_stages = 1
@@ -415,6 +421,10 @@ OPTIONS = dict(
     ema_halflife        = 0.0,          # EMA half-life in kimg instead of ema_beta (0 = use ema_beta).
     batch               = 128,          # Total batch size.
 )
+
+# The options whose values the network or the encoder checks itself, bounds included
+# (presets.check_value leaves them alone).
+CHECKED_OPTIONS = {'levels', 'branch', 'channels'}
 
 def loop_kwargs(opts):
     """Network, loss, encoder, optimizer, learning rate and EMA arguments of training_loop()."""

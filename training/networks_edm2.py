@@ -224,11 +224,15 @@ class UNet(torch.nn.Module):
             raise ValueError(f'channel_mult has {levels} resolution levels, too many for {img_resolution}x{img_resolution} '
                 f'inputs: each level halves the resolution, so it must be divisible by {1 << max(levels - 1, 0)}')
         resolutions = [img_resolution >> level for level in range(levels)]
-        if num_blocks < 0 or any(r not in resolutions for r in attn_resolutions):
-            raise ValueError(f'num_blocks {num_blocks} must be at least 0 and attn_resolutions {list(attn_resolutions)} may name '
-                f'only resolutions of this network ({", ".join(map(str, resolutions))})')
-        if model_channels < 1 or not 0 <= block_kwargs.get('dropout', 0) <= 1:
-            raise ValueError(f'channels {model_channels} must be at least 1 and dropout {block_kwargs.get("dropout", 0)} in [0, 1]')
+        if num_blocks < 0:
+            raise ValueError(f'num_blocks must be at least 0, got {num_blocks}')
+        if any(r not in resolutions for r in attn_resolutions):
+            raise ValueError(f'attn_resolutions {list(attn_resolutions)} may name only resolutions of this network '
+                f'({", ".join(map(str, resolutions))})')
+        if model_channels < 1:
+            raise ValueError(f'channels must be at least 1, got {model_channels}')
+        if not 0 <= block_kwargs.get('dropout', 0) <= 1:
+            raise ValueError(f'dropout must be in [0, 1], got {block_kwargs["dropout"]}')
         widths = [model_channels * m for m in channel_mult]
         noise_width = widths[0] if channel_mult_noise is None else model_channels * channel_mult_noise
         emb_width = max(widths) if channel_mult_emb is None else model_channels * channel_mult_emb
@@ -432,6 +436,9 @@ OPTIONS = dict(
     mixed_precision     = True,         # Mixed precision: fp16 U-Net on CUDA (CPU always runs fp32; train_edm2.py --fp16).
     vae                 = 'stabilityai/sd-vae-ft-mse', # VAE for latent datasets (hub name or local folder).
 )
+
+# The options whose values the network checks itself, bounds included (presets.check_value leaves them alone).
+CHECKED_OPTIONS = {'channels', 'num_blocks', 'attn_resolutions'}
 
 def loop_kwargs(opts):
     """Network, loss, encoder (None: chosen from the dataset), optimizer, learning rate and EMA

@@ -98,19 +98,24 @@ class TokenModel(torch.nn.Module):
         img_resolution,                 # Net-space resolution (pixels, or latents).
         img_channels,                   # Net-space channels.
         label_dim       = 0,            # Number of classes, 0 = unconditional.
-        patch_size      = 1,            # Tokens are patch_size x patch_size patches.
+        patch_size      = 2,            # Tokens are patch_size x patch_size patches.
         width           = 768,          # Transformer width.
         num_heads       = 12,           # Attention heads.
         mlp_ratio       = 4,            # Hidden width of the transformer MLPs relative to `width`.
         dropout         = 0.1,          # Attention and projection dropout.
         head            = 'diffusion',  # Per-token head: 'diffusion' (DiffLoss), 'flow' or 'edm'.
         head_width      = 1024,         # Head MLP width.
-        head_depth      = 3,            # Head residual blocks.
+        head_depth      = 6,            # Head residual blocks.
         head_kwargs     = {},           # Further arguments of the head class.
         data_bound      = None,         # Clip predicted clean tokens to [-bound, bound] (pixels: 1); None = unbounded.
         mixed_precision = True,         # bfloat16 transformer on CUDA (CPU always runs float32).
     ):
         super().__init__()
+        for name, value in dict(patch_size=patch_size, width=width, num_heads=num_heads, head_width=head_width).items():
+            if value < 1:
+                raise ValueError(f'{type(self).__name__}: {name} must be at least 1, got {value}')
+        if width % num_heads != 0: # Each attention head takes width / num_heads channels.
+            raise ValueError(f'{type(self).__name__}: width {width} is not divisible by num_heads {num_heads}')
         if img_resolution % patch_size != 0:
             raise ValueError(f'{type(self).__name__}: resolution {img_resolution} is not a multiple of patch_size {patch_size}')
         if data_bound is not None and not data_bound > 0:
@@ -466,6 +471,10 @@ OPTIONS = dict(
     ema_halflife        = 0.0,          # EMA half-life in kimg instead of ema_beta (0 = use ema_beta).
     vae                 = 'stabilityai/sd-vae-ft-mse', # VAE for latent datasets (hub name or local folder).
 )
+
+# The options whose values the network or its head checks itself, bounds included
+# (presets.check_value leaves them alone).
+CHECKED_OPTIONS = {'patch_size', 'width', 'num_heads', 'head_width', 'head_steps', 'data_bound'}
 
 def loop_kwargs(opts):
     """Network, loss, encoder (None: chosen from the dataset), optimizer, learning rate and EMA

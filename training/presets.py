@@ -7,8 +7,8 @@ every family. `resolve()` gives a preset's complete options with overrides appli
 training/config.py turns them into the arguments of training_loop(). (The presets of generation,
 the official EDM2 post-hoc-EMA snapshots, are in training/generate.py.)
 
-Adding a family: one module with FAMILY, OPTIONS and loop_kwargs, listed in FAMILIES, and its
-presets below. The training loop is not touched.
+Adding a family: one module with FAMILY, OPTIONS, CHECKED_OPTIONS and loop_kwargs, listed in
+FAMILIES, and its presets below. The training loop is not touched.
 """
 
 import copy
@@ -42,6 +42,12 @@ COMMON_OPTIONS = dict(
     cudnn_benchmark = True,     # torch.backends.cudnn.benchmark (EDM2's --bench).
 )
 NIMG_OPTIONS = ['duration', 'batch', 'batch_gpu', 'status', 'snapshot', 'checkpoint']
+# The common options whose range training/config.py checks (check_ranges); each family lists its
+# own in CHECKED_OPTIONS (those its network, loss or encoder checks). check_value's generic "at
+# least 0" rule for integers applies only to the other options, so that each value is checked in
+# one place and a bad value has one message whatever its type (before, data_bound=-1 was refused
+# by the generic rule and data_bound=-1.0 by MAR, with another message).
+CHECKED_OPTIONS = {'seed'}
 
 PRESETS = dict() # name -> dict of options (family and the values that differ from the defaults)
 
@@ -71,14 +77,10 @@ def resolve(name, overrides=None):
             raise ValueError(f'option "{key}" does not apply to preset "{name}" (family {family}); '
                 f'its options are: {", ".join(sorted(default))}')
         opts[key] = value
+    checked = CHECKED_OPTIONS | FAMILIES[family].CHECKED_OPTIONS
     for key in default:
-        opts[key] = check_value(key, opts[key], default[key])
+        opts[key] = check_value(key, opts[key], default[key], bounded=key not in checked)
     return opts
-
-def parse_override(text):
-    """'key=value' (train_edm2.py --set) -> (key, value): the value a Python literal, a bare word
-    a string."""
-    return util.parse_assignment(text, '--set')
 
 # Options renamed since runs were first recorded: old name -> (new name, {old value: new value}).
 # Commands (--set) and the training_options.json of earlier runs may still use the old names.
@@ -109,10 +111,11 @@ def family_kwargs(opts):
     optimizer_kwargs, lr_kwargs and ema_kwargs."""
     return FAMILIES[opts.family].loop_kwargs(opts)
 
-def check_value(key, value, default):
+def check_value(key, value, default, bounded=True):
     """`value` in the type of the option's default (ints pass for floats, lists element by
     element; a default of None takes None or a number, which the family checks), image counts
-    parsed; ValueError naming the option otherwise."""
+    parsed, finite, and (`bounded`: an option whose range no other check covers) no negative
+    integer; ValueError naming the option otherwise."""
     if key in NIMG_OPTIONS:
         try:
             return util.parse_nimg(value)
@@ -121,7 +124,7 @@ def check_value(key, value, default):
     if isinstance(default, list):
         if not isinstance(value, (list, tuple)):
             raise ValueError(f'option "{key}" expects a list like {default}, got {value!r}')
-        return [check_value(key, v, default[0]) for v in value] if default else list(value)
+        return [check_value(key, v, default[0], bounded) for v in value] if default else list(value)
     if default is None: # Off by default (e.g. data_bound, branch): None, or a number the family checks.
         if value is None:
             return None
@@ -131,7 +134,7 @@ def check_value(key, value, default):
     # No option takes a negative count or a non-finite number (inf would train to NaN parameters).
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f'option "{key}" must be a finite number, got {value!r}')
-    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+    if bounded and isinstance(value, int) and not isinstance(value, bool) and value < 0:
         raise ValueError(f'option "{key}" must be at least 0, got {value!r}')
     return value
 

@@ -410,9 +410,10 @@ def plain_settings(obj):
 #----------------------------------------------------------------------------
 # One optimizer step: the per-process batch in accumulation rounds of batch_gpu images.
 
-def train_step(run, dataset_iterator, cur_nimg, batch_size, batch_gpu, lr_kwargs, device,
-        loss_scaling=1, force_finite=True, grad_clip=0):
-    """Returns a bool tensor on the device: was the loss of any image not finite?"""
+def train_step(run, dataset_iterator, cur_nimg, batch_size, batch_gpu, lr_kwargs, device, *,
+        loss_scaling, force_finite, grad_clip):
+    """Returns a bool tensor on the device: was the loss of any image not finite? The options of
+    training_loop() (loss_scaling, force_finite, grad_clip) come from it, with no defaults here."""
     per_process = batch_size // dist.get_world_size()
     num_rounds = per_process // batch_gpu
     run.optimizer.zero_grad(set_to_none=True)
