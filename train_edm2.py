@@ -78,7 +78,12 @@ def main(outdir, data, preset, slice_nimg, set_options, restart, dry_run, uncond
     dist.init()
     flags['cond'] = combine_cond(flags['cond'], uncond)
     overrides = {key: value for key, value in flags.items() if value is not None}
-    overrides.update(util.parse_assignment(text, '--set') for text in set_options)
+    for text in set_options: # A flag and --set for one option must agree, as in the generators' --opt.
+        key, value = util.parse_assignment(text, '--set')
+        name = presets.RENAMED.get(key, (key, {}))[0]
+        if name in flags and flags[name] is not None and presets.upgrade({key: value})[name] != flags[name]:
+            raise ValueError(f'--set {text}: option "{name}" is also given by its flag, with another value ({flags[name]!r})')
+        overrides[key] = value
     opts, loop_kwargs = config.build(preset, overrides, data=data, world_size=dist.get_world_size())
     slice_nimg = util.parse_nimg(slice_nimg) if slice_nimg is not None else 0
     if slice_nimg:

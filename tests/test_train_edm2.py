@@ -132,6 +132,18 @@ def test_a_bad_value_is_one_message_through_its_flag_and_set(digits_zip, tmp_pat
     assert by_flag == by_set
     assert not os.path.exists(tmp_path / 'run')
 
+def test_a_flag_and_set_must_agree(digits_zip, tmp_path):
+    # One option given by its flag and by --set (today's name or the old one): the same value is
+    # accepted, another refused (before: --set won silently under today's name).
+    base = ['--preset', 'edm2-digits', '--data', digits_zip, '--outdir', str(tmp_path / 'run'), '--dry-run']
+    for args in [['--p-uncond', '0.1', '--set', 'label_dropout=0.2'], ['--label-dropout', '0.1', '--set', 'p_uncond=0.2']]:
+        expect_cli_error(invoke(base + args), f'--set {args[-1]}: option "label_dropout" is also given by its flag, with another value (0.1)')
+    expect_cli_error(invoke(base + ['--lr', '0.01', '--set', 'lr=0.02']), 'option "lr" is also given by its flag')
+    for args in [['--p-uncond', '0.1', '--set', 'label_dropout=0.1'], ['--duration', '64Ki', '--set', 'duration=64Ki']]:
+        result = invoke(base + args)
+        assert result.exit_code == 0 and 'Dry run; exiting.' in result.output, result.output
+    assert not os.path.exists(tmp_path / 'run')
+
 # An option whose value the family (or config.py) checks is checked there only: the same bad value
 # as an int or a float, through its flag or --set, and the values on either side of 0, get one
 # message (before, the generic "must be at least 0" rule took the negative ints).

@@ -428,12 +428,12 @@ OPTIONS = dict(
     P_mean              = -0.4,         # Log-normal noise level distribution: mean.
     P_std               = 1.0,          # Log-normal noise level distribution: std.
     sigma_data          = 0.5,          # Expected standard deviation of the training data.
-    label_dropout       = 0.0,          # Label dropout probability (classifier-free guidance; train_edm2.py --p-uncond).
+    label_dropout       = 0.0,          # Label dropout probability (classifier-free guidance; train_edm2.py --label-dropout, EDM2's --p-uncond).
     decay               = 70000,        # Learning rate decay: batches before the inverse-sqrt decay (0 = none).
     rampup              = 10.0,         # Learning rate warm-up (millions of images).
     lr_schedule         = 'edm2',       # Name in LR_SCHEDULES.
     ema_stds            = [0.050, 0.100], # Power-function EMA profiles saved in the snapshots.
-    mixed_precision     = True,         # Mixed precision: fp16 U-Net on CUDA (CPU always runs fp32; train_edm2.py --fp16).
+    mixed_precision     = True,         # Mixed precision: fp16 U-Net on CUDA (CPU always runs fp32; train_edm2.py --mixed-precision, EDM2's --fp16).
     vae                 = 'stabilityai/sd-vae-ft-mse', # VAE for latent datasets (hub name or local folder).
 )
 
