@@ -428,7 +428,7 @@ OPTIONS = dict(
     P_mean              = -0.4,         # Log-normal noise level distribution: mean.
     P_std               = 1.0,          # Log-normal noise level distribution: std.
     sigma_data          = 0.5,          # Expected standard deviation of the training data.
-    label_dropout       = 0.0,          # Label dropout probability (classifier-free guidance; train_edm2.py --label-dropout, EDM2's --p-uncond).
+    label_dropout       = 0.0,          # Label dropout probability (classifier-free guidance; train_edm2.py --label-dropout or --p-uncond).
     decay               = 70000,        # Learning rate decay: batches before the inverse-sqrt decay (0 = none).
     rampup              = 10.0,         # Learning rate warm-up (millions of images).
     lr_schedule         = 'edm2',       # Name in LR_SCHEDULES.
