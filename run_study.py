@@ -196,8 +196,17 @@ class Study:
         batch (the 10-source -nlr model trains at batch 6144, of which 16Mi is not a multiple)."""
         points = list(self.budgets(model).values())
         interval = math.gcd(*points, *([util.parse_nimg(self.profile['snapshot'])] if self.profile['snapshot'] else []))
-        batch = self.profile['model_train'].get((model['K'], model['N']), {}).get('batch', self.profile['train'].get('batch'))
+        batch = self.model_batch(model)
         return math.lcm(interval, batch) if batch else interval
+
+    def user_options(self):
+        """The study's --set KEY=VALUE as {name: value}: they override its own settings."""
+        return dict(util.parse_assignment(text, '--set') for text in self.set_options)
+
+    def model_batch(self, model):
+        """The model's batch size: --set batch, else the profile's for its (K, N), else the profile's."""
+        batch = self.user_options().get('batch', self.profile['model_train'].get((model['K'], model['N']), {}).get('batch', self.profile['train'].get('batch')))
+        return batch if isinstance(batch, int) and batch > 0 else None # Anything else: refused by validate().
 
     def snapshot(self, model, nimg):
         return self.path('runs', model['name'], f'network-snapshot-{nimg // 1000:07d}-{self.profile["ema"]}.pkl')
@@ -211,9 +220,13 @@ class Study:
         options.update({k: v for k, v in self.profile['model_train'].get((model['K'], model['N']), {}).items() if k != 'preset'})
         options.update(duration=duration, snapshot=self.snapshot_interval(model), checkpoint=options.get('checkpoint', duration))
         options.update(batch_gpu=self.batch_gpu) if self.batch_gpu else None
+        # A --set of an option passed here as a flag replaces its value (train_edm2.py refuses a
+        # flag and a --set that disagree); the others go on as --set.
+        user = self.user_options()
+        options.update({key: value for key, value in user.items() if key in options})
         overrides = [f'rampup={self.budget * self.profile["warmup"] / 1e6:g}'] if self.profile['warmup'] and self.budget else [] # Millions of images.
         overrides += [f'vae={self.vae}'] if self.profile['encode'] else [] # Decodes the snapshot's samples.
-        return options, overrides + self.set_options
+        return options, overrides + [text for text in self.set_options if util.parse_assignment(text, '--set')[0] not in options]
 
     def training_command(self, model):
         options, overrides = self.train_options(model)

@@ -493,7 +493,7 @@ def test_impossible_training_values_are_refused(tmp_path, tiny_zip):
     for args, message in [
             (['--lr', 'inf'], 'option "lr" must be a finite number, got inf'),
             (['--P_mean', 'nan'], 'option "P_mean" must be a finite number'),
-            (['--set', 'num_blocks=-1'], 'option "num_blocks" must be at least 0'),
+            (['--set', 'num_blocks=-1'], 'num_blocks must be at least 0, got -1'),
             (['--set', 'attn_resolutions=[3]'], 'attn_resolutions [3] may name only resolutions of this network (4, 2)'),
             (['--set', 'ema_stds=[]'], 'give one or more EMA stds'),
             (['--set', 'ema_stds=[0.0501,0.0504]'], 'differ in their first three decimals'),
