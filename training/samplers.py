@@ -49,8 +49,7 @@ class StackedRandomGenerator:
 # that the steps, and the images, match the official sampler's bit for bit.
 
 def karras_sigmas(num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, dtype=torch.float32, device=None):
-    if num_steps < 1:
-        raise ValueError(f'sampling option steps={num_steps}: must be at least 1')
+    # num_steps >= 1: edm_sampler's check_edm_values() checks it.
     step_indices = torch.arange(num_steps, dtype=dtype, device=device)
     if num_steps == 1:
         t_steps = torch.full([1], sigma_max, dtype=dtype, device=device)
@@ -192,7 +191,7 @@ EDM_OPTIONS = dict(solver=str, steps=int, sigma_min=float, sigma_max=float, rho=
 
 # What the generators set with options of their own, never a sampler's option.
 _GENERATOR_OPTIONS = dict(net='--net', gnet='--gnet', guidance='--guidance', preset='--preset', class_spec='--class',
-    seeds='--seeds', outdir='--outdir')
+    **{'class': '--class'}, seeds='--seeds', outdir='--outdir')
 
 def parse_options(texts, given=None):
     """--opt KEY=VALUE texts, with the values of the generator's own sampler flags (`given`;
@@ -200,8 +199,8 @@ def parse_options(texts, given=None):
     options = {key: value for key, value in (given or {}).items() if value is not None}
     for text in texts:
         key, value = util.parse_assignment(text, '--opt')
-        if key in _GENERATOR_OPTIONS or key == 'class':
-            raise ValueError(f'--opt {text}: {key} is not a sampling option; use {_GENERATOR_OPTIONS.get(key, "--class")}')
+        if key in _GENERATOR_OPTIONS:
+            raise ValueError(f'--opt {text}: {key} is not a sampling option; use {_GENERATOR_OPTIONS[key]}')
         if key in options and options[key] != value:
             raise ValueError(f'--opt {text}: the sampling option {key} is given twice, with different values')
         options[key] = value
@@ -235,8 +234,12 @@ def check_values(net, options):
     if callable(getattr(net, 'sample', None)):
         return
     defaults = {name: p.default for name, p in inspect.signature(edm_sampler).parameters.items() if p.default is not inspect.Parameter.empty}
-    given = {('num_steps' if key == 'steps' else key): value for key, value in options.items()}
+    given = _edm_kwargs(options)
     check_edm_values(**{name: given.get(name, defaults[name]) for name in inspect.signature(check_edm_values).parameters})
+
+def _edm_kwargs(options):
+    """Sampling options as edm_sampler's arguments: the family-neutral `steps` is its num_steps."""
+    return {('num_steps' if key == 'steps' else key): value for key, value in options.items()}
 
 def sample(net, noise, labels, rnd, gnet=None, guidance=1.0, **kwargs):
     """`kwargs`: the sampler's options; the family-neutral `steps` means num_steps here. The
@@ -244,9 +247,7 @@ def sample(net, noise, labels, rnd, gnet=None, guidance=1.0, **kwargs):
     preconditions once (an unconditional network has no branch to guide with)."""
     if callable(getattr(net, 'sample', None)):
         return net.sample(noise, labels, rnd, gnet=gnet, guidance=guidance, **kwargs)
-    if 'steps' in kwargs:
-        kwargs['num_steps'] = kwargs.pop('steps')
-    return edm_sampler(net, noise, labels, gnet=gnet, guidance=guidance, rnd=rnd, **kwargs)
+    return edm_sampler(net, noise, labels, gnet=gnet, guidance=guidance, rnd=rnd, **_edm_kwargs(kwargs))
 
 def evaluations_per_image(solver='heun', num_steps=32, guidance=1.0):
     """Network evaluations per image of edm_sampler (counting the guide's)."""
